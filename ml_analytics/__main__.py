@@ -1,0 +1,207 @@
+"""The command line: `run`, `dev`, `replay`, `migrate`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from ml_analytics import __version__
+from ml_analytics.settings import Settings
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError("must be greater than 0")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ml-analytics",
+        description="Event-driven inventory forecasting and stockout-risk alerts.",
+    )
+    parser.add_argument("--version", action="version", version=f"ml-analytics {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    commands.add_parser(
+        "run",
+        help="the service against KAFKA_BOOTSTRAP_SERVERS and DATABASE_URL",
+        description="Apply migrations, create missing topics, then consume and serve HTTP.",
+    )
+
+    dev = commands.add_parser(
+        "dev",
+        help="the service on an embedded broker and PostgreSQL (no Docker needed)",
+        description=(
+            "Start a local Kafka-compatible broker (Tansu, in memory) and PostgreSQL "
+            "(data kept in --data-dir), then the service on them."
+        ),
+    )
+    dev.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path(".dev-data"),
+        help="where PostgreSQL keeps its data between runs (default: .dev-data)",
+    )
+    dev.add_argument("--fresh", action="store_true", help="delete --data-dir first: start clean")
+    dev.add_argument(
+        "--kafka-port",
+        type=int,
+        default=9092,
+        help="port of the embedded broker on 127.0.0.1 (default: 9092)",
+    )
+    dev.add_argument(
+        "--replay",
+        type=Path,
+        metavar="PATH",
+        help="also replay this transactions or stock-levels file",
+    )
+    dev.add_argument(
+        "--replay-rate",
+        type=_positive,
+        metavar="EVENTS_PER_SECOND",
+        help="cap the replay's publishing rate",
+    )
+    dev.add_argument(
+        "--replay-speed",
+        type=_positive,
+        metavar="FACTOR",
+        help="pace the replay by event time (86400 = a day of history per second)",
+    )
+
+    replay = commands.add_parser(
+        "replay",
+        help="publish a transactions or stock-levels CSV/CSV.gz to its topic",
+        description=(
+            "Columns event_id,product_id,occurred_at,quantity_units go to the transactions "
+            "topic; event_id,product_id,as_of,stock_units[,lead_time_days] to the "
+            "stock-levels topic."
+        ),
+    )
+    replay.add_argument("path", type=Path)
+    replay.add_argument(
+        "--rate", type=_positive, metavar="EVENTS_PER_SECOND", help="cap the publishing rate"
+    )
+    replay.add_argument(
+        "--speed",
+        type=_positive,
+        metavar="FACTOR",
+        help="pace by event time (86400 = a day of history per second)",
+    )
+    replay.add_argument("--limit", type=int, help="publish at most this many events")
+    replay.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    commands.add_parser("migrate", help="apply database migrations and exit")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "run":
+        from ml_analytics.service import run_service
+
+        asyncio.run(run_service(Settings()))
+    elif args.command == "dev":
+        return _dev(args)
+    elif args.command == "replay":
+        return _replay(args)
+    elif args.command == "migrate":
+        from ml_analytics.storage.database import migrate
+
+        asyncio.run(migrate(Settings().database_url))
+    return 0
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from ml_analytics.replay import replay_file
+
+    if not args.path.is_file():
+        print(f"replay: no such file: {args.path}", file=sys.stderr)
+        return 2
+    try:
+        result = asyncio.run(
+            replay_file(
+                args.path,
+                Settings(),
+                rate=args.rate,
+                speed=args.speed,
+                limit=args.limit,
+                progress=not args.no_progress,
+            )
+        )
+    except ValueError as error:
+        print(f"replay: {error}", file=sys.stderr)
+        return 2
+    rate = result.published / result.seconds if result.seconds else 0.0
+    print(
+        f"replay: published {result.published} {result.kind.replace('_', '-')} events to "
+        f"{result.topic} in {result.seconds:.1f} s ({rate:,.0f}/s)",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _dev(args: argparse.Namespace) -> int:
+    from ml_analytics.consumers.admin import ensure_topics
+    from ml_analytics.devstack import EmbeddedBroker, EmbeddedPostgres
+    from ml_analytics.service import run_service
+
+    if args.replay is not None and not args.replay.is_file():
+        print(f"dev: no such file: {args.replay}", file=sys.stderr)
+        return 2
+    data_dir: Path = args.data_dir.resolve()
+    if args.fresh and data_dir.exists():
+        shutil.rmtree(data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+
+    postgres = EmbeddedPostgres(data_dir / "postgres").start()
+    broker = EmbeddedBroker(args.kafka_port, log_path=data_dir / "broker.log").start()
+    overrides = {
+        "database_url": postgres.database_url("ml_analytics"),
+        "kafka_bootstrap_servers": broker.bootstrap_servers,
+        "kafka_enable_idempotence": False,  # the embedded broker does not support it
+    }
+    settings = Settings(**overrides)  # type: ignore[arg-type]
+    print(
+        "ml-analytics dev\n"
+        f"  HTTP        http://{settings.host}:{settings.ml_port}  (/health, /ready, /docs)\n"
+        f"  Kafka       {settings.kafka_bootstrap_servers}  (embedded Tansu, in memory)\n"
+        f"  PostgreSQL  {settings.database_url}  (data in {data_dir / 'postgres'})\n",
+        file=sys.stderr,
+        flush=True,
+    )
+    replay_process: subprocess.Popen[bytes] | None = None
+    try:
+        asyncio.run(ensure_topics(settings))
+        if args.replay is not None:
+            command = [sys.executable, "-m", "ml_analytics", "replay", str(args.replay)]
+            if args.replay_rate:
+                command += ["--rate", str(args.replay_rate)]
+            if args.replay_speed:
+                command += ["--speed", str(args.replay_speed)]
+            env = {
+                **os.environ,
+                "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
+                "KAFKA_ENABLE_IDEMPOTENCE": "false",
+            }
+            replay_process = subprocess.Popen(command, env=env)
+        asyncio.run(run_service(settings))
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if replay_process is not None and replay_process.poll() is None:
+            replay_process.terminate()
+            replay_process.wait(10)
+        broker.stop()
+        postgres.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

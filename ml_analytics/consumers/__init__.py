@@ -1,0 +1,1 @@
+"""FastStream entry points: the Kafka broker, its subscribers and publishers."""

@@ -1,0 +1,233 @@
+"""The contract's messages as pydantic models, and their decoding from Kafka bytes.
+
+Incoming events are validated strictly: a wrong type is an error, not a coercion,
+because a quantity that arrives as the string "3" means the producer is broken
+and the operator should hear about it (through the dead-letter topic).
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+import re
+from datetime import UTC, date, datetime, tzinfo
+from typing import Annotated, Any, Literal, TypeVar
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    Strict,
+    StrictInt,
+    StringConstraints,
+    ValidationError,
+)
+
+_PLAIN_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+
+def _no_nul(value: str) -> str:
+    # PostgreSQL text cannot hold U+0000; say so here rather than fail the batch there.
+    if "\x00" in value:
+        raise ValueError("must not contain the NUL character (U+0000)")
+    return value
+
+
+def _event_time(value: str) -> datetime | date:
+    """An ISO-8601 datetime with a UTC offset, or a plain date `YYYY-MM-DD`."""
+    if _PLAIN_DATE.match(value):
+        try:
+            return date.fromisoformat(value)
+        except ValueError as error:
+            raise ValueError(f"is not a valid date: {error}") from None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError(
+            "is not an ISO-8601 datetime with offset (e.g. 2026-11-01T14:03:00Z) "
+            "or a date YYYY-MM-DD"
+        ) from None
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        raise ValueError("has no UTC offset; add one (e.g. Z or +01:00) or send a plain date")
+    try:
+        moment.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("is out of the representable range") from None
+    return moment
+
+
+def _finite(value: float) -> float:
+    if not math.isfinite(value):
+        raise ValueError("must be a finite number")
+    return value
+
+
+Identifier = Annotated[
+    str, StringConstraints(strict=True, min_length=1, max_length=128), AfterValidator(_no_nul)
+]
+EventTime = Annotated[str, StringConstraints(strict=True), AfterValidator(_event_time)]
+Units = Annotated[float, Strict(), AfterValidator(_finite)]
+
+
+class Transaction(BaseModel):
+    """Units of one product used, sold or shipped at one moment."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    event_id: Identifier
+    product_id: Identifier
+    occurred_at: EventTime  # type: ignore[assignment]  # validated into datetime | date
+    quantity_units: Annotated[Units, Field(gt=0)]
+
+    def business_day(self, zone: tzinfo) -> date:
+        """The day this transaction counts for, in the business time zone."""
+        return business_day(self.occurred_at, zone)  # type: ignore[arg-type]
+
+
+class StockLevel(BaseModel):
+    """Units on hand of one product at `as_of`."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    event_id: Identifier
+    product_id: Identifier
+    as_of: EventTime  # type: ignore[assignment]
+    stock_units: Annotated[Units, Field(ge=0)]
+    lead_time_days: Annotated[StrictInt, Field(ge=0, le=365)] | None = None
+
+    def as_of_instant(self, zone: tzinfo) -> datetime:
+        """`as_of` as an aware datetime; a plain date is the start of that business day."""
+        value: datetime | date = self.as_of  # type: ignore[assignment]
+        if isinstance(value, datetime):
+            return value
+        return datetime(value.year, value.month, value.day, tzinfo=zone)
+
+
+def business_day(moment: datetime | date, zone: tzinfo) -> date:
+    if isinstance(moment, datetime):
+        return moment.astimezone(zone).date()
+    return moment
+
+
+class ModelInfo(BaseModel):
+    name: str
+    trained_at: datetime
+    training_days: int
+    mape: float | None = None
+    rmse: float | None = None
+
+
+class StockoutRisk(BaseModel):
+    """The risk that a product runs out within its risk window (outgoing)."""
+
+    event_id: str
+    product_id: str
+    generated_at: datetime
+    as_of: datetime
+    current_stock_units: float
+    risk_window_days: int
+    risk_level: Literal["high", "medium", "low"]
+    stockout_probability: float = Field(ge=0, le=1)
+    predicted_stockout_date: date | None
+    days_until_stockout: int | None
+    confidence: float = Field(ge=0, le=1)
+    model: ModelInfo
+
+
+class DeadLetter(BaseModel):
+    """A message that could not be processed, with the reason (outgoing)."""
+
+    source_topic: str
+    partition: int
+    offset: int
+    key: str | None
+    key_encoding: Literal["utf-8", "base64"] = "utf-8"
+    value: str | None
+    value_encoding: Literal["utf-8", "base64"] = "utf-8"
+    error: str
+    failed_at: datetime
+
+    @classmethod
+    def for_record(
+        cls,
+        *,
+        topic: str,
+        partition: int,
+        offset: int,
+        key: bytes | None,
+        value: bytes | None,
+        error: str,
+        failed_at: datetime,
+    ) -> DeadLetter:
+        key_text, key_encoding = _as_text(key)
+        value_text, value_encoding = _as_text(value)
+        return cls(
+            source_topic=topic,
+            partition=partition,
+            offset=offset,
+            key=key_text,
+            key_encoding=key_encoding,
+            value=value_text,
+            value_encoding=value_encoding,
+            error=error,
+            failed_at=failed_at,
+        )
+
+
+def _as_text(raw: bytes | None) -> tuple[str | None, Literal["utf-8", "base64"]]:
+    if raw is None:
+        return None, "utf-8"
+    try:
+        return raw.decode("utf-8"), "utf-8"
+    except UnicodeDecodeError:
+        return base64.b64encode(raw).decode("ascii"), "base64"
+
+
+EventT = TypeVar("EventT", Transaction, StockLevel)
+
+
+class InvalidEvent(ValueError):
+    """An incoming message that does not satisfy the contract; `str()` is the reason."""
+
+
+def decode_event(model: type[EventT], raw: bytes | None) -> EventT:
+    """Validate one Kafka value against `model`, or raise InvalidEvent naming the problem."""
+    if raw is None or raw == b"":
+        raise InvalidEvent(
+            "value is empty (a tombstone or an empty message); expected a JSON object"
+        )
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise InvalidEvent(
+            f"value is not valid UTF-8 (byte {error.start}): {error.reason}"
+        ) from None
+    try:
+        return model.model_validate_json(text)
+    except ValidationError as error:
+        raise InvalidEvent(describe_validation_error(error)) from None
+
+
+def describe_validation_error(error: ValidationError) -> str:
+    """One human-readable line per problem, each naming the field."""
+    problems: list[str] = []
+    for item in error.errors(include_url=False):
+        kind = item["type"]
+        if kind == "json_invalid":
+            problems.append(f"value is not valid JSON: {item['ctx'].get('error', item['msg'])}")
+            continue
+        field = ".".join(str(part) for part in item["loc"]) or "value"
+        message = item["msg"].removeprefix("Value error, ")
+        if kind == "missing":
+            problems.append(f"{field}: required field is missing")
+        elif kind in {"model_type", "model_attributes_type", "dict_type"}:
+            problems.append(f"value must be a JSON object, got {_short(item['input'])}")
+        else:
+            problems.append(f"{field}: {message} (got {_short(item['input'])})")
+    return "; ".join(problems)
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

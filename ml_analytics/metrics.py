@@ -1,0 +1,26 @@
+"""Prometheus metrics of the service, served at GET /metrics."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Histogram
+
+EVENTS_INGESTED = Counter(
+    "ml_analytics_events_ingested_total",
+    "Valid events consumed, by topic and outcome (counted, or seen before and ignored).",
+    ["topic", "outcome"],
+)
+DEAD_LETTERS = Counter(
+    "ml_analytics_dead_letters_total",
+    "Messages sent to the dead-letter topic, by source topic.",
+    ["topic"],
+)
+BATCHES = Counter(
+    "ml_analytics_ingest_batches_total",
+    "Consumed batches, by result (committed, retried after a database error, failed).",
+    ["result"],
+)
+BATCH_SECONDS = Histogram(
+    "ml_analytics_ingest_batch_seconds",
+    "Time from receiving a batch to committing its offsets.",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)

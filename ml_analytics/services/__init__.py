@@ -1,0 +1,1 @@
+"""Use cases: the plain functions that tie events, models and storage together."""

@@ -1,0 +1,197 @@
+"""Every setting of the service, typed, from the environment or a `.env` file.
+
+One `Settings` object; nothing else reads `os.environ`. `.env.example` documents
+each setting with its default.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import yaml
+from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+class TopicSpec(BaseModel):
+    name: str
+    partitions: int = Field(ge=1)
+
+
+class TopicsFile(BaseModel):
+    """The content of `topics.yaml`."""
+
+    group_id: str
+    replication_factor: int = Field(default=1, ge=1)
+    topics: dict[Literal["transactions", "stock_levels", "stockout_risk", "dead_letter"], TopicSpec]
+
+
+def find_topics_file(explicit: Path | None = None) -> Path:
+    """The `topics.yaml` to use: the explicit one, else the working directory's,
+    else the copy shipped in the package (wheel) or at the source tree's root."""
+    candidates = [explicit] if explicit else []
+    candidates += [
+        Path.cwd() / "topics.yaml",
+        _PACKAGE_DIR / "topics.yaml",
+        _PACKAGE_DIR.parent / "topics.yaml",
+    ]
+    for candidate in candidates:
+        if candidate is not None and candidate.is_file():
+            return candidate
+    raise FileNotFoundError(f"topics.yaml not found (looked in {[str(c) for c in candidates]})")
+
+
+def load_topics_file(path: Path) -> TopicsFile:
+    return TopicsFile.model_validate(yaml.safe_load(path.read_text(encoding="utf-8")))
+
+
+def asyncpg_database_url(url: str) -> str:
+    """The SQLAlchemy URL with the asyncpg driver for any form users write.
+
+    Accepts `postgresql://`, `postgres://`, `postgresql+<driver>://` and the
+    unix-socket form `postgresql://user@/db?host=/path`; translates libpq's
+    `sslmode` to asyncpg's `ssl`.
+    """
+    parts = urlsplit(url.strip())
+    scheme = parts.scheme.lower()
+    if scheme not in {"postgres", "postgresql"} and not scheme.startswith("postgresql+"):
+        raise ValueError(f"DATABASE_URL must be a postgresql:// URL, got scheme {scheme!r}")
+    query = [
+        ("ssl" if key == "sslmode" else key, value)
+        for key, value in parse_qsl(parts.query, keep_blank_values=True)
+    ]
+    return urlunsplit(
+        ("postgresql+asyncpg", parts.netloc, parts.path, urlencode(query), parts.fragment)
+    )
+
+
+def redact_url(url: str) -> str:
+    """The URL with its password replaced, for logs and error messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+class Settings(BaseSettings):
+    """The service's settings. Field names are the environment variables (case-insensitive)."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False)
+
+    # Connections
+    database_url: str = "postgresql://ml_analytics:ml_analytics@localhost:5432/ml_analytics"
+    database_pool_size: int = Field(default=5, ge=1)
+    kafka_bootstrap_servers: str = "localhost:9092"
+    kafka_enable_idempotence: bool = Field(
+        default=True,
+        description="Idempotent producer; off for the embedded broker (`dev`), which lacks it.",
+    )
+    kafka_client_id: str = "ml-analytics"
+
+    # HTTP
+    host: str = "127.0.0.1"
+    ml_port: int = Field(default=8000, ge=1, le=65535)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+
+    # Topics: names default to topics.yaml; these override them for shared clusters.
+    topics_file: Path | None = None
+    topic_transactions: str | None = None
+    topic_stock_levels: str | None = None
+    topic_stockout_risk: str | None = None
+    topic_dead_letter: str | None = None
+    kafka_group_id: str | None = None
+
+    # Ingestion
+    business_timezone: str = Field(
+        default="UTC", description="IANA zone in which event times are bucketed into days."
+    )
+    ingest_batch_max_records: int = Field(default=5000, ge=1)
+    ingest_batch_timeout_ms: int = Field(default=200, ge=1)
+    ingest_retry_max_seconds: float = Field(
+        default=30.0, gt=0, description="Longest pause between database retries of one batch."
+    )
+    shutdown_grace_seconds: float = Field(default=30.0, gt=0)
+
+    # Forecasting (the contract's names)
+    prophet_seasonality_mode: Literal["additive", "multiplicative"] = "additive"
+    prophet_interval_width: float = Field(default=0.95, gt=0, lt=1)
+    min_training_days: int = Field(default=30, ge=2)
+    worker_count: int = Field(default=2, ge=1)
+    worker_timeout: float = Field(
+        default=300.0, gt=0, description="Seconds one model fit may take."
+    )
+
+    # Risk
+    default_risk_window_days: int = Field(default=14, ge=0, le=365)
+
+    @field_validator("business_timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as error:
+            raise ValueError(f"unknown time zone {value!r}") from error
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _postgres_url(cls, value: str) -> str:
+        asyncpg_database_url(value)
+        return value
+
+    @model_validator(mode="after")
+    def _topics_resolvable(self) -> Settings:
+        _ = self.topics
+        return self
+
+    @cached_property
+    def topics(self) -> TopicsFile:
+        """topics.yaml with the environment's overrides applied."""
+        spec = load_topics_file(find_topics_file(self.topics_file))
+        overrides = {
+            "transactions": self.topic_transactions,
+            "stock_levels": self.topic_stock_levels,
+            "stockout_risk": self.topic_stockout_risk,
+            "dead_letter": self.topic_dead_letter,
+        }
+        for role, name in overrides.items():
+            if name:
+                spec.topics[role] = spec.topics[role].model_copy(update={"name": name})  # type: ignore[index]
+        if self.kafka_group_id:
+            spec.group_id = self.kafka_group_id
+        return spec
+
+    @property
+    def transactions_topic(self) -> str:
+        return self.topics.topics["transactions"].name
+
+    @property
+    def stock_levels_topic(self) -> str:
+        return self.topics.topics["stock_levels"].name
+
+    @property
+    def stockout_risk_topic(self) -> str:
+        return self.topics.topics["stockout_risk"].name
+
+    @property
+    def dead_letter_topic(self) -> str:
+        return self.topics.topics["dead_letter"].name
+
+    @property
+    def group_id(self) -> str:
+        return self.topics.group_id
+
+    @property
+    def timezone(self) -> ZoneInfo:
+        return ZoneInfo(self.business_timezone)
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        return asyncpg_database_url(self.database_url)

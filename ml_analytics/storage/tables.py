@@ -1,0 +1,79 @@
+"""The schema, as SQLAlchemy Core tables. Alembic migrations create it; keep both in step.
+
+Quantities are `numeric`, not floating point, so per-day totals are exact whatever
+the order and batching in which events arrive.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Date,
+    DateTime,
+    Index,
+    Integer,
+    MetaData,
+    Numeric,
+    Table,
+    Text,
+    func,
+)
+
+metadata = MetaData()
+
+# The ledger of transactions counted: one row per event_id, so a redelivered or
+# re-published event is recognised and counted once.
+transaction_events = Table(
+    "transaction_events",
+    metadata,
+    Column("event_id", Text, primary_key=True),
+    Column("product_id", Text, nullable=False),
+    Column("business_day", Date, nullable=False),
+    Column("quantity_units", Numeric, nullable=False),
+    Column("ingested_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
+daily_demand = Table(
+    "daily_demand",
+    metadata,
+    Column("product_id", Text, primary_key=True),
+    Column("business_day", Date, primary_key=True),
+    Column("quantity_units", Numeric, nullable=False),
+    Column("transaction_count", Integer, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
+# Every stock snapshot received, late ones included (history).
+stock_snapshots = Table(
+    "stock_snapshots",
+    metadata,
+    Column("event_id", Text, primary_key=True),
+    Column("product_id", Text, nullable=False),
+    Column("as_of", DateTime(timezone=True), nullable=False),
+    Column("stock_units", Numeric, nullable=False),
+    Column("lead_time_days", Integer, nullable=True),
+    Column("received_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Index("ix_stock_snapshots_product_as_of", "product_id", "as_of"),
+)
+
+# One row per product seen: the span and totals of its demand and its current
+# stock (the snapshot with the newest as_of), kept in step with the tables above
+# in the same transaction.
+products = Table(
+    "products",
+    metadata,
+    Column("product_id", Text, primary_key=True),
+    Column("first_day", Date, nullable=True),
+    Column("last_day", Date, nullable=True),
+    Column("total_units", Numeric, nullable=False, server_default="0"),
+    Column("transaction_count", BigInteger, nullable=False, server_default="0"),
+    Column("data_updated_at", DateTime(timezone=True), nullable=True),
+    Column("stock_event_id", Text, nullable=True),
+    Column("stock_as_of", DateTime(timezone=True), nullable=True),
+    Column("stock_units", Numeric, nullable=True),
+    Column("lead_time_days", Integer, nullable=True),
+    Column("stock_updated_at", DateTime(timezone=True), nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Index("ix_products_data_updated_at", "data_updated_at"),
+)

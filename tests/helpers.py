@@ -1,0 +1,121 @@
+"""Helpers the integration and end-to-end tests share: publish, wait, read topics."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterable
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from ml_analytics.consumers.ingestion import add_ingestion, build_broker
+from ml_analytics.settings import Settings
+
+T = TypeVar("T")
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+def encode(event: dict[str, Any] | bytes) -> bytes:
+    return event if isinstance(event, bytes) else json.dumps(event).encode()
+
+
+async def publish(
+    settings: Settings,
+    topic: str,
+    events: Iterable[tuple[bytes | None, dict[str, Any] | bytes]],
+) -> int:
+    """Publish (key, value) pairs and wait for every ack; returns how many."""
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        enable_idempotence=settings.kafka_enable_idempotence,
+        acks="all",
+        linger_ms=10,
+        max_batch_size=1024 * 1024,
+    )
+    await producer.start()
+    try:
+        futures = [
+            await producer.send(topic, key=key, value=encode(value)) for key, value in events
+        ]
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+    return len(futures)
+
+
+def keyed(events: Iterable[dict[str, Any]]) -> list[tuple[bytes | None, dict[str, Any] | bytes]]:
+    return [(str(event["product_id"]).encode(), event) for event in events]
+
+
+async def read_topic(settings: Settings, topic: str, expected: int, timeout: float = 30.0) -> list[Any]:
+    """Read `expected` records from the start of `topic` (no consumer group)."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
+    await consumer.start()
+    try:
+        partitions = await _partitions(consumer, topic)
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        records: list[Any] = []
+        deadline = time.monotonic() + timeout
+        while len(records) < expected and time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=500)
+            for items in batch.values():
+                records.extend(items)
+        return records
+    finally:
+        await consumer.stop()
+
+
+async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> list[Any]:
+    from aiokafka import TopicPartition
+
+    for _ in range(50):
+        found = consumer.partitions_for_topic(topic)
+        if found:
+            return [TopicPartition(topic, partition) for partition in sorted(found)]
+        await consumer._client.force_metadata_update()
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"topic {topic} has no partitions")
+
+
+async def wait_until(
+    probe: Callable[[], Awaitable[T]],
+    done: Callable[[T], bool],
+    *,
+    timeout: float = 60.0,
+    interval: float = 0.2,
+    what: str = "condition",
+) -> T:
+    """Poll `probe` until `done(value)`; fail with the last value after `timeout`."""
+    deadline = time.monotonic() + timeout
+    value = await probe()
+    while not done(value):
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}; last: {value!r}")
+        await asyncio.sleep(interval)
+        value = await probe()
+    return value
+
+
+@asynccontextmanager
+async def running_ingestion(settings: Settings, engine: AsyncEngine):  # type: ignore[no-untyped-def]
+    """The service's ingestion subscriber, in this process, on the test's topics."""
+    broker = build_broker(settings)
+    add_ingestion(broker, settings, engine)
+    await broker.start()
+    try:
+        yield broker
+    finally:
+        await broker.stop()

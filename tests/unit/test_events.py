@@ -1,0 +1,160 @@
+"""Validation of incoming events: what is accepted, and the reason given for what is not."""
+
+from __future__ import annotations
+
+import json
+from datetime import date, datetime, timedelta, timezone
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from ml_analytics.events import (
+    DeadLetter,
+    InvalidEvent,
+    StockLevel,
+    Transaction,
+    decode_event,
+)
+
+GOOD = {
+    "event_id": "tx-1",
+    "product_id": "SKU-42",
+    "occurred_at": "2026-11-01T14:03:00Z",
+    "quantity_units": 3,
+}
+
+
+def raw(**changes: object) -> bytes:
+    event = {**GOOD, **changes}
+    return json.dumps({k: v for k, v in event.items() if v is not ...}).encode()
+
+
+def test_contract_example_transaction_is_accepted() -> None:
+    transaction = decode_event(Transaction, raw())
+    assert transaction.product_id == "SKU-42"
+    assert transaction.quantity_units == 3
+    assert transaction.occurred_at == datetime(2026, 11, 1, 14, 3, tzinfo=timezone.utc)
+
+
+def test_unknown_fields_are_ignored() -> None:
+    assert decode_event(Transaction, raw(channel="web", extra={"a": 1})).event_id == "tx-1"
+
+
+@pytest.mark.parametrize(
+    ("occurred_at", "zone", "day"),
+    [
+        ("2026-11-01T23:30:00-05:00", "UTC", date(2026, 11, 2)),
+        ("2026-11-01T23:30:00-05:00", "America/New_York", date(2026, 11, 1)),
+        ("2026-07-01T00:30:00+01:00", "UTC", date(2026, 6, 30)),
+        ("2026-07-01T00:30:00+01:00", "Europe/London", date(2026, 7, 1)),  # BST
+        ("2026-11-01T00:30:00+01:00", "Europe/London", date(2026, 10, 31)),  # GMT again
+        ("2026-11-01T23:59:59Z", "Asia/Tokyo", date(2026, 11, 2)),
+        ("2026-11-01", "Asia/Tokyo", date(2026, 11, 1)),
+        ("2026-11-01", "UTC", date(2026, 11, 1)),
+    ],
+)
+def test_occurred_at_is_bucketed_into_a_business_day(occurred_at: str, zone: str, day: date) -> None:
+    transaction = decode_event(Transaction, raw(occurred_at=occurred_at))
+    assert transaction.business_day(ZoneInfo(zone)) == day
+
+
+def test_plain_date_stock_level_is_the_start_of_that_business_day() -> None:
+    level = decode_event(
+        StockLevel,
+        json.dumps({"event_id": "s", "product_id": "p", "as_of": "2026-11-01", "stock_units": 0}).encode(),
+    )
+    zone = ZoneInfo("America/New_York")
+    assert level.as_of_instant(zone) == datetime(2026, 11, 1, tzinfo=zone)
+    assert level.lead_time_days is None
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        (b"not json", "value is not valid JSON"),
+        (b"\xff\xfe{}", "value is not valid UTF-8"),
+        (b"", "value is empty"),
+        (None, "value is empty"),
+        (b"[1, 2]", "value must be a JSON object"),
+        (b'"a string"', "value must be a JSON object"),
+        (raw(event_id=...), "event_id: required field is missing"),
+        (raw(product_id=...), "product_id: required field is missing"),
+        (raw(occurred_at=...), "occurred_at: required field is missing"),
+        (raw(quantity_units=...), "quantity_units: required field is missing"),
+        (raw(event_id=""), "event_id: String should have at least 1 character"),
+        (raw(product_id="x" * 129), "product_id: String should have at most 128 characters"),
+        (raw(product_id="a\u0000b"), "product_id: must not contain the NUL character"),
+        (raw(event_id=42), "event_id: Input should be a valid string"),
+        (raw(quantity_units="3"), "quantity_units: Input should be a valid number"),
+        (raw(quantity_units=True), "quantity_units: Input should be a valid number"),
+        (raw(quantity_units=None), "quantity_units: Input should be a valid number"),
+        (raw(quantity_units=-3), "quantity_units: Input should be greater than 0"),
+        (raw(quantity_units=0), "quantity_units: Input should be greater than 0"),
+        (raw(occurred_at="yesterday"), "occurred_at: is not an ISO-8601 datetime"),
+        (raw(occurred_at="2026-02-30"), "occurred_at: is not a valid date"),
+        (raw(occurred_at="2026-11-01T14:03:00"), "occurred_at: has no UTC offset"),
+        (raw(occurred_at=1_700_000_000), "occurred_at: Input should be a valid string"),
+        (raw(occurred_at="9999-12-31T23:00:00-05:00"), "occurred_at: is out of the representable range"),
+    ],
+)
+def test_bad_transaction_is_rejected_with_a_reason_naming_the_problem(
+    value: bytes | None, reason: str
+) -> None:
+    with pytest.raises(InvalidEvent) as caught:
+        decode_event(Transaction, value)
+    assert reason in str(caught.value)
+
+
+@pytest.mark.parametrize("literal", [b"NaN", b"Infinity", b"-Infinity", b"1e400"])
+def test_non_finite_quantity_is_rejected(literal: bytes) -> None:
+    value = raw(quantity_units=1).replace(b'"quantity_units": 1', b'"quantity_units": ' + literal)
+    with pytest.raises(InvalidEvent, match="quantity_units: must be a finite number"):
+        decode_event(Transaction, value)
+
+
+@pytest.mark.parametrize(
+    ("changes", "reason"),
+    [
+        ({"stock_units": -1}, "stock_units: Input should be greater than or equal to 0"),
+        ({"lead_time_days": 366}, "lead_time_days: Input should be less than or equal to 365"),
+        ({"lead_time_days": 2.5}, "lead_time_days: Input should be a valid integer"),
+        ({"lead_time_days": "10"}, "lead_time_days: Input should be a valid integer"),
+        ({"as_of": "soon"}, "as_of: is not an ISO-8601 datetime"),
+    ],
+)
+def test_bad_stock_level_is_rejected_with_a_reason(changes: dict[str, object], reason: str) -> None:
+    event = {"event_id": "s-1", "product_id": "p", "as_of": "2026-11-01T18:00:00Z", "stock_units": 5}
+    with pytest.raises(InvalidEvent) as caught:
+        decode_event(StockLevel, json.dumps({**event, **changes}).encode())
+    assert reason in str(caught.value)
+
+
+def test_stock_level_with_lead_time_and_zero_stock_is_accepted() -> None:
+    level = decode_event(
+        StockLevel,
+        b'{"event_id":"s","product_id":"p","as_of":"2026-11-01T18:00:00+02:00",'
+        b'"stock_units":0,"lead_time_days":0}',
+    )
+    assert level.stock_units == 0
+    assert level.lead_time_days == 0
+    assert level.as_of_instant(ZoneInfo("UTC")).utcoffset() == timedelta(hours=2)
+
+
+def test_dead_letter_keeps_non_utf8_bytes_as_base64() -> None:
+    letter = DeadLetter.for_record(
+        topic="t",
+        partition=3,
+        offset=17,
+        key=b"\xffkey",
+        value=b"\x00\xff",
+        error="value is not valid UTF-8",
+        failed_at=datetime(2026, 11, 1, tzinfo=timezone.utc),
+    )
+    assert letter.value == "AP8="
+    assert letter.value_encoding == "base64"
+    assert letter.key_encoding == "base64"
+    text_letter = DeadLetter.for_record(
+        topic="t", partition=0, offset=0, key=b"SKU", value=b"oops", error="e",
+        failed_at=datetime(2026, 11, 1, tzinfo=timezone.utc),
+    )
+    assert (text_letter.key, text_letter.value, text_letter.value_encoding) == ("SKU", "oops", "utf-8")

@@ -1,0 +1,69 @@
+"""Sorting a consumed batch into rows and dead letters (no services needed)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+
+from ml_analytics.services.ingest import sort_records
+
+TX, SL = "in.tx", "in.sl"
+NOW = datetime(2026, 11, 27, tzinfo=UTC)
+
+
+@dataclass
+class Record:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+
+
+def tx(event_id: str, quantity: float = 1, occurred_at: str = "2026-11-01T10:00:00Z") -> bytes:
+    return json.dumps(
+        {"event_id": event_id, "product_id": "p", "occurred_at": occurred_at, "quantity_units": quantity}
+    ).encode()
+
+
+def sort(records: list[Record]):  # type: ignore[no-untyped-def]
+    return sort_records(records, transactions_topic=TX, stock_levels_topic=SL, zone=UTC, failed_at=NOW)
+
+
+def test_repeated_event_id_within_a_batch_is_kept_once() -> None:
+    batch = sort([Record(TX, 0, i, b"p", tx("same", quantity=i + 1)) for i in range(3)])
+    assert [row.event_id for row in batch.transactions] == ["same"]
+    assert batch.transactions[0].quantity_units == 1  # the first one wins
+    assert batch.repeated_in_batch == 2
+
+
+def test_same_event_id_on_both_topics_is_not_a_repeat() -> None:
+    level = b'{"event_id":"e","product_id":"p","as_of":"2026-11-01","stock_units":4}'
+    batch = sort([Record(TX, 0, 0, b"p", tx("e")), Record(SL, 0, 0, b"p", level)])
+    assert len(batch.transactions) == 1
+    assert len(batch.stock_snapshots) == 1
+    assert batch.repeated_in_batch == 0
+
+
+def test_bad_record_becomes_a_dead_letter_with_its_position_and_bytes() -> None:
+    batch = sort(
+        [
+            Record(TX, 2, 40, b"p", tx("ok-1")),
+            Record(TX, 2, 41, b"p", b'{"event_id": "bad"}'),
+            Record(TX, 2, 42, b"p", tx("ok-2", occurred_at="2026-11-02")),
+        ]
+    )
+    assert [row.event_id for row in batch.transactions] == ["ok-1", "ok-2"]
+    assert [row.business_day for row in batch.transactions] == [date(2026, 11, 1), date(2026, 11, 2)]
+    (letter,) = batch.dead_letters
+    assert (letter.source_topic, letter.partition, letter.offset, letter.key) == (TX, 2, 41, "p")
+    assert letter.value == '{"event_id": "bad"}'
+    assert "product_id: required field is missing" in letter.error
+    assert letter.failed_at == NOW
+
+
+def test_record_from_an_unexpected_topic_is_a_dead_letter() -> None:
+    batch = sort([Record("elsewhere", 0, 0, None, tx("x"))])
+    assert batch.transactions == []
+    assert "unexpected topic 'elsewhere'" in batch.dead_letters[0].error
