@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 EVENTS_INGESTED = Counter(
     "ml_analytics_events_ingested_total",
@@ -23,4 +23,9 @@ BATCH_SECONDS = Histogram(
     "ml_analytics_ingest_batch_seconds",
     "Time from receiving a batch to committing its offsets.",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+ASSIGNED_PARTITIONS = Gauge(
+    "ml_analytics_assigned_partitions",
+    "Input partitions this replica consumes now, by topic.",
+    ["topic"],
 )

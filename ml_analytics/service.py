@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import signal
+import threading
+from collections.abc import Iterator
 
 import uvicorn
 
@@ -15,6 +19,25 @@ from ml_analytics.settings import Settings, redact_url
 from ml_analytics.storage.database import create_engine, migrate
 
 logger = logging.getLogger(__name__)
+
+
+class _GracefulServer(uvicorn.Server):
+    """uvicorn's server, except that after a graceful stop on SIGTERM/SIGINT it
+    returns instead of re-raising the signal: the caller still has clean-up to do
+    (dispose the database pool) and the exit code of a clean stop is 0."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        handled = (signal.SIGINT, signal.SIGTERM)
+        previous = {sig: signal.signal(sig, self.handle_exit) for sig in handled}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
 
 async def run_service(settings: Settings) -> None:
@@ -36,7 +59,7 @@ async def run_service(settings: Settings) -> None:
     broker = build_broker(settings)
     add_ingestion(broker, settings, engine)
     app = create_app(engine, broker)
-    server = uvicorn.Server(
+    server = _GracefulServer(
         uvicorn.Config(
             app,
             host=settings.host,

@@ -11,24 +11,24 @@ from ml_analytics.consumers.admin import ensure_topics
 from ml_analytics.settings import Settings
 from ml_analytics.storage.database import create_engine, migrate
 from tests.helpers import unique
-from tests.services import TestServices, test_services
+from tests.services import StackServices, open_services
 
 
 @pytest.fixture(scope="session")
-def services() -> Iterator[TestServices]:
-    with test_services() as found:
+def services() -> Iterator[StackServices]:
+    with open_services() as found:
         yield found
 
 
 @pytest.fixture
-async def database_url(services: TestServices) -> AsyncIterator[str]:
+async def database_url(services: StackServices) -> AsyncIterator[str]:
     url = await services.create_database()
     await migrate(url)
     yield url
     await services.drop_database(url)
 
 
-def make_settings(services: TestServices, database_url: str, **overrides: object) -> Settings:
+def make_settings(services: StackServices, database_url: str, **overrides: object) -> Settings:
     """Settings on the test services with topics and a consumer group of the test's own."""
     tag = unique("t")
     values: dict[str, object] = {
@@ -48,7 +48,7 @@ def make_settings(services: TestServices, database_url: str, **overrides: object
 
 
 @pytest.fixture
-async def settings(services: TestServices, database_url: str) -> Settings:
+async def settings(services: StackServices, database_url: str) -> Settings:
     settings = make_settings(services, database_url)
     await ensure_topics(settings, wait_seconds=20)
     return settings

@@ -55,7 +55,9 @@ def keyed(events: Iterable[dict[str, Any]]) -> list[tuple[bytes | None, dict[str
     return [(str(event["product_id"]).encode(), event) for event in events]
 
 
-async def read_topic(settings: Settings, topic: str, expected: int, timeout: float = 30.0) -> list[Any]:
+async def read_topic(
+    settings: Settings, topic: str, expected: int, timeout: float = 30.0
+) -> list[Any]:
     """Read `expected` records from the start of `topic` (no consumer group)."""
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.kafka_bootstrap_servers,

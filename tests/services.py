@@ -23,7 +23,7 @@ from ml_analytics.settings import asyncpg_database_url
 
 
 @dataclass
-class TestServices:
+class StackServices:
     kafka_bootstrap_servers: str
     admin_database_url: str
     kind: str  # "environment", "docker" or "embedded"
@@ -69,11 +69,11 @@ def _docker_answers() -> bool:
 
 
 @contextlib.contextmanager
-def test_services() -> Iterator[TestServices]:
+def open_services() -> Iterator[StackServices]:
     kafka = os.environ.get("ML_TEST_KAFKA_BOOTSTRAP_SERVERS")
     database = os.environ.get("ML_TEST_DATABASE_URL")
     if kafka and database:
-        yield TestServices(kafka, database, "environment", idempotent_producer=True)
+        yield StackServices(kafka, database, "environment", idempotent_producer=True)
         return
     if _docker_answers():
         from testcontainers.kafka import KafkaContainer
@@ -83,7 +83,7 @@ def test_services() -> Iterator[TestServices]:
             KafkaContainer("apache/kafka:3.9.1").with_kraft() as kafka_container,
             PostgresContainer("postgres:16-alpine", driver=None) as postgres_container,
         ):
-            yield TestServices(
+            yield StackServices(
                 kafka_container.get_bootstrap_server(),
                 postgres_container.get_connection_url(),
                 "docker",
@@ -92,14 +92,14 @@ def test_services() -> Iterator[TestServices]:
         return
     from ml_analytics.devstack import EmbeddedBroker, EmbeddedPostgres
 
-    with tempfile.TemporaryDirectory(prefix="ml-analytics-tests-") as scratch:
-        with (
-            EmbeddedPostgres(Path(scratch) / "postgres") as postgres,
-            EmbeddedBroker(log_path=Path(scratch) / "broker.log") as broker,
-        ):
-            yield TestServices(
-                broker.bootstrap_servers,
-                postgres.admin_url,
-                "embedded",
-                idempotent_producer=False,
-            )
+    with (
+        tempfile.TemporaryDirectory(prefix="ml-analytics-tests-") as scratch,
+        EmbeddedPostgres(Path(scratch) / "postgres") as postgres,
+        EmbeddedBroker(log_path=Path(scratch) / "broker.log") as broker,
+    ):
+        yield StackServices(
+            broker.bootstrap_servers,
+            postgres.admin_url,
+            "embedded",
+            idempotent_producer=False,
+        )

@@ -11,12 +11,14 @@ makes the redelivery count once.
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from aiokafka import ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker, KafkaMessage, Topic
@@ -79,6 +81,7 @@ def add_ingestion(
         max_partition_fetch_bytes=8 * 1024 * 1024,
         ack_policy=AckPolicy.MANUAL,
         decoder=_raw_values,
+        listener=_AssignmentListener((transactions_topic, stock_levels_topic)),
         title="ingest",
         description="Transactions and stock levels into the daily aggregates.",
     )
@@ -107,6 +110,35 @@ def add_ingestion(
         _observe(outcome, batch, transactions_topic, stock_levels_topic, started)
         if on_batch is not None:
             await on_batch(outcome)
+
+
+class _AssignmentListener(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Logs and exposes which partitions (and so which products) this replica owns."""
+
+    def __init__(self, topics: tuple[str, ...]) -> None:
+        self._topics = topics
+        self._owned: set[TopicPartition] = set()
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        self._owned -= set(revoked)
+        self._publish("partitions revoked", revoked)
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        self._owned |= set(assigned)
+        self._publish("partitions assigned", assigned)
+
+    def _publish(self, message: str, changed: set[TopicPartition]) -> None:
+        for topic in self._topics:
+            metrics.ASSIGNED_PARTITIONS.labels(topic).set(
+                sum(1 for tp in self._owned if tp.topic == topic)
+            )
+        logger.info(
+            message,
+            extra={
+                "changed": sorted(f"{tp.topic}:{tp.partition}" for tp in changed),
+                "owned": sorted(f"{tp.topic}:{tp.partition}" for tp in self._owned),
+            },
+        )
 
 
 async def _record_with_retries(
@@ -169,8 +201,6 @@ def _original_key(letter: DeadLetter) -> bytes | None:
     if letter.key is None:
         return None
     if letter.key_encoding == "base64":
-        import base64
-
         return base64.b64decode(letter.key)
     return letter.key.encode()
 

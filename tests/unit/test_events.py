@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -33,7 +33,7 @@ def test_contract_example_transaction_is_accepted() -> None:
     transaction = decode_event(Transaction, raw())
     assert transaction.product_id == "SKU-42"
     assert transaction.quantity_units == 3
-    assert transaction.occurred_at == datetime(2026, 11, 1, 14, 3, tzinfo=timezone.utc)
+    assert transaction.occurred_at == datetime(2026, 11, 1, 14, 3, tzinfo=UTC)
 
 
 def test_unknown_fields_are_ignored() -> None:
@@ -53,7 +53,9 @@ def test_unknown_fields_are_ignored() -> None:
         ("2026-11-01", "UTC", date(2026, 11, 1)),
     ],
 )
-def test_occurred_at_is_bucketed_into_a_business_day(occurred_at: str, zone: str, day: date) -> None:
+def test_occurred_at_is_bucketed_into_a_business_day(
+    occurred_at: str, zone: str, day: date
+) -> None:
     transaction = decode_event(Transaction, raw(occurred_at=occurred_at))
     assert transaction.business_day(ZoneInfo(zone)) == day
 
@@ -61,7 +63,9 @@ def test_occurred_at_is_bucketed_into_a_business_day(occurred_at: str, zone: str
 def test_plain_date_stock_level_is_the_start_of_that_business_day() -> None:
     level = decode_event(
         StockLevel,
-        json.dumps({"event_id": "s", "product_id": "p", "as_of": "2026-11-01", "stock_units": 0}).encode(),
+        json.dumps(
+            {"event_id": "s", "product_id": "p", "as_of": "2026-11-01", "stock_units": 0}
+        ).encode(),
     )
     zone = ZoneInfo("America/New_York")
     assert level.as_of_instant(zone) == datetime(2026, 11, 1, tzinfo=zone)
@@ -94,7 +98,10 @@ def test_plain_date_stock_level_is_the_start_of_that_business_day() -> None:
         (raw(occurred_at="2026-02-30"), "occurred_at: is not a valid date"),
         (raw(occurred_at="2026-11-01T14:03:00"), "occurred_at: has no UTC offset"),
         (raw(occurred_at=1_700_000_000), "occurred_at: Input should be a valid string"),
-        (raw(occurred_at="9999-12-31T23:00:00-05:00"), "occurred_at: is out of the representable range"),
+        (
+            raw(occurred_at="9999-12-31T23:00:00-05:00"),
+            "occurred_at: is out of the representable range",
+        ),
     ],
 )
 def test_bad_transaction_is_rejected_with_a_reason_naming_the_problem(
@@ -123,7 +130,12 @@ def test_non_finite_quantity_is_rejected(literal: bytes) -> None:
     ],
 )
 def test_bad_stock_level_is_rejected_with_a_reason(changes: dict[str, object], reason: str) -> None:
-    event = {"event_id": "s-1", "product_id": "p", "as_of": "2026-11-01T18:00:00Z", "stock_units": 5}
+    event = {
+        "event_id": "s-1",
+        "product_id": "p",
+        "as_of": "2026-11-01T18:00:00Z",
+        "stock_units": 5,
+    }
     with pytest.raises(InvalidEvent) as caught:
         decode_event(StockLevel, json.dumps({**event, **changes}).encode())
     assert reason in str(caught.value)
@@ -148,13 +160,22 @@ def test_dead_letter_keeps_non_utf8_bytes_as_base64() -> None:
         key=b"\xffkey",
         value=b"\x00\xff",
         error="value is not valid UTF-8",
-        failed_at=datetime(2026, 11, 1, tzinfo=timezone.utc),
+        failed_at=datetime(2026, 11, 1, tzinfo=UTC),
     )
     assert letter.value == "AP8="
     assert letter.value_encoding == "base64"
     assert letter.key_encoding == "base64"
     text_letter = DeadLetter.for_record(
-        topic="t", partition=0, offset=0, key=b"SKU", value=b"oops", error="e",
-        failed_at=datetime(2026, 11, 1, tzinfo=timezone.utc),
+        topic="t",
+        partition=0,
+        offset=0,
+        key=b"SKU",
+        value=b"oops",
+        error="e",
+        failed_at=datetime(2026, 11, 1, tzinfo=UTC),
     )
-    assert (text_letter.key, text_letter.value, text_letter.value_encoding) == ("SKU", "oops", "utf-8")
+    assert (text_letter.key, text_letter.value, text_letter.value_encoding) == (
+        "SKU",
+        "oops",
+        "utf-8",
+    )

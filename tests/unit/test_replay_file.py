@@ -19,9 +19,18 @@ def test_transactions_file_rows_become_transaction_events(tmp_path: Path) -> Non
     kind, events = read_events(path)
     assert kind == "transactions"
     assert list(events) == [
-        {"event_id": "a-1", "product_id": "85123A", "occurred_at": "2010-12-01T08:26:00+00:00",
-         "quantity_units": 6},
-        {"event_id": "a-2", "product_id": "10080", "occurred_at": "2010-12-01", "quantity_units": 2.5},
+        {
+            "event_id": "a-1",
+            "product_id": "85123A",
+            "occurred_at": "2010-12-01T08:26:00+00:00",
+            "quantity_units": 6,
+        },
+        {
+            "event_id": "a-2",
+            "product_id": "10080",
+            "occurred_at": "2010-12-01",
+            "quantity_units": 2.5,
+        },
     ]
     assert count_rows(path) == 2
 
@@ -47,7 +56,12 @@ def test_a_cell_that_is_not_a_number_is_published_as_it_is() -> None:
 
     event = row_to_event(
         "transactions",
-        {"event_id": "x", "product_id": "p", "occurred_at": "2026-11-01", "quantity_units": "three"},
+        {
+            "event_id": "x",
+            "product_id": "p",
+            "occurred_at": "2026-11-01",
+            "quantity_units": "three",
+        },
     )
     assert event["quantity_units"] == "three"
 

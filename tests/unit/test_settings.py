@@ -14,8 +14,14 @@ from ml_analytics.settings import Settings, asyncpg_database_url, redact_url
         ("postgresql://u:pw@db:5432/inv", "postgresql+asyncpg://u:pw@db:5432/inv"),
         ("postgres://u:pw@db/inv", "postgresql+asyncpg://u:pw@db/inv"),
         ("postgresql+psycopg://u@db/inv", "postgresql+asyncpg://u@db/inv"),
-        ("postgresql://u@/inv?host=/run/postgresql", "postgresql+asyncpg://u@/inv?host=%2Frun%2Fpostgresql"),
-        ("postgresql://u:pw@db/inv?sslmode=require", "postgresql+asyncpg://u:pw@db/inv?ssl=require"),
+        (
+            "postgresql://u@/inv?host=/run/postgresql",
+            "postgresql+asyncpg://u@/inv?host=%2Frun%2Fpostgresql",
+        ),
+        (
+            "postgresql://u:pw@db/inv?sslmode=require",
+            "postgresql+asyncpg://u:pw@db/inv?ssl=require",
+        ),
     ],
 )
 def test_database_url_forms_get_the_asyncpg_driver(given: str, expected: str) -> None:

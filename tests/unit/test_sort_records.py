@@ -23,12 +23,19 @@ class Record:
 
 def tx(event_id: str, quantity: float = 1, occurred_at: str = "2026-11-01T10:00:00Z") -> bytes:
     return json.dumps(
-        {"event_id": event_id, "product_id": "p", "occurred_at": occurred_at, "quantity_units": quantity}
+        {
+            "event_id": event_id,
+            "product_id": "p",
+            "occurred_at": occurred_at,
+            "quantity_units": quantity,
+        }
     ).encode()
 
 
 def sort(records: list[Record]):  # type: ignore[no-untyped-def]
-    return sort_records(records, transactions_topic=TX, stock_levels_topic=SL, zone=UTC, failed_at=NOW)
+    return sort_records(
+        records, transactions_topic=TX, stock_levels_topic=SL, zone=UTC, failed_at=NOW
+    )
 
 
 def test_repeated_event_id_within_a_batch_is_kept_once() -> None:
@@ -55,7 +62,10 @@ def test_bad_record_becomes_a_dead_letter_with_its_position_and_bytes() -> None:
         ]
     )
     assert [row.event_id for row in batch.transactions] == ["ok-1", "ok-2"]
-    assert [row.business_day for row in batch.transactions] == [date(2026, 11, 1), date(2026, 11, 2)]
+    assert [row.business_day for row in batch.transactions] == [
+        date(2026, 11, 1),
+        date(2026, 11, 2),
+    ]
     (letter,) = batch.dead_letters
     assert (letter.source_topic, letter.partition, letter.offset, letter.key) == (TX, 2, 41, "p")
     assert letter.value == '{"event_id": "bad"}'
