@@ -8,7 +8,6 @@ and the operator should hear about it (through the dead-letter topic).
 from __future__ import annotations
 
 import base64
-import math
 import re
 from datetime import UTC, date, datetime, tzinfo
 from typing import Annotated, Any, Literal, TypeVar
@@ -24,19 +23,15 @@ from pydantic import (
     ValidationError,
 )
 
+# Checks run inside pydantic-core where they can (lengths, the NUL pattern,
+# finiteness): validation is on the ingestion hot path, ~2 µs an event.
+_NO_NUL = r"^[^\x00]*$"  # PostgreSQL text cannot hold U+0000
 _PLAIN_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
-
-
-def _no_nul(value: str) -> str:
-    # PostgreSQL text cannot hold U+0000; say so here rather than fail the batch there.
-    if "\x00" in value:
-        raise ValueError("must not contain the NUL character (U+0000)")
-    return value
 
 
 def _event_time(value: str) -> datetime | date:
     """An ISO-8601 datetime with a UTC offset, or a plain date `YYYY-MM-DD`."""
-    if _PLAIN_DATE.match(value):
+    if len(value) == 10 and _PLAIN_DATE.match(value):
         try:
             return date.fromisoformat(value)
         except ValueError as error:
@@ -50,24 +45,19 @@ def _event_time(value: str) -> datetime | date:
         ) from None
     if moment.tzinfo is None or moment.utcoffset() is None:
         raise ValueError("has no UTC offset; add one (e.g. Z or +01:00) or send a plain date")
-    try:
-        moment.astimezone(UTC)
-    except OverflowError:
-        raise ValueError("is out of the representable range") from None
+    if moment.year in (1, 9999):  # only there can a shift to another zone overflow
+        try:
+            moment.astimezone(UTC)
+        except OverflowError:
+            raise ValueError("is out of the representable range") from None
     return moment
 
 
-def _finite(value: float) -> float:
-    if not math.isfinite(value):
-        raise ValueError("must be a finite number")
-    return value
-
-
 Identifier = Annotated[
-    str, StringConstraints(strict=True, min_length=1, max_length=128), AfterValidator(_no_nul)
+    str, StringConstraints(strict=True, min_length=1, max_length=128, pattern=_NO_NUL)
 ]
 EventTime = Annotated[str, StringConstraints(strict=True), AfterValidator(_event_time)]
-Units = Annotated[float, Strict(), AfterValidator(_finite)]
+Units = Annotated[float, Strict(), Field(allow_inf_nan=False)]
 
 
 class Transaction(BaseModel):
@@ -219,6 +209,10 @@ def describe_validation_error(error: ValidationError) -> str:
             continue
         field = ".".join(str(part) for part in item["loc"]) or "value"
         message = item["msg"].removeprefix("Value error, ")
+        if kind == "string_pattern_mismatch":
+            message = "must not contain the NUL character (U+0000)"
+        elif kind == "finite_number":
+            message = "must be a finite number"
         if kind == "missing":
             problems.append(f"{field}: required field is missing")
         elif kind in {"model_type", "model_attributes_type", "dict_type"}:

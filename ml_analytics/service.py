@@ -57,8 +57,12 @@ async def run_service(settings: Settings) -> None:
     await ensure_topics(settings)
     engine = create_engine(settings)
     broker = build_broker(settings)
-    add_ingestion(broker, settings, engine)
-    app = create_app(engine, broker)
+    ingestion = add_ingestion(broker, settings, engine)
+    app = create_app(
+        engine,
+        broker,
+        before_broker_stop=lambda: ingestion.drain(settings.shutdown_grace_seconds),
+    )
     server = _GracefulServer(
         uvicorn.Config(
             app,

@@ -112,7 +112,15 @@ class Settings(BaseSettings):
     business_timezone: str = Field(
         default="UTC", description="IANA zone in which event times are bucketed into days."
     )
-    ingest_batch_max_records: int = Field(default=5000, ge=1)
+    ingest_batch_max_records: int = Field(
+        default=20000, ge=1, description="Most records one consumed batch holds."
+    )
+    ingest_chunk_size: int = Field(
+        default=2500, ge=1, description="Records per database write within a batch."
+    )
+    ingest_parallel_writes: int = Field(
+        default=2, ge=1, le=8, description="Database writes of one batch in flight at once."
+    )
     ingest_batch_timeout_ms: int = Field(default=200, ge=1)
     ingest_retry_max_seconds: float = Field(
         default=30.0, gt=0, description="Longest pause between database retries of one batch."

@@ -115,9 +115,10 @@ async def wait_until(
 async def running_ingestion(settings: Settings, engine: AsyncEngine):  # type: ignore[no-untyped-def]
     """The service's ingestion subscriber, in this process, on the test's topics."""
     broker = build_broker(settings)
-    add_ingestion(broker, settings, engine)
+    pipeline = add_ingestion(broker, settings, engine)
     await broker.start()
     try:
         yield broker
     finally:
+        await pipeline.drain(settings.shutdown_grace_seconds)
         await broker.stop()

@@ -1,24 +1,27 @@
 """The ingestion subscriber: batches from both input topics into PostgreSQL.
 
-Thin by design: sort the batch (services.ingest), write it, publish its dead
-letters, then commit the offsets. The offsets are committed only after the
-database commit and the dead-letter acks, and the subscriber never lets a batch
-go without either committing it or rewinding to it, so a crash, a rebalance or
-a database outage can delay an event but never lose it; the ledger of event ids
-makes the redelivery count once.
+Thin by design. FastStream's batch subscriber fetches; its handler hands each
+batch to one worker (`IngestionPipeline`) and returns, so the next batch is
+fetched and unpacked while the worker writes this one. The worker, one batch
+at a time and in order: validates and writes the events (services.ingest),
+publishes the dead letters, then commits exactly that batch's offsets. A batch
+is never skipped: a failed write or publish is retried until it succeeds or the
+service stops, and what was not committed is delivered again after a restart or
+a rebalance, where the ledger of event ids makes it count once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
-from aiokafka import ConsumerRebalanceListener, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker, KafkaMessage, Topic
@@ -27,9 +30,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ml_analytics import metrics
 from ml_analytics.events import DeadLetter
-from ml_analytics.services.ingest import BatchOutcome, SortedBatch, record_batch, sort_records
+from ml_analytics.services.ingest import (
+    BatchOutcome,
+    IngestResult,
+    KafkaRecord,
+    RetryPolicy,
+    ingest_records,
+)
 from ml_analytics.settings import Settings
-from ml_analytics.storage.database import is_transient
 
 logger = logging.getLogger(__name__)
 
@@ -58,58 +66,130 @@ async def _raw_values(message: StreamMessage[Any]) -> Any:
     return message.body
 
 
+class IngestionPipeline:
+    """One worker that writes handed-over batches in order and commits their offsets."""
+
+    def __init__(
+        self,
+        broker: KafkaBroker,
+        settings: Settings,
+        engine: AsyncEngine,
+        on_batch: BatchListener | None = None,
+    ) -> None:
+        self._broker = broker
+        self._settings = settings
+        self._engine = engine
+        self._on_batch = on_batch
+        self._retry = RetryPolicy(max_delay_seconds=settings.ingest_retry_max_seconds)
+        # One batch waiting while one is written: backpressure on the fetch loop.
+        self._queue: asyncio.Queue[tuple[Sequence[KafkaRecord], AIOKafkaConsumer]] = asyncio.Queue(
+            maxsize=1
+        )
+        self._worker: asyncio.Task[None] | None = None
+        self._closed = False
+
+    async def submit(self, records: Sequence[KafkaRecord], consumer: AIOKafkaConsumer) -> None:
+        """Hand a fetched batch over; waits while the previous one is still queued."""
+        if self._closed:
+            return  # shutting down: not taken, not committed, delivered again later
+        if self._worker is None or self._worker.done():
+            self._worker = asyncio.create_task(self._run(), name="ingestion-worker")
+        await self._queue.put((records, consumer))
+
+    async def drain(self, timeout_seconds: float) -> None:
+        """Finish and commit the batches handed over, take no more, stop the worker."""
+        self._closed = True
+        if self._worker is None:
+            return
+        try:
+            await asyncio.wait_for(self._queue.join(), timeout_seconds)
+        except TimeoutError:
+            logger.warning(
+                "shutdown: batches in hand not finished in time; they will be delivered again",
+                extra={"timeout_seconds": timeout_seconds},
+            )
+        self._worker.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._worker
+
+    async def _run(self) -> None:
+        while True:
+            records, consumer = await self._queue.get()
+            try:
+                await self._process(records, consumer)
+            finally:
+                self._queue.task_done()
+
+    async def _process(self, records: Sequence[KafkaRecord], consumer: AIOKafkaConsumer) -> None:
+        started = time.perf_counter()
+        delay = self._retry.first_delay_seconds
+        while True:
+            try:
+                result = await ingest_records(
+                    self._engine,
+                    records,
+                    transactions_topic=self._settings.transactions_topic,
+                    stock_levels_topic=self._settings.stock_levels_topic,
+                    zone=self._settings.timezone,
+                    failed_at=datetime.now(UTC),
+                    chunk_size=self._settings.ingest_chunk_size,
+                    parallel_writes=self._settings.ingest_parallel_writes,
+                    retry=self._retry,
+                )
+                await _publish_dead_letters(self._broker, self._settings, result.dead_letters)
+                break
+            except Exception as error:
+                # Not a database outage (ingest_records waits those out): for
+                # example the broker refusing dead letters. Keep the batch.
+                metrics.BATCHES.labels("failed").inc()
+                logger.exception(
+                    "batch failed; retrying it",
+                    extra={"error": repr(error)[:500], "retry_in_seconds": delay},
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self._retry.max_delay_seconds)
+        await _commit(consumer, records)
+        _observe(result, self._settings, started)
+        if self._on_batch is not None:
+            await self._on_batch(result.outcome)
+
+
 def add_ingestion(
     broker: KafkaBroker,
     settings: Settings,
     engine: AsyncEngine,
     *,
     on_batch: BatchListener | None = None,
-) -> None:
-    """Subscribe to the transactions and stock-levels topics in one consumer group."""
-    zone = settings.timezone
-    transactions_topic = settings.transactions_topic
-    stock_levels_topic = settings.stock_levels_topic
+) -> IngestionPipeline:
+    """Subscribe to the transactions and stock-levels topics in one consumer group.
+
+    Call the returned pipeline's `drain()` before stopping the broker.
+    """
+    pipeline = IngestionPipeline(broker, settings, engine, on_batch)
 
     @broker.subscriber(
-        Topic(transactions_topic, declare=False),
-        Topic(stock_levels_topic, declare=False),
+        Topic(settings.transactions_topic, declare=False),
+        Topic(settings.stock_levels_topic, declare=False),
         batch=True,
         group_id=settings.group_id,
         auto_offset_reset="earliest",
         max_records=settings.ingest_batch_max_records,
         batch_timeout_ms=settings.ingest_batch_timeout_ms,
         max_partition_fetch_bytes=8 * 1024 * 1024,
+        # Offsets are committed by the pipeline, per batch, after the writes.
         ack_policy=AckPolicy.MANUAL,
         decoder=_raw_values,
-        listener=_AssignmentListener((transactions_topic, stock_levels_topic)),
+        listener=_AssignmentListener((settings.transactions_topic, settings.stock_levels_topic)),
         title="ingest",
         description="Transactions and stock levels into the daily aggregates.",
     )
     async def ingest(values: Any, message: KafkaMessage) -> None:
-        started = time.perf_counter()
         records = message.raw_message
         if not isinstance(records, tuple):
             records = (records,)
-        batch = sort_records(
-            records,
-            transactions_topic=transactions_topic,
-            stock_levels_topic=stock_levels_topic,
-            zone=zone,
-            failed_at=datetime.now(UTC),
-        )
-        try:
-            outcome = await _record_with_retries(engine, batch, settings)
-            await _publish_dead_letters(broker, settings, batch.dead_letters)
-        except BaseException:
-            # Cancelled (shutdown) or a failure that is not a passing one: rewind
-            # so the batch is read again; nothing is committed past it.
-            metrics.BATCHES.labels("failed").inc()
-            await message.nack()
-            raise
-        await _commit(message)
-        _observe(outcome, batch, transactions_topic, stock_levels_topic, started)
-        if on_batch is not None:
-            await on_batch(outcome)
+        await pipeline.submit(records, cast(AIOKafkaConsumer, message.consumer))
+
+    return pipeline
 
 
 class _AssignmentListener(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -139,32 +219,6 @@ class _AssignmentListener(ConsumerRebalanceListener):  # type: ignore[misc]
                 "owned": sorted(f"{tp.topic}:{tp.partition}" for tp in self._owned),
             },
         )
-
-
-async def _record_with_retries(
-    engine: AsyncEngine, batch: SortedBatch, settings: Settings
-) -> BatchOutcome:
-    """Write the batch, waiting out database outages (good events never become dead letters)."""
-    delay = 0.5
-    while True:
-        try:
-            return await record_batch(engine, batch)
-        except Exception as error:
-            transient = is_transient(error)
-            metrics.BATCHES.labels("retried").inc()
-            logger.log(
-                logging.WARNING if transient else logging.ERROR,
-                "database write failed, retrying the batch",
-                extra={
-                    "error": repr(error)[:500],
-                    "transient": transient,
-                    "retry_in_seconds": delay,
-                    "batch_events": batch.valid_events,
-                },
-                exc_info=not transient,
-            )
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, settings.ingest_retry_max_seconds)
 
 
 async def _publish_dead_letters(
@@ -205,24 +259,34 @@ def _original_key(letter: DeadLetter) -> bytes | None:
     return letter.key.encode()
 
 
-async def _commit(message: KafkaMessage) -> None:
+async def _commit(consumer: AIOKafkaConsumer, records: Sequence[KafkaRecord]) -> None:
+    """Commit the offsets just past this batch's records, for the partitions still owned."""
+    offsets: dict[TopicPartition, int] = {}
+    for record in records:
+        partition = TopicPartition(record.topic, record.partition)
+        offsets[partition] = max(offsets.get(partition, 0), record.offset + 1)
+    owned = consumer.assignment()
+    offsets = {partition: offset for partition, offset in offsets.items() if partition in owned}
+    if not offsets:
+        return
     try:
-        await message.ack()
+        await consumer.commit(offsets)
         metrics.BATCHES.labels("committed").inc()
     except (CommitFailedError, IllegalStateError, KafkaError) as error:
         # The partitions moved to another consumer during the batch. Its events
-        # are in the database already; the new owner re-reads them and the
+        # are in the database already; the new owner reads them again and the
         # ledger ignores them.
         logger.warning("offset commit failed after a rebalance", extra={"error": repr(error)})
 
 
-def _observe(
-    outcome: BatchOutcome,
-    batch: SortedBatch,
-    transactions_topic: str,
-    stock_levels_topic: str,
-    started: float,
-) -> None:
+def _observe(result: IngestResult, settings: Settings, started: float) -> None:
+    outcome = result.outcome
+    transactions_topic, stock_levels_topic = (
+        settings.transactions_topic,
+        settings.stock_levels_topic,
+    )
+    if result.database_retries:
+        metrics.BATCHES.labels("retried").inc(result.database_retries)
     metrics.EVENTS_INGESTED.labels(transactions_topic, "counted").inc(outcome.transactions_counted)
     metrics.EVENTS_INGESTED.labels(transactions_topic, "seen_before").inc(
         outcome.transactions_seen_before
@@ -233,7 +297,7 @@ def _observe(
     metrics.EVENTS_INGESTED.labels(stock_levels_topic, "seen_before").inc(
         outcome.stock_snapshots_seen_before
     )
-    for letter in batch.dead_letters:
+    for letter in result.dead_letters:
         metrics.DEAD_LETTERS.labels(letter.source_topic).inc()
     metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
     logger.debug(
@@ -241,8 +305,8 @@ def _observe(
         extra={
             "transactions_counted": outcome.transactions_counted,
             "seen_before": outcome.transactions_seen_before + outcome.stock_snapshots_seen_before,
-            "repeated_in_batch": batch.repeated_in_batch,
+            "repeated_in_batch": result.repeated_in_batch,
             "stock_snapshots": outcome.stock_snapshots_recorded,
-            "dead_letters": len(batch.dead_letters),
+            "dead_letters": len(result.dead_letters),
         },
     )

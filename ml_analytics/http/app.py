@@ -7,7 +7,7 @@ request validation (FastAPI's default is a list of error objects).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, date, datetime
 from typing import Annotated
@@ -59,8 +59,15 @@ class ProductDemand(BaseModel):
     days: list[DemandDayOut]
 
 
-def create_app(engine: AsyncEngine, broker: KafkaBroker, *, manage_broker: bool = True) -> FastAPI:
-    """The HTTP app. With `manage_broker`, its lifespan starts and stops the Kafka broker."""
+def create_app(
+    engine: AsyncEngine,
+    broker: KafkaBroker,
+    *,
+    before_broker_stop: Callable[[], Awaitable[None]] | None = None,
+    manage_broker: bool = True,
+) -> FastAPI:
+    """The HTTP app. With `manage_broker`, its lifespan starts and stops the Kafka
+    broker, calling `before_broker_stop` first (to finish the batch in hand)."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -70,7 +77,8 @@ def create_app(engine: AsyncEngine, broker: KafkaBroker, *, manage_broker: bool 
             yield
         finally:
             if manage_broker:
-                # Finishes and commits the batch in hand (graceful_timeout), then stops.
+                if before_broker_stop is not None:
+                    await before_broker_stop()
                 await broker.stop()
 
     app = FastAPI(

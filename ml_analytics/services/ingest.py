@@ -1,27 +1,35 @@
 """Ingest a batch of Kafka records: validate, count each event once, set aside the bad ones.
 
 `sort_records` is pure (bytes in, rows and dead letters out); `record_batch` writes
-the rows in one PostgreSQL transaction. The consumer calls both, then publishes
-the dead letters, then commits the offsets: an event is counted before its offset
-is committed, and counted once because the ledger remembers its event_id.
+the rows; `ingest_records` does both for a consumed batch, chunk by chunk. The
+consumer calls it, then publishes the dead letters, then commits the offsets: an
+event is counted before its offset is committed, and counted once because the
+ledger remembers its event_id.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import asyncio
+import contextlib
+import logging
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, tzinfo
 from typing import Protocol
 
-from sqlalchemy.ext.asyncio import AsyncEngine
+import asyncpg
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from ml_analytics.events import DeadLetter, InvalidEvent, StockLevel, Transaction, decode_event
+from ml_analytics.storage.database import is_transient
 from ml_analytics.storage.queries import (
     StockSnapshotRow,
     TransactionRow,
     record_stock_snapshots,
     record_transactions,
 )
+
+logger = logging.getLogger(__name__)
 
 
 class KafkaRecord(Protocol):
@@ -44,15 +52,6 @@ class SortedBatch:
     @property
     def valid_events(self) -> int:
         return len(self.transactions) + len(self.stock_snapshots) + self.repeated_in_batch
-
-
-@dataclass(frozen=True, slots=True)
-class BatchOutcome:
-    transactions_counted: int
-    transactions_seen_before: int
-    stock_snapshots_recorded: int
-    stock_snapshots_seen_before: int
-    products_with_new_stock: list[str]
 
 
 def sort_records(
@@ -100,7 +99,12 @@ def sort_records(
                 )
             else:
                 raise InvalidEvent(f"record from unexpected topic {record.topic!r}")
-        except InvalidEvent as error:
+        except Exception as error:
+            # InvalidEvent says what is wrong; anything else (a time that overflows
+            # when moved to the business zone, say) must not stall the partition either.
+            reason = (
+                str(error) if isinstance(error, InvalidEvent) else f"cannot be processed: {error!r}"
+            )
             batch.dead_letters.append(
                 DeadLetter.for_record(
                     topic=record.topic,
@@ -108,25 +112,172 @@ def sort_records(
                     offset=record.offset,
                     key=record.key,
                     value=record.value,
-                    error=str(error),
+                    error=reason,
                     failed_at=failed_at,
                 )
             )
     return batch
 
 
-async def record_batch(engine: AsyncEngine, batch: SortedBatch) -> BatchOutcome:
-    """Write a sorted batch in one transaction; events seen before change nothing."""
-    async with engine.connect() as connection:
-        driver = (await connection.get_raw_connection()).driver_connection
-        assert driver is not None
-        async with driver.transaction():
-            counted = await record_transactions(driver, batch.transactions)
-            snapshots = await record_stock_snapshots(driver, batch.stock_snapshots)
+@dataclass(frozen=True, slots=True)
+class BatchOutcome:
+    transactions_counted: int = 0
+    transactions_seen_before: int = 0
+    stock_snapshots_recorded: int = 0
+    stock_snapshots_seen_before: int = 0
+    products_with_new_stock: tuple[str, ...] = ()
+
+    def __add__(self, other: BatchOutcome) -> BatchOutcome:
+        return BatchOutcome(
+            self.transactions_counted + other.transactions_counted,
+            self.transactions_seen_before + other.transactions_seen_before,
+            self.stock_snapshots_recorded + other.stock_snapshots_recorded,
+            self.stock_snapshots_seen_before + other.stock_snapshots_seen_before,
+            tuple(sorted({*self.products_with_new_stock, *other.products_with_new_stock})),
+        )
+
+
+async def record_batch(connection: asyncpg.Connection, batch: SortedBatch) -> BatchOutcome:
+    """Write a sorted batch; events seen before change nothing.
+
+    Each of the two statements is atomic on its own (ledger, aggregates and
+    products in one statement) and idempotent, so no enclosing transaction is
+    needed: that saves two round trips per write, which is what lets the next
+    chunk be validated while PostgreSQL works on this one.
+    """
+    counted = await record_transactions(connection, batch.transactions)
+    snapshots = await record_stock_snapshots(connection, batch.stock_snapshots)
     return BatchOutcome(
         transactions_counted=counted,
         transactions_seen_before=len(batch.transactions) - counted,
         stock_snapshots_recorded=snapshots.new_snapshots,
         stock_snapshots_seen_before=len(batch.stock_snapshots) - snapshots.new_snapshots,
-        products_with_new_stock=snapshots.products_with_new_stock,
+        products_with_new_stock=tuple(snapshots.products_with_new_stock),
     )
+
+
+@dataclass(frozen=True, slots=True)
+class IngestResult:
+    outcome: BatchOutcome
+    dead_letters: list[DeadLetter]
+    repeated_in_batch: int
+    database_retries: int
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How long to wait between attempts when PostgreSQL cannot take a write."""
+
+    first_delay_seconds: float = 0.5
+    max_delay_seconds: float = 30.0
+
+
+async def ingest_records(
+    engine: AsyncEngine,
+    records: Sequence[KafkaRecord],
+    *,
+    transactions_topic: str,
+    stock_levels_topic: str,
+    zone: tzinfo,
+    failed_at: datetime,
+    chunk_size: int = 2500,
+    parallel_writes: int = 2,
+    retry: RetryPolicy | None = None,
+) -> IngestResult:
+    """Validate and write a consumed batch; return once every valid event is stored.
+
+    The batch goes in chunks, and the next chunk is validated (Python) while
+    PostgreSQL writes the previous ones, up to `parallel_writes` at once on as
+    many connections. Chunks may land in any order: every write is idempotent
+    and commutes with the others (sums, LEAST/GREATEST, newest as_of wins), and
+    they lock rows in one sorted order. A write that fails is retried, with a
+    growing pause, until it succeeds: a database outage delays events, it never
+    turns them into dead letters. Cancel the call to give up (the caller then
+    must not commit the batch's offsets).
+    """
+    writers = [_ChunkWriter(engine, retry or RetryPolicy()) for _ in range(max(1, parallel_writes))]
+    total = BatchOutcome()
+    dead_letters: list[DeadLetter] = []
+    repeated = 0
+    in_flight: list[asyncio.Task[BatchOutcome]] = []
+    try:
+        for number, start in enumerate(range(0, len(records), chunk_size)):
+            batch = sort_records(
+                records[start : start + chunk_size],
+                transactions_topic=transactions_topic,
+                stock_levels_topic=stock_levels_topic,
+                zone=zone,
+                failed_at=failed_at,
+            )
+            dead_letters.extend(batch.dead_letters)
+            repeated += batch.repeated_in_batch
+            if len(in_flight) == len(writers):
+                total += await in_flight.pop(0)
+            writer = writers[number % len(writers)]
+            in_flight.append(asyncio.create_task(writer.write(batch)))
+            await asyncio.sleep(0)  # let the write send its statement before the next sort
+        while in_flight:
+            total += await in_flight.pop(0)
+    finally:
+        for task in in_flight:
+            task.cancel()
+        for task in in_flight:
+            with contextlib.suppress(BaseException):
+                await task
+        for writer in writers:
+            await writer.close()
+    return IngestResult(total, dead_letters, repeated, sum(w.retries for w in writers))
+
+
+class _ChunkWriter:
+    """Writes chunks one after another on one pooled connection, retrying failures."""
+
+    def __init__(self, engine: AsyncEngine, retry: RetryPolicy) -> None:
+        self._engine = engine
+        self._retry = retry
+        self._connection: AsyncConnection | None = None
+        self.retries = 0
+
+    async def write(self, batch: SortedBatch) -> BatchOutcome:
+        delay = self._retry.first_delay_seconds
+        while True:
+            try:
+                driver = await self._driver()
+                return await record_batch(driver, batch)
+            except Exception as error:
+                transient = is_transient(error)
+                self.retries += 1
+                logger.log(
+                    logging.WARNING if transient else logging.ERROR,
+                    "database write failed; retrying",
+                    extra={
+                        "error": repr(error)[:500],
+                        "transient": transient,
+                        "retry_in_seconds": delay,
+                        "events": len(batch.transactions) + len(batch.stock_snapshots),
+                    },
+                    exc_info=not transient,
+                )
+                await self._discard_connection()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self._retry.max_delay_seconds)
+
+    async def _driver(self) -> asyncpg.Connection:
+        if self._connection is None:
+            self._connection = await self._engine.connect()
+        driver = (await self._connection.get_raw_connection()).driver_connection
+        assert driver is not None
+        return driver
+
+    async def _discard_connection(self) -> None:
+        if self._connection is not None:
+            connection, self._connection = self._connection, None
+            with contextlib.suppress(Exception):
+                await connection.invalidate()
+            with contextlib.suppress(Exception):
+                await connection.close()
+
+    async def close(self) -> None:
+        if self._connection is not None:
+            connection, self._connection = self._connection, None
+            await connection.close()

@@ -21,7 +21,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass costs ~1 µs more per event
 class TransactionRow:
     event_id: str
     product_id: str
@@ -29,7 +29,7 @@ class TransactionRow:
     quantity_units: float
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class StockSnapshotRow:
     event_id: str
     product_id: str

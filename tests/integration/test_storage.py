@@ -7,7 +7,8 @@ from datetime import UTC, date, datetime, timedelta
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from ml_analytics.services.ingest import SortedBatch, record_batch
+from ml_analytics.services.ingest import BatchOutcome, SortedBatch
+from ml_analytics.services.ingest import record_batch as record_on_connection
 from ml_analytics.storage.queries import (
     StockSnapshotRow,
     TransactionRow,
@@ -19,6 +20,12 @@ from ml_analytics.storage.queries import (
 )
 
 pytestmark = pytest.mark.integration
+
+
+async def record_batch(engine: AsyncEngine, batch: SortedBatch) -> BatchOutcome:
+    async with engine.connect() as connection:
+        driver = (await connection.get_raw_connection()).driver_connection
+        return await record_on_connection(driver, batch)
 
 
 def tx(event_id: str, product: str, day: date, units: float) -> TransactionRow:
@@ -93,8 +100,8 @@ async def test_late_older_stock_snapshot_is_history_not_current(engine: AsyncEng
         engine, SortedBatch(stock_snapshots=[snap("s1", "S", t0 - timedelta(days=1), 500, 7)])
     )
     repeat = await record_batch(engine, SortedBatch(stock_snapshots=[snap("s2", "S", t0, 480, 10)]))
-    assert newer.products_with_new_stock == ["S"]
-    assert late.products_with_new_stock == [] and late.stock_snapshots_recorded == 1
+    assert newer.products_with_new_stock == ("S",)
+    assert late.products_with_new_stock == () and late.stock_snapshots_recorded == 1
     assert repeat.stock_snapshots_seen_before == 1
     async with engine.connect() as connection:
         current = await latest_stock_snapshot(connection, "S")

@@ -77,3 +77,18 @@ def test_record_from_an_unexpected_topic_is_a_dead_letter() -> None:
     batch = sort([Record("elsewhere", 0, 0, None, tx("x"))])
     assert batch.transactions == []
     assert "unexpected topic 'elsewhere'" in batch.dead_letters[0].error
+
+
+def test_event_time_that_overflows_in_the_business_zone_is_a_dead_letter() -> None:
+    from zoneinfo import ZoneInfo
+
+    late = tx("edge", occurred_at="9999-12-31T23:30:00+00:00")  # valid in UTC, not in Tokyo
+    batch = sort_records(
+        [Record(TX, 0, 0, b"p", late), Record(TX, 0, 1, b"p", tx("fine"))],
+        transactions_topic=TX,
+        stock_levels_topic=SL,
+        zone=ZoneInfo("Asia/Tokyo"),
+        failed_at=NOW,
+    )
+    assert [row.event_id for row in batch.transactions] == ["fine"]
+    assert "cannot be processed" in batch.dead_letters[0].error
