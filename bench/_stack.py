@@ -26,4 +26,8 @@ def bench_stack() -> Iterator[tuple[str, str, bool]]:
         EmbeddedPostgres(Path(scratch) / "postgres") as postgres,
         EmbeddedBroker(log_path=Path(scratch) / "broker.log") as broker,
     ):
-        yield broker.bootstrap_servers, postgres.database_url(f"bench_{uuid.uuid4().hex[:8]}"), False
+        yield (
+            broker.bootstrap_servers,
+            postgres.database_url(f"bench_{uuid.uuid4().hex[:8]}"),
+            False,
+        )

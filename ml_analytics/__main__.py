@@ -8,10 +8,25 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any, TypeVar
 
 from ml_analytics import __version__
 from ml_analytics.settings import Settings
+
+T = TypeVar("T")
+
+
+def run_async(main: Coroutine[Any, Any, T]) -> T:
+    """Run `main` on uvloop when it is installed (it comes with uvicorn[standard]):
+    asyncpg and aiokafka spend noticeably less CPU on it than on the default loop."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(main)
 
 
 def _positive(text: str) -> float:
@@ -106,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "run":
         from ml_analytics.service import run_service
 
-        asyncio.run(run_service(Settings()))
+        run_async(run_service(Settings()))
     elif args.command == "dev":
         return _dev(args)
     elif args.command == "replay":
@@ -114,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "migrate":
         from ml_analytics.storage.database import migrate
 
-        asyncio.run(migrate(Settings().database_url))
+        run_async(migrate(Settings().database_url))
     return 0
 
 
@@ -125,7 +140,7 @@ def _replay(args: argparse.Namespace) -> int:
         print(f"replay: no such file: {args.path}", file=sys.stderr)
         return 2
     try:
-        result = asyncio.run(
+        result = run_async(
             replay_file(
                 args.path,
                 Settings(),
@@ -178,7 +193,7 @@ def _dev(args: argparse.Namespace) -> int:
     )
     replay_process: subprocess.Popen[bytes] | None = None
     try:
-        asyncio.run(ensure_topics(settings))
+        run_async(ensure_topics(settings))
         if args.replay is not None:
             command = [sys.executable, "-m", "ml_analytics", "replay", str(args.replay)]
             if args.replay_rate:
@@ -191,7 +206,7 @@ def _dev(args: argparse.Namespace) -> int:
                 "KAFKA_ENABLE_IDEMPOTENCE": "false",
             }
             replay_process = subprocess.Popen(command, env=env)
-        asyncio.run(run_service(settings))
+        run_async(run_service(settings))
     except KeyboardInterrupt:
         pass
     finally:

@@ -13,10 +13,10 @@ from datetime import UTC, date, datetime, tzinfo
 from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
-    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
+    PlainValidator,
     Strict,
     StrictInt,
     StringConstraints,
@@ -29,8 +29,10 @@ _NO_NUL = r"^[^\x00]*$"  # PostgreSQL text cannot hold U+0000
 _PLAIN_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
 
-def _event_time(value: str) -> datetime | date:
+def _event_time(value: object) -> datetime | date:
     """An ISO-8601 datetime with a UTC offset, or a plain date `YYYY-MM-DD`."""
+    if not isinstance(value, str):
+        raise ValueError("must be a string: an ISO-8601 datetime with offset, or YYYY-MM-DD")
     if len(value) == 10 and _PLAIN_DATE.match(value):
         try:
             return date.fromisoformat(value)
@@ -43,7 +45,7 @@ def _event_time(value: str) -> datetime | date:
             "is not an ISO-8601 datetime with offset (e.g. 2026-11-01T14:03:00Z) "
             "or a date YYYY-MM-DD"
         ) from None
-    if moment.tzinfo is None or moment.utcoffset() is None:
+    if moment.tzinfo is None:  # fromisoformat gives fixed offsets: an offset or none
         raise ValueError("has no UTC offset; add one (e.g. Z or +01:00) or send a plain date")
     if moment.year in (1, 9999):  # only there can a shift to another zone overflow
         try:
@@ -56,7 +58,10 @@ def _event_time(value: str) -> datetime | date:
 Identifier = Annotated[
     str, StringConstraints(strict=True, min_length=1, max_length=128, pattern=_NO_NUL)
 ]
-EventTime = Annotated[str, StringConstraints(strict=True), AfterValidator(_event_time)]
+EventTime = Annotated[
+    datetime | date,
+    PlainValidator(_event_time, json_schema_input_type=str),
+]
 Units = Annotated[float, Strict(), Field(allow_inf_nan=False)]
 
 
@@ -67,12 +72,12 @@ class Transaction(BaseModel):
 
     event_id: Identifier
     product_id: Identifier
-    occurred_at: EventTime  # type: ignore[assignment]  # validated into datetime | date
+    occurred_at: EventTime
     quantity_units: Annotated[Units, Field(gt=0)]
 
     def business_day(self, zone: tzinfo) -> date:
         """The day this transaction counts for, in the business time zone."""
-        return business_day(self.occurred_at, zone)  # type: ignore[arg-type]
+        return business_day(self.occurred_at, zone)
 
 
 class StockLevel(BaseModel):
@@ -82,13 +87,13 @@ class StockLevel(BaseModel):
 
     event_id: Identifier
     product_id: Identifier
-    as_of: EventTime  # type: ignore[assignment]
+    as_of: EventTime
     stock_units: Annotated[Units, Field(ge=0)]
     lead_time_days: Annotated[StrictInt, Field(ge=0, le=365)] | None = None
 
     def as_of_instant(self, zone: tzinfo) -> datetime:
         """`as_of` as an aware datetime; a plain date is the start of that business day."""
-        value: datetime | date = self.as_of  # type: ignore[assignment]
+        value = self.as_of
         if isinstance(value, datetime):
             return value
         return datetime(value.year, value.month, value.day, tzinfo=zone)

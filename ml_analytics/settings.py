@@ -81,7 +81,11 @@ def redact_url(url: str) -> str:
 
 
 class Settings(BaseSettings):
-    """The service's settings. Field names are the environment variables (case-insensitive)."""
+    """The service's settings. Field names are the environment variables (case-insensitive).
+
+    Build a new Settings to change one: `model_copy(update=...)` would keep the
+    topic names computed for the original.
+    """
 
     model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False)
 
@@ -126,18 +130,6 @@ class Settings(BaseSettings):
         default=30.0, gt=0, description="Longest pause between database retries of one batch."
     )
     shutdown_grace_seconds: float = Field(default=30.0, gt=0)
-
-    # Forecasting (the contract's names)
-    prophet_seasonality_mode: Literal["additive", "multiplicative"] = "additive"
-    prophet_interval_width: float = Field(default=0.95, gt=0, lt=1)
-    min_training_days: int = Field(default=30, ge=2)
-    worker_count: int = Field(default=2, ge=1)
-    worker_timeout: float = Field(
-        default=300.0, gt=0, description="Seconds one model fit may take."
-    )
-
-    # Risk
-    default_risk_window_days: int = Field(default=14, ge=0, le=365)
 
     @field_validator("business_timezone")
     @classmethod

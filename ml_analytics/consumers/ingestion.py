@@ -261,12 +261,15 @@ def _original_key(letter: DeadLetter) -> bytes | None:
 
 async def _commit(consumer: AIOKafkaConsumer, records: Sequence[KafkaRecord]) -> None:
     """Commit the offsets just past this batch's records, for the partitions still owned."""
-    offsets: dict[TopicPartition, int] = {}
-    for record in records:
-        partition = TopicPartition(record.topic, record.partition)
-        offsets[partition] = max(offsets.get(partition, 0), record.offset + 1)
+    # A batch holds each partition's records in offset order, so the last one
+    # seen per partition is its highest.
+    last = {(record.topic, record.partition): record.offset for record in records}
     owned = consumer.assignment()
-    offsets = {partition: offset for partition, offset in offsets.items() if partition in owned}
+    offsets = {
+        partition: offset + 1
+        for (topic, number), offset in last.items()
+        if (partition := TopicPartition(topic, number)) in owned
+    }
     if not offsets:
         return
     try:

@@ -74,12 +74,16 @@ def sort_records(
                     batch.repeated_in_batch += 1
                     continue
                 seen_transactions.add(transaction.event_id)
+                occurred = transaction.occurred_at
                 batch.transactions.append(
                     TransactionRow(
-                        event_id=transaction.event_id,
-                        product_id=transaction.product_id,
-                        business_day=transaction.business_day(zone),
-                        quantity_units=transaction.quantity_units,
+                        transaction.event_id,
+                        transaction.product_id,
+                        # business_day(), inlined: this loop runs once per event
+                        occurred.astimezone(zone).date()
+                        if isinstance(occurred, datetime)
+                        else occurred,
+                        transaction.quantity_units,
                     )
                 )
             elif record.topic == stock_levels_topic:

@@ -24,6 +24,10 @@ from tests.services import StackServices
 pytestmark = pytest.mark.integration
 
 
+async def _value(counter: object) -> float:
+    return float(counter._value.get())  # type: ignore[attr-defined]
+
+
 async def ledger_count(engine: AsyncEngine) -> int:
     async with engine.connect() as connection:
         return int(
@@ -96,9 +100,19 @@ async def test_redelivered_and_republished_events_are_counted_once(
         await publish(settings, settings.transactions_topic, keyed([marker]))
         await wait_until(lambda: ledger_count(engine), lambda n: n == 31, what="the marker")
     # A new consumer group reads the whole topic again from the start: a full redelivery.
-    regrouped = settings.model_copy(update={"kafka_group_id": unique("regroup")})
+    regrouped = Settings(
+        _env_file=None, **{**settings.model_dump(), "kafka_group_id": unique("regroup")}
+    )
+    assert regrouped.group_id != settings.group_id
+    seen_before = metrics.EVENTS_INGESTED.labels(settings.transactions_topic, "seen_before")
+    seen_before_at_start = seen_before._value.get()
     async with running_ingestion(regrouped, engine):
-        await asyncio.sleep(8)  # the group join, then at least one full read of the topic
+        await wait_until(
+            lambda: _value(seen_before),
+            # every unique event again (30 + the marker); republished copies may be in-batch repeats
+            lambda n: n - seen_before_at_start >= 31,
+            what="the whole topic read again",
+        )
     expected["2026-11-01"] += 100
     assert await ledger_count(engine) == 31
     assert {day: units for day, units, _ in await series(engine, product)} == {

@@ -60,3 +60,15 @@ def test_environment_overrides_topic_names(monkeypatch: pytest.MonkeyPatch) -> N
 def test_unknown_time_zone_is_refused() -> None:
     with pytest.raises(ValidationError, match="unknown time zone"):
         Settings(_env_file=None, business_timezone="Mars/Olympus")  # type: ignore[call-arg]
+
+
+def test_env_example_documents_every_setting() -> None:
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parents[2] / ".env.example"
+    documented = {
+        line.lstrip("# ").split("=", 1)[0].lower()
+        for line in example.read_text(encoding="utf-8").splitlines()
+        if "=" in line and line.lstrip("# ").split("=", 1)[0].isupper()
+    }
+    assert documented == set(Settings.model_fields)
