@@ -1,0 +1,1 @@
+"""Forecasting and risk: pure functions over arrays and dates, no I/O."""

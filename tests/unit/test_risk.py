@@ -1,0 +1,111 @@
+"""Stockout risk on cases with a known answer."""
+
+from __future__ import annotations
+
+from datetime import date, timedelta
+
+import numpy as np
+import pytest
+
+from ml_analytics.models.risk import NotAssessable, RiskThresholds, assess_stockout_risk
+
+D = date(2026, 11, 1)
+THRESHOLDS = RiskThresholds(high=0.6, medium=0.3)
+
+
+def assess(paths: np.ndarray, stock: float, window: int = 10, **kwargs: object):  # type: ignore[no-untyped-def]
+    return assess_stockout_risk(
+        forecast_start=kwargs.pop("forecast_start", D + timedelta(days=1)),  # type: ignore[arg-type]
+        sample_paths=paths,
+        stock_units=stock,
+        snapshot_day=D,
+        window_days=window,
+        thresholds=THRESHOLDS,
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+def constant(per_day: float, paths: int = 200, horizon: int = 90) -> np.ndarray:
+    return np.full((paths, horizon), per_day)
+
+
+def test_constant_demand_runs_out_on_the_day_cumulative_demand_reaches_the_stock() -> None:
+    risk = assess(constant(20), stock=100, window=10)
+    assert risk.days_until_stockout == 5
+    assert risk.predicted_stockout_date == date(2026, 11, 6)
+    assert risk.stockout_probability == 1.0
+    assert risk.risk_level == "high"
+    assert risk.confidence == 1.0
+
+
+def test_stock_that_outlasts_the_window_is_low_risk_but_still_dated() -> None:
+    risk = assess(constant(20), stock=500, window=10)
+    assert risk.stockout_probability == 0.0
+    assert risk.risk_level == "low"
+    assert risk.days_until_stockout == 25
+
+
+def test_zero_demand_never_runs_out() -> None:
+    risk = assess(constant(0), stock=10)
+    assert (risk.stockout_probability, risk.predicted_stockout_date, risk.days_until_stockout) == (
+        0.0,
+        None,
+        None,
+    )
+    assert risk.confidence == 1.0  # every path agrees: no stockout within the horizon
+
+
+def test_zero_stock_with_demand_is_out_now() -> None:
+    risk = assess(constant(3), stock=0)
+    assert risk.stockout_probability == 1.0
+    assert risk.days_until_stockout == 0
+    assert risk.predicted_stockout_date == D
+
+
+def test_huge_stock_gives_no_date_within_the_horizon() -> None:
+    risk = assess(constant(20), stock=1e9, window=14)
+    assert risk.predicted_stockout_date is None
+    assert risk.stockout_probability == 0.0
+    assert risk.risk_level == "low"
+
+
+def test_rising_trend_runs_out_sooner_than_the_current_rate_says() -> None:
+    trend = np.tile(np.arange(1, 91, dtype=float) * 2, (100, 1))  # 2, 4, 6, ... units a day
+    risk = assess(trend, stock=110, window=30)
+    # 2+4+...+2k >= 110  =>  k(k+1) >= 110  =>  k = 10
+    assert risk.days_until_stockout == 10
+    assert risk.stockout_probability == 1.0
+
+
+def test_probability_is_the_share_of_paths_exceeding_the_stock_over_the_window() -> None:
+    paths = np.vstack([constant(5, paths=70), constant(15, paths=30)])  # 70% slow, 30% fast
+    risk = assess(paths, stock=100, window=10)  # slow: 50 over 10 days; fast: 150
+    assert risk.stockout_probability == 0.3
+    assert risk.risk_level == "medium"
+
+
+def test_observed_demand_since_a_stale_snapshot_comes_off_the_stock() -> None:
+    # The forecast starts 3 days after the snapshot day; 45 units sold in between.
+    risk = assess(
+        constant(10),
+        stock=100,
+        window=10,
+        forecast_start=D + timedelta(days=4),
+        observed_since_snapshot_units=45,
+    )
+    # 55 left on day 3; 10 a day from day 4: reached on day 3 + 6 = 9
+    assert risk.days_until_stockout == 9
+    assert risk.stockout_probability == 1.0  # by day 10 demand is 45 + 70 > 100
+
+
+def test_snapshot_beyond_the_horizon_cannot_be_assessed() -> None:
+    with pytest.raises(NotAssessable):
+        assess(constant(1, horizon=30), stock=5, forecast_start=D - timedelta(days=40))
+
+
+@pytest.mark.parametrize("stock", [0.0, 1.0, 37.5, 300.0])
+def test_probability_and_confidence_stay_within_zero_and_one(stock: float) -> None:
+    rng = np.random.default_rng(7)
+    risk = assess(rng.gamma(2.0, 3.0, size=(200, 90)), stock=stock, window=14)
+    assert 0 <= risk.stockout_probability <= 1
+    assert 0 <= risk.confidence <= 1
