@@ -29,3 +29,18 @@ ASSIGNED_PARTITIONS = Gauge(
     "Input partitions this replica consumes now, by topic.",
     ["topic"],
 )
+FITS = Counter(
+    "ml_analytics_model_fits_total",
+    "Model fits, by result (started, succeeded, failed).",
+    ["result"],
+)
+FIT_SECONDS = Histogram(
+    "ml_analytics_model_fit_seconds",
+    "Time one model fit takes in its worker process (holdout fit and final fit).",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300),
+)
+RISK_EVENTS = Counter(
+    "ml_analytics_risk_events_total",
+    "Stockout-risk events published, by risk level.",
+    ["risk_level"],
+)

@@ -1,4 +1,5 @@
-"""The running service: migrations, topics, consumers and HTTP in one process."""
+"""The running service: migrations, topics, consumers, training, risk events and HTTP
+in one process (model fits run in its worker processes)."""
 
 from __future__ import annotations
 
@@ -9,12 +10,18 @@ import threading
 from collections.abc import Iterator
 
 import uvicorn
+from fastapi import FastAPI
+from faststream.kafka import KafkaBroker
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ml_analytics import __version__
 from ml_analytics.consumers.admin import ensure_topics
 from ml_analytics.consumers.ingestion import add_ingestion, build_broker
 from ml_analytics.http.app import create_app
 from ml_analytics.logs import configure_logging
+from ml_analytics.services.ingest import BatchOutcome
+from ml_analytics.services.risk import RiskService
+from ml_analytics.services.training import ModelTrainer
 from ml_analytics.settings import Settings, redact_url
 from ml_analytics.storage.database import create_engine, migrate
 
@@ -40,6 +47,38 @@ class _GracefulServer(uvicorn.Server):
                 signal.signal(sig, handler)
 
 
+def build_app(settings: Settings, engine: AsyncEngine, broker: KafkaBroker) -> FastAPI:
+    """Consumers, training, risk publishing and HTTP, wired together."""
+    risk = RiskService(engine, broker, settings)
+
+    async def model_trained(product_id: str) -> None:
+        await risk.reassess([product_id])
+
+    trainer = ModelTrainer(engine, settings, on_model=model_trained)
+
+    async def batch_recorded(outcome: BatchOutcome) -> None:
+        trainer.notify(outcome.products_with_new_demand)
+        if outcome.products_with_new_stock:
+            # A stock level re-evaluates risk with the current model, no refit.
+            await risk.reassess(outcome.products_with_new_stock)
+
+    ingestion = add_ingestion(broker, settings, engine, on_batch=batch_recorded)
+
+    async def started() -> None:
+        risk.start()
+        await trainer.start()
+
+    async def stopping() -> None:
+        await ingestion.drain(settings.shutdown_grace_seconds)
+        await trainer.stop()
+        await risk.stop()
+
+    app = create_app(engine, broker, after_broker_start=started, before_broker_stop=stopping)
+    app.state.trainer = trainer
+    app.state.risk = risk
+    return app
+
+
 async def run_service(settings: Settings) -> None:
     """Apply migrations, create missing topics, then consume and serve until SIGTERM/SIGINT."""
     configure_logging(settings.log_level)
@@ -57,12 +96,7 @@ async def run_service(settings: Settings) -> None:
     await ensure_topics(settings)
     engine = create_engine(settings)
     broker = build_broker(settings)
-    ingestion = add_ingestion(broker, settings, engine)
-    app = create_app(
-        engine,
-        broker,
-        before_broker_stop=lambda: ingestion.drain(settings.shutdown_grace_seconds),
-    )
+    app = build_app(settings, engine, broker)
     server = _GracefulServer(
         uvicorn.Config(
             app,

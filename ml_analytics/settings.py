@@ -131,6 +131,29 @@ class Settings(BaseSettings):
     )
     shutdown_grace_seconds: float = Field(default=30.0, gt=0)
 
+    # Forecasting (PROPHET_*, MIN_TRAINING_DAYS, WORKER_* are the contract's names)
+    prophet_seasonality_mode: Literal["additive", "multiplicative"] = "additive"
+    prophet_interval_width: float = Field(default=0.95, gt=0, lt=1)
+    min_training_days: int = Field(default=30, ge=14)
+    forecast_horizon_days: int = Field(default=90, ge=1, le=365)
+    forecast_sample_paths: int = Field(
+        default=200, ge=20, le=2000, description="Predictive sample paths kept per model."
+    )
+    worker_count: int = Field(default=2, ge=1, description="Processes that fit models.")
+    worker_timeout: float = Field(default=300.0, gt=0, description="Seconds one fit may take.")
+    worker_max_fits: int = Field(
+        default=200, ge=1, description="Fits after which a worker process is replaced."
+    )
+    retrain_min_new_days: int = Field(default=7, ge=1)
+    retrain_min_new_units_ratio: float = Field(default=0.25, gt=0)
+    retrain_cooldown_days: int = Field(default=1, ge=0)
+    retrain_failure_backoff_seconds: float = Field(default=60.0, ge=0)
+
+    # Risk
+    default_risk_window_days: int = Field(default=14, ge=0, le=365)
+    risk_high_probability: float = Field(default=0.6, gt=0, le=1)
+    risk_medium_probability: float = Field(default=0.3, gt=0, le=1)
+
     @field_validator("business_timezone")
     @classmethod
     def _known_timezone(cls, value: str) -> str:
@@ -147,8 +170,10 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
-    def _topics_resolvable(self) -> Settings:
+    def _consistent(self) -> Settings:
         _ = self.topics
+        if self.risk_medium_probability > self.risk_high_probability:
+            raise ValueError("RISK_MEDIUM_PROBABILITY must not exceed RISK_HIGH_PROBABILITY")
         return self
 
     @cached_property

@@ -21,7 +21,9 @@ from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ml_analytics import SERVICE_NAME, __version__
+from ml_analytics.events import StockoutRisk
 from ml_analytics.storage.database import database_answers
+from ml_analytics.storage.models_queries import latest_assessment
 from ml_analytics.storage.queries import daily_demand_series, product_summary
 
 READINESS_TIMEOUT_SECONDS = 3.0
@@ -63,16 +65,20 @@ def create_app(
     engine: AsyncEngine,
     broker: KafkaBroker,
     *,
+    after_broker_start: Callable[[], Awaitable[None]] | None = None,
     before_broker_stop: Callable[[], Awaitable[None]] | None = None,
     manage_broker: bool = True,
 ) -> FastAPI:
-    """The HTTP app. With `manage_broker`, its lifespan starts and stops the Kafka
-    broker, calling `before_broker_stop` first (to finish the batch in hand)."""
+    """The HTTP app. With `manage_broker`, its lifespan starts the Kafka broker (then
+    calls `after_broker_start`) and stops it (calling `before_broker_stop` first, to
+    finish the batch in hand and stop training)."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if manage_broker:
             await broker.start()
+            if after_broker_start is not None:
+                await after_broker_start()
         try:
             yield
         finally:
@@ -163,6 +169,25 @@ def create_app(
                 for d in series
             ],
         )
+
+    @app.get(
+        "/products/{product_id:path}/stockout-risk",
+        response_model=StockoutRisk,
+        tags=["products"],
+        responses={404: {"description": "No assessment yet"}},
+    )
+    async def product_stockout_risk(product_id: str, engine: Engine) -> StockoutRisk:
+        """The latest risk assessment, also when its level did not change (so no event
+        was published). 404 until the product has a trained model and a known stock."""
+        async with engine.connect() as connection:
+            assessment = await latest_assessment(connection, product_id)
+        if assessment is None:
+            raise HTTPException(
+                404,
+                f"No stockout risk assessment for product {product_id!r} yet: it needs a "
+                "trained model and a stock level",
+            )
+        return StockoutRisk.model_validate(assessment)
 
     return app
 

@@ -120,10 +120,10 @@ def weekly_strength(values: np.ndarray, first_day: date) -> float:
 
 def detect_seasonality(values: np.ndarray, first_day: date) -> Seasonality:
     """Weekly when four weeks show a weekday pattern; yearly from two full years on."""
-    strength = weekly_strength(values, first_day)
+    strength = float(weekly_strength(values, first_day))
     return Seasonality(
-        weekly=len(values) >= 4 * SEASON_PERIOD_DAYS and strength >= 0.1,
-        yearly=len(values) >= 730,
+        weekly=bool(len(values) >= 4 * SEASON_PERIOD_DAYS and strength >= 0.1),
+        yearly=bool(len(values) >= 730),
         weekly_strength=round(strength, 4),
     )
 

@@ -129,7 +129,8 @@ class BatchOutcome:
     transactions_seen_before: int = 0
     stock_snapshots_recorded: int = 0
     stock_snapshots_seen_before: int = 0
-    products_with_new_stock: tuple[str, ...] = ()
+    products_with_new_stock: frozenset[str] = frozenset()
+    products_with_new_demand: frozenset[str] = frozenset()
 
     def __add__(self, other: BatchOutcome) -> BatchOutcome:
         return BatchOutcome(
@@ -137,7 +138,8 @@ class BatchOutcome:
             self.transactions_seen_before + other.transactions_seen_before,
             self.stock_snapshots_recorded + other.stock_snapshots_recorded,
             self.stock_snapshots_seen_before + other.stock_snapshots_seen_before,
-            tuple(sorted({*self.products_with_new_stock, *other.products_with_new_stock})),
+            self.products_with_new_stock | other.products_with_new_stock,
+            self.products_with_new_demand | other.products_with_new_demand,
         )
 
 
@@ -149,14 +151,15 @@ async def record_batch(connection: asyncpg.Connection, batch: SortedBatch) -> Ba
     needed: that saves two round trips per write, which is what lets the next
     chunk be validated while PostgreSQL works on this one.
     """
-    counted = await record_transactions(connection, batch.transactions)
+    transactions = await record_transactions(connection, batch.transactions)
     snapshots = await record_stock_snapshots(connection, batch.stock_snapshots)
     return BatchOutcome(
-        transactions_counted=counted,
-        transactions_seen_before=len(batch.transactions) - counted,
+        transactions_counted=transactions.new_events,
+        transactions_seen_before=len(batch.transactions) - transactions.new_events,
         stock_snapshots_recorded=snapshots.new_snapshots,
         stock_snapshots_seen_before=len(batch.stock_snapshots) - snapshots.new_snapshots,
-        products_with_new_stock=tuple(snapshots.products_with_new_stock),
+        products_with_new_stock=frozenset(snapshots.products_with_new_stock),
+        products_with_new_demand=frozenset(transactions.products_with_new_demand),
     )
 
 

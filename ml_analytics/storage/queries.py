@@ -79,31 +79,38 @@ products_written AS (
         total_units = products.total_units + EXCLUDED.total_units,
         transaction_count = products.transaction_count + EXCLUDED.transaction_count,
         data_updated_at = EXCLUDED.data_updated_at
-    RETURNING 1
+    RETURNING product_id
 )
 SELECT (SELECT count(*) FROM new_events) AS new_events,
        (SELECT count(*) FROM days_written) AS days_written,
-       (SELECT count(*) FROM products_written) AS products_written
+       ARRAY(SELECT product_id FROM products_written ORDER BY product_id) AS products
 """
+
+
+@dataclass(frozen=True, slots=True)
+class TransactionsRecorded:
+    new_events: int
+    products_with_new_demand: list[str]
 
 
 async def record_transactions(
     connection: asyncpg.Connection, rows: Sequence[TransactionRow]
-) -> int:
-    """Count the transactions not seen before into the daily aggregates; return how many.
+) -> TransactionsRecorded:
+    """Count the transactions not seen before into the daily aggregates.
 
     `rows` must not repeat an event_id (the caller drops in-batch duplicates).
     """
     if not rows:
-        return 0
-    new_events = await connection.fetchval(
+        return TransactionsRecorded(0, [])
+    record = await connection.fetchrow(
         _INSERT_TRANSACTIONS,
         [row.event_id for row in rows],
         [row.product_id for row in rows],
         [row.business_day for row in rows],
         [row.quantity_units for row in rows],
     )
-    return int(new_events)
+    assert record is not None
+    return TransactionsRecorded(int(record["new_events"]), list(record["products"]))
 
 
 _INSERT_STOCK_SNAPSHOTS = """

@@ -45,6 +45,7 @@ async def test_redelivered_transactions_are_counted_once(engine: AsyncEngine) ->
         engine, SortedBatch(transactions=[tx("b", "P", day, 3), tx("c", "P", day, 0.5)])
     )
     assert (first.transactions_counted, first.transactions_seen_before) == (2, 0)
+    assert first.products_with_new_demand == {"P"}
     assert (again.transactions_counted, again.transactions_seen_before) == (1, 1)
     async with engine.connect() as connection:
         (only_day,) = await daily_demand_series(connection, "P")
@@ -100,8 +101,8 @@ async def test_late_older_stock_snapshot_is_history_not_current(engine: AsyncEng
         engine, SortedBatch(stock_snapshots=[snap("s1", "S", t0 - timedelta(days=1), 500, 7)])
     )
     repeat = await record_batch(engine, SortedBatch(stock_snapshots=[snap("s2", "S", t0, 480, 10)]))
-    assert newer.products_with_new_stock == ("S",)
-    assert late.products_with_new_stock == () and late.stock_snapshots_recorded == 1
+    assert newer.products_with_new_stock == {"S"}
+    assert late.products_with_new_stock == set() and late.stock_snapshots_recorded == 1
     assert repeat.stock_snapshots_seen_before == 1
     async with engine.connect() as connection:
         current = await latest_stock_snapshot(connection, "S")

@@ -61,6 +61,7 @@ def test_weekly_pattern_is_detected_only_when_present() -> None:
     weekdays = np.array([30, 30, 30, 30, 30, 0, 5] * 10, dtype=float)  # closed on Saturdays
     flat = rng.poisson(20, 70).astype(float)
     assert detect_seasonality(weekdays, START).weekly
+    assert type(detect_seasonality(weekdays, START).weekly) is bool  # stored as JSON
     assert not detect_seasonality(flat, START).weekly
     assert not detect_seasonality(weekdays, START).yearly
     assert detect_seasonality(np.tile(weekdays, 11), START).yearly  # 770 days

@@ -1,0 +1,196 @@
+"""Assess stockout risk and publish `StockoutRisk` events, through an outbox.
+
+After a (re)train and after every stock-level update, the product's risk is
+assessed with its current model (no refit). The assessment is stored, and, when
+its level differs from the last one published (or none was), an event goes into
+`risk_outbox` in the same transaction. A relay publishes the outbox in order and
+marks what the broker acknowledged. So the stored "last published level" and the
+topic cannot disagree after a crash: an event is published at least once, with a
+stable `event_id` downstream can deduplicate on, and never lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import uuid
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+from faststream.kafka import KafkaBroker
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from ml_analytics import metrics
+from ml_analytics.events import ModelInfo, StockoutRisk
+from ml_analytics.models.risk import NotAssessable, RiskThresholds, assess_stockout_risk
+from ml_analytics.settings import Settings
+from ml_analytics.storage.models_queries import (
+    demand_between,
+    load_model,
+    mark_published,
+    record_assessment,
+    unpublished_outbox,
+)
+from ml_analytics.storage.queries import latest_stock_snapshot
+
+logger = logging.getLogger(__name__)
+
+# One relay at a time across replicas, so events leave in the order they were queued.
+_RELAY_LOCK_ID = 7_411_562_020
+
+
+async def assess_product(
+    connection: AsyncConnection, product_id: str, settings: Settings
+) -> StockoutRisk | None:
+    """The product's risk now, or None without a trained model or a known stock."""
+    model = await load_model(connection, product_id)
+    if model is None:
+        return None
+    stock = await latest_stock_snapshot(connection, product_id)
+    if stock is None:
+        return None
+    snapshot_day = stock.as_of.astimezone(settings.timezone).date()
+    observed = await demand_between(connection, product_id, snapshot_day, model.forecast_start)
+    window = (
+        stock.lead_time_days
+        if stock.lead_time_days is not None
+        else settings.default_risk_window_days
+    )
+    try:
+        risk = assess_stockout_risk(
+            forecast_start=model.forecast_start,
+            sample_paths=model.sample_paths,
+            stock_units=stock.stock_units,
+            snapshot_day=snapshot_day,
+            window_days=window,
+            thresholds=RiskThresholds(
+                high=settings.risk_high_probability, medium=settings.risk_medium_probability
+            ),
+            observed_since_snapshot_units=observed,
+        )
+    except NotAssessable as reason:
+        logger.info("risk not assessable", extra={"product_id": product_id, "reason": str(reason)})
+        return None
+    return StockoutRisk(
+        event_id=str(uuid.uuid4()),
+        product_id=product_id,
+        generated_at=datetime.now(UTC),
+        as_of=stock.as_of,
+        current_stock_units=stock.stock_units,
+        risk_window_days=risk.risk_window_days,
+        risk_level=risk.risk_level,
+        stockout_probability=risk.stockout_probability,
+        predicted_stockout_date=risk.predicted_stockout_date,
+        days_until_stockout=risk.days_until_stockout,
+        confidence=risk.confidence,
+        model=ModelInfo(
+            name=model.model_name,
+            trained_at=model.trained_at,
+            training_days=model.training_days,
+            mape=model.metrics.get("mape"),
+            rmse=model.metrics.get("rmse"),
+        ),
+    )
+
+
+class RiskService:
+    """Reassesses products and relays the outbox to the stockout-risk topic."""
+
+    def __init__(self, engine: AsyncEngine, broker: KafkaBroker, settings: Settings) -> None:
+        self._engine = engine
+        self._broker = broker
+        self._settings = settings
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def reassess(self, product_ids: Iterable[str]) -> int:
+        """Assess each product; returns how many events were queued for publishing."""
+        queued = 0
+        for product_id in sorted(set(product_ids)):
+            async with self._engine.begin() as connection:
+                risk = await assess_product(connection, product_id, self._settings)
+                if risk is None:
+                    continue
+                if await record_assessment(connection, product_id, risk.model_dump(mode="json")):
+                    queued += 1
+        if queued:
+            self._wake.set()
+        return queued
+
+    def start(self) -> None:
+        if self._task is None:
+            self._wake.set()  # publish what an earlier run left in the outbox
+            self._task = asyncio.create_task(self._relay_forever(), name="risk-relay")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        with contextlib.suppress(Exception):
+            await self.relay_once()  # a last pass: leave as little as possible behind
+
+    async def _relay_forever(self) -> None:
+        delay = 0.5
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), 1.0)
+            self._wake.clear()
+            try:
+                while await self.relay_once():
+                    pass
+                delay = 0.5
+            except Exception as error:
+                logger.warning(
+                    "publishing stockout-risk events failed; retrying",
+                    extra={"error": repr(error)[:300], "retry_in_seconds": delay},
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+                self._wake.set()
+
+    async def relay_once(self) -> int:
+        """Publish one batch of queued events; returns how many."""
+        async with self._engine.begin() as connection:
+            locked = (
+                await connection.execute(
+                    text("SELECT pg_try_advisory_xact_lock(:id)"), {"id": _RELAY_LOCK_ID}
+                )
+            ).scalar_one()
+            if not locked:
+                return 0
+            entries = await unpublished_outbox(connection)
+            if not entries:
+                return 0
+            # Sent in queue order (the producer keeps order per partition), then
+            # marked published only once the broker acknowledged them all.
+            acks: list[Any] = [
+                await self._broker.publish(
+                    json.dumps(entry.payload).encode(),
+                    topic=self._settings.stockout_risk_topic,
+                    key=entry.product_id.encode(),
+                    headers={"content-type": "application/json"},
+                    no_confirm=True,
+                )
+                for entry in entries
+            ]
+            await asyncio.gather(*acks)
+            await mark_published(connection, [entry.event_id for entry in entries])
+        for entry in entries:
+            metrics.RISK_EVENTS.labels(entry.payload["risk_level"]).inc()
+            logger.info(
+                "stockout-risk event published",
+                extra={
+                    "product_id": entry.product_id,
+                    "event_id": entry.event_id,
+                    "risk_level": entry.payload["risk_level"],
+                    "stockout_probability": entry.payload["stockout_probability"],
+                    "days_until_stockout": entry.payload["days_until_stockout"],
+                },
+            )
+        return len(entries)

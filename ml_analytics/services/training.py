@@ -1,0 +1,327 @@
+"""Retrain product models off the event loop.
+
+Ingestion tells the `ModelTrainer` which products got new demand. The trainer
+keeps them in a set (a product waiting for a fit is fitted once, on its newest
+data: a fast replay coalesces), asks the retrain policy, and runs at most one fit
+per product and `WORKER_COUNT` fits at once in a process pool. The consumers keep
+consuming while models train. A fit that fails or times out is logged and tried
+again later; it never stops the service.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import multiprocessing
+import time
+import zlib
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import asdict
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from ml_analytics import metrics
+from ml_analytics.models.forecast import (
+    Forecast,
+    ForecastConfig,
+    ModelFailure,
+    fit_forecast,
+)
+from ml_analytics.models.retrain import DataState, ModelState, RetrainPolicy, retrain_decision
+from ml_analytics.settings import Settings
+from ml_analytics.storage.models_queries import (
+    StoredModel,
+    model_state,
+    products_to_consider,
+    save_model,
+)
+from ml_analytics.storage.queries import daily_demand_series, product_summary
+
+logger = logging.getLogger(__name__)
+
+ModelListener = Callable[[str], Awaitable[None]]
+
+
+def forecast_config(settings: Settings) -> ForecastConfig:
+    return ForecastConfig(
+        horizon_days=settings.forecast_horizon_days,
+        seasonality_mode=settings.prophet_seasonality_mode,
+        interval_width=settings.prophet_interval_width,
+        min_training_days=settings.min_training_days,
+        sample_paths=settings.forecast_sample_paths,
+    )
+
+
+def retrain_policy(settings: Settings) -> RetrainPolicy:
+    return RetrainPolicy(
+        min_training_days=settings.min_training_days,
+        min_new_days=settings.retrain_min_new_days,
+        min_new_units_ratio=settings.retrain_min_new_units_ratio,
+        cooldown_days=settings.retrain_cooldown_days,
+    )
+
+
+def _fit_in_worker(
+    values: np.ndarray, first_day: Any, config: ForecastConfig
+) -> tuple[Forecast, float]:
+    """Runs in a worker process."""
+    started = time.perf_counter()
+    forecast = fit_forecast(values, first_day, config)
+    return forecast, time.perf_counter() - started
+
+
+def _worker_started() -> None:
+    for noisy in ("cmdstanpy", "prophet", "prophet.plot"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+
+
+class FitTimeout(TimeoutError):
+    pass
+
+
+class FitPool:
+    """A process pool for model fits with a per-fit timeout and recycled workers.
+
+    A fit past its timeout cannot be cancelled inside a worker, so the pool's
+    processes are killed and a fresh pool started; fits that were running
+    alongside fail with BrokenProcessPool and are tried again later.
+    """
+
+    def __init__(self, workers: int, max_fits_per_worker: int) -> None:
+        self._workers = workers
+        self._max_fits = max_fits_per_worker
+        self._executor = self._new_executor()
+
+    def _new_executor(self) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(
+            max_workers=self._workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            max_tasks_per_child=self._max_fits,
+            initializer=_worker_started,
+        )
+
+    async def fit(
+        self, values: np.ndarray, first_day: Any, config: ForecastConfig, timeout_seconds: float
+    ) -> tuple[Forecast, float]:
+        loop = asyncio.get_running_loop()
+        executor = self._executor
+        future = loop.run_in_executor(executor, _fit_in_worker, values, first_day, config)
+        try:
+            return await asyncio.wait_for(future, timeout_seconds)
+        except TimeoutError:
+            self._replace(executor)
+            raise FitTimeout(f"the fit took longer than {timeout_seconds:g} s") from None
+        except BrokenProcessPool:
+            self._replace(executor)
+            raise
+
+    def _replace(self, broken: ProcessPoolExecutor) -> None:
+        if broken is not self._executor:
+            return  # already replaced by another fit's failure
+        processes = list(getattr(broken, "_processes", {}).values())
+        for process in processes:
+            with contextlib.suppress(Exception):
+                process.kill()
+        broken.shutdown(wait=False, cancel_futures=True)
+        self._executor = self._new_executor()
+
+    def shutdown(self) -> None:
+        for process in list(getattr(self._executor, "_processes", {}).values()):
+            with contextlib.suppress(Exception):
+                process.kill()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+class ModelTrainer:
+    """Decides which products to (re)train and trains them in the pool."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        settings: Settings,
+        *,
+        on_model: ModelListener | None = None,
+        pool: FitPool | None = None,
+    ) -> None:
+        self._engine = engine
+        self._settings = settings
+        self._config = forecast_config(settings)
+        self._policy = retrain_policy(settings)
+        self._on_model = on_model
+        self._pool = pool or FitPool(settings.worker_count, settings.worker_max_fits)
+        self._waiting: dict[str, None] = {}  # insertion-ordered set
+        self._in_flight: set[str] = set()
+        self._not_before: dict[str, float] = {}  # failed products wait (monotonic time)
+        self._slots = asyncio.Semaphore(settings.worker_count)
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._fits: set[asyncio.Task[None]] = set()
+
+    def notify(self, product_ids: set[str] | frozenset[str] | list[str]) -> None:
+        """These products got new data: consider them for (re)training."""
+        for product_id in product_ids:
+            self._waiting[product_id] = None
+        if product_ids:
+            self._wake.set()
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
+
+    async def start(self) -> None:
+        """Start training; first consider every product whose data outgrew its model
+        (data that arrived while the service was down, or a fit a crash cut short)."""
+        if self._task is None:
+            async with self._engine.connect() as connection:
+                self.notify(await products_to_consider(connection))
+            self._task = asyncio.create_task(self._run(), name="model-trainer")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        for fit in list(self._fits):
+            fit.cancel()
+        for fit in list(self._fits):
+            with contextlib.suppress(BaseException):
+                await fit
+        self._pool.shutdown()
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while (product_id := self._next_ready()) is not None:
+                await self._slots.acquire()
+                del self._waiting[product_id]
+                self._in_flight.add(product_id)
+                task = asyncio.create_task(self._train(product_id), name=f"fit-{product_id}")
+                self._fits.add(task)
+                task.add_done_callback(self._fits.discard)
+            if self._not_before and not self._wake.is_set():
+                # Failed products wait their back-off; look again when it ends.
+                delay = max(0.0, min(self._not_before.values()) - time.monotonic())
+                loop = asyncio.get_running_loop()
+                loop.call_later(delay + 0.01, self._wake.set)
+
+    def _next_ready(self) -> str | None:
+        now = time.monotonic()
+        for product_id in self._waiting:
+            if product_id in self._in_flight:
+                continue
+            if self._not_before.get(product_id, 0.0) > now:
+                continue
+            self._not_before.pop(product_id, None)
+            return product_id
+        return None
+
+    async def _train(self, product_id: str) -> None:
+        try:
+            await self.train_now(product_id)
+        except (ModelFailure, FitTimeout, BrokenProcessPool) as error:
+            metrics.FITS.labels("failed").inc()
+            logger.warning(
+                "model fit failed; will try again",
+                extra={
+                    "product_id": product_id,
+                    "error": str(error)[:300],
+                    "retry_in_seconds": self._settings.retrain_failure_backoff_seconds,
+                },
+            )
+            self._not_before[product_id] = (
+                time.monotonic() + self._settings.retrain_failure_backoff_seconds
+            )
+            self._waiting[product_id] = None
+        except Exception:
+            metrics.FITS.labels("failed").inc()
+            logger.exception("training a product failed", extra={"product_id": product_id})
+            self._not_before[product_id] = (
+                time.monotonic() + self._settings.retrain_failure_backoff_seconds
+            )
+            self._waiting[product_id] = None
+        finally:
+            self._in_flight.discard(product_id)
+            self._slots.release()
+            self._wake.set()
+
+    async def train_now(self, product_id: str, *, force: bool = False) -> StoredModel | None:
+        """Fit the product if the policy (or `force`) says so; returns the stored model."""
+        async with self._engine.connect() as connection:
+            summary = await product_summary(connection, product_id)
+            if summary is None:
+                return None
+            seen = await model_state(connection, product_id)
+            current = ModelState(*seen) if seen else None
+            decision = retrain_decision(
+                DataState(summary.first_day, summary.last_day, summary.total_units),
+                current,
+                self._policy,
+            )
+            if not (decision.retrain or force):
+                return None
+            series = await daily_demand_series(connection, product_id)
+        if not series:
+            return None
+        # Only one replica fits a product at a time (a rebalance can briefly give two
+        # replicas the same product): a session advisory lock for the fit's duration.
+        async with self._engine.connect() as lock_connection:
+            key = zlib.crc32(product_id.encode()) - 2**31
+            acquired = (
+                await lock_connection.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": key})
+            ).scalar_one()
+            if not acquired:
+                logger.info(
+                    "another replica is fitting this product", extra={"product_id": product_id}
+                )
+                return None
+            try:
+                values = np.array([day.quantity_units for day in series], dtype=float)
+                metrics.FITS.labels("started").inc()
+                forecast, seconds = await self._pool.fit(
+                    values, series[0].day, self._config, self._settings.worker_timeout
+                )
+            finally:
+                await lock_connection.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+        metrics.FITS.labels("succeeded").inc()
+        metrics.FIT_SECONDS.observe(seconds)
+        stored = StoredModel(
+            product_id=product_id,
+            model_name=forecast.model_name,
+            trained_at=datetime.now(UTC),
+            trained_through=series[-1].day,
+            training_days=forecast.training_days,
+            units_seen=forecast.units_seen,
+            forecast_start=forecast.start,
+            yhat=forecast.yhat.tolist(),
+            yhat_lower=forecast.yhat_lower.tolist(),
+            yhat_upper=forecast.yhat_upper.tolist(),
+            sample_paths=forecast.sample_paths,
+            metrics=forecast.metrics_dict(),
+            seasonality=asdict(forecast.seasonality),
+            fit_seconds=seconds,
+        )
+        async with self._engine.begin() as connection:
+            await save_model(connection, stored)
+        logger.info(
+            "model trained",
+            extra={
+                "product_id": product_id,
+                "reason": decision.reason if not force else "forced",
+                "training_days": forecast.training_days,
+                "trained_through": str(series[-1].day),
+                "fit_seconds": round(seconds, 3),
+                "mape": forecast.metrics.mape,
+            },
+        )
+        if self._on_model is not None:
+            await self._on_model(product_id)
+        return stored

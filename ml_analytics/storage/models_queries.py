@@ -1,0 +1,233 @@
+"""Queries for models, risk assessments and the stockout-risk outbox."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import Any
+
+import numpy as np
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+
+@dataclass(frozen=True)
+class StoredModel:
+    product_id: str
+    model_name: str
+    trained_at: datetime
+    trained_through: date
+    training_days: int
+    units_seen: float
+    forecast_start: date
+    yhat: list[float]
+    yhat_lower: list[float]
+    yhat_upper: list[float]
+    sample_paths: np.ndarray
+    metrics: dict[str, Any]
+    seasonality: dict[str, Any]
+    fit_seconds: float
+
+
+async def save_model(connection: AsyncConnection, model: StoredModel) -> None:
+    paths = np.ascontiguousarray(model.sample_paths, dtype=np.float32)
+    await connection.execute(
+        text(
+            """
+INSERT INTO product_models (product_id, model_name, trained_at, trained_through, training_days,
+    units_seen, forecast_start, yhat, yhat_lower, yhat_upper, sample_paths, path_count, metrics,
+    seasonality, fit_seconds)
+VALUES (:product_id, :model_name, :trained_at, :trained_through, :training_days, :units_seen,
+    :forecast_start, :yhat, :yhat_lower, :yhat_upper, :sample_paths, :path_count,
+    CAST(:metrics AS jsonb), CAST(:seasonality AS jsonb), :fit_seconds)
+ON CONFLICT (product_id) DO UPDATE SET
+    model_name = EXCLUDED.model_name, trained_at = EXCLUDED.trained_at,
+    trained_through = EXCLUDED.trained_through, training_days = EXCLUDED.training_days,
+    units_seen = EXCLUDED.units_seen, forecast_start = EXCLUDED.forecast_start,
+    yhat = EXCLUDED.yhat, yhat_lower = EXCLUDED.yhat_lower, yhat_upper = EXCLUDED.yhat_upper,
+    sample_paths = EXCLUDED.sample_paths, path_count = EXCLUDED.path_count,
+    metrics = EXCLUDED.metrics, seasonality = EXCLUDED.seasonality,
+    fit_seconds = EXCLUDED.fit_seconds
+WHERE product_models.trained_through <= EXCLUDED.trained_through
+"""
+        ),
+        {
+            "product_id": model.product_id,
+            "model_name": model.model_name,
+            "trained_at": model.trained_at,
+            "trained_through": model.trained_through,
+            "training_days": model.training_days,
+            "units_seen": model.units_seen,
+            "forecast_start": model.forecast_start,
+            "yhat": list(map(float, model.yhat)),
+            "yhat_lower": list(map(float, model.yhat_lower)),
+            "yhat_upper": list(map(float, model.yhat_upper)),
+            "sample_paths": paths.tobytes(),
+            "path_count": int(paths.shape[0]),
+            "metrics": json.dumps(model.metrics),
+            "seasonality": json.dumps(model.seasonality),
+            "fit_seconds": model.fit_seconds,
+        },
+    )
+
+
+async def model_state(connection: AsyncConnection, product_id: str) -> tuple[date, float] | None:
+    """What the product's model saw: (last history day, units), without the forecast."""
+    row = (
+        await connection.execute(
+            text("SELECT trained_through, units_seen FROM product_models WHERE product_id = :p"),
+            {"p": product_id},
+        )
+    ).one_or_none()
+    return None if row is None else (row.trained_through, float(row.units_seen))
+
+
+async def products_to_consider(connection: AsyncConnection) -> list[str]:
+    """Products whose demand went past what their model saw, or that have no model."""
+    rows = await connection.execute(
+        text(
+            "SELECT p.product_id FROM products p "
+            "LEFT JOIN product_models m ON m.product_id = p.product_id "
+            "WHERE p.first_day IS NOT NULL AND (m.product_id IS NULL "
+            "OR p.last_day > m.trained_through OR p.total_units <> m.units_seen) "
+            "ORDER BY p.product_id"
+        )
+    )
+    return [row.product_id for row in rows]
+
+
+async def load_model(connection: AsyncConnection, product_id: str) -> StoredModel | None:
+    row = (
+        await connection.execute(
+            text("SELECT * FROM product_models WHERE product_id = :product_id"),
+            {"product_id": product_id},
+        )
+    ).one_or_none()
+    if row is None:
+        return None
+    horizon = len(row.yhat)
+    paths = np.frombuffer(row.sample_paths, dtype=np.float32).reshape(row.path_count, horizon)
+    return StoredModel(
+        product_id=row.product_id,
+        model_name=row.model_name,
+        trained_at=row.trained_at,
+        trained_through=row.trained_through,
+        training_days=row.training_days,
+        units_seen=float(row.units_seen),
+        forecast_start=row.forecast_start,
+        yhat=list(row.yhat),
+        yhat_lower=list(row.yhat_lower),
+        yhat_upper=list(row.yhat_upper),
+        sample_paths=paths.astype(float),
+        metrics=row.metrics,
+        seasonality=row.seasonality,
+        fit_seconds=row.fit_seconds,
+    )
+
+
+async def demand_between(
+    connection: AsyncConnection, product_id: str, after: date, before: date
+) -> float:
+    """Units on the days strictly after `after` and strictly before `before`."""
+    value = (
+        await connection.execute(
+            text(
+                "SELECT COALESCE(sum(quantity_units), 0) FROM daily_demand "
+                "WHERE product_id = :p AND business_day > :after AND business_day < :before"
+            ),
+            {"p": product_id, "after": after, "before": before},
+        )
+    ).scalar_one()
+    return float(value)
+
+
+async def record_assessment(
+    connection: AsyncConnection, product_id: str, assessment: dict[str, Any]
+) -> bool:
+    """Store the latest assessment; queue it in the outbox when its level differs from
+    the last published one (or none was published yet). Returns whether it was queued.
+
+    Call inside a transaction: the stored level and the outbox row commit together.
+    """
+    current = (
+        await connection.execute(
+            text("SELECT published_level FROM product_risk WHERE product_id = :p FOR UPDATE"),
+            {"p": product_id},
+        )
+    ).one_or_none()
+    level = assessment["risk_level"]
+    publish = current is None or current.published_level != level
+    await connection.execute(
+        text(
+            """
+INSERT INTO product_risk (product_id, assessment, risk_level, stockout_probability, assessed_at,
+                          published_level, published_event_id)
+VALUES (:p, CAST(:assessment AS jsonb), :level, :probability, now(),
+        CASE WHEN :publish THEN :level END, CASE WHEN :publish THEN :event_id END)
+ON CONFLICT (product_id) DO UPDATE SET
+    assessment = EXCLUDED.assessment, risk_level = EXCLUDED.risk_level,
+    stockout_probability = EXCLUDED.stockout_probability, assessed_at = EXCLUDED.assessed_at,
+    published_level = CASE WHEN :publish THEN EXCLUDED.published_level
+                           ELSE product_risk.published_level END,
+    published_event_id = CASE WHEN :publish THEN EXCLUDED.published_event_id
+                              ELSE product_risk.published_event_id END
+"""
+        ),
+        {
+            "p": product_id,
+            "assessment": json.dumps(assessment),
+            "level": level,
+            "probability": assessment["stockout_probability"],
+            "publish": publish,
+            "event_id": assessment["event_id"],
+        },
+    )
+    if publish:
+        await connection.execute(
+            text(
+                "INSERT INTO risk_outbox (event_id, product_id, payload) "
+                "VALUES (:event_id, :p, CAST(:payload AS jsonb))"
+            ),
+            {
+                "event_id": assessment["event_id"],
+                "p": product_id,
+                "payload": json.dumps(assessment),
+            },
+        )
+    return publish
+
+
+async def latest_assessment(connection: AsyncConnection, product_id: str) -> dict[str, Any] | None:
+    row = (
+        await connection.execute(
+            text("SELECT assessment FROM product_risk WHERE product_id = :p"), {"p": product_id}
+        )
+    ).one_or_none()
+    return None if row is None else dict(row.assessment)
+
+
+@dataclass(frozen=True)
+class OutboxEntry:
+    event_id: str
+    product_id: str
+    payload: dict[str, Any]
+
+
+async def unpublished_outbox(connection: AsyncConnection, limit: int = 500) -> list[OutboxEntry]:
+    """The oldest unpublished risk events, locked for this transaction."""
+    rows = await connection.execute(
+        text(
+            "SELECT event_id, product_id, payload FROM risk_outbox WHERE published_at IS NULL "
+            "ORDER BY created_at, event_id LIMIT :limit FOR UPDATE SKIP LOCKED"
+        ),
+        {"limit": limit},
+    )
+    return [OutboxEntry(row.event_id, row.product_id, dict(row.payload)) for row in rows]
+
+
+async def mark_published(connection: AsyncConnection, event_ids: list[str]) -> None:
+    await connection.execute(
+        text("UPDATE risk_outbox SET published_at = now() WHERE event_id = ANY(:ids)"),
+        {"ids": event_ids},
+    )

@@ -1,0 +1,178 @@
+"""Forecasts, retraining and stockout-risk events through the real broker and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import date, timedelta
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from ml_analytics.consumers.ingestion import build_broker
+from ml_analytics.service import build_app
+from ml_analytics.settings import Settings
+from tests.helpers import keyed, publish, read_topic, unique, wait_until
+
+pytestmark = pytest.mark.integration
+
+FIRST_DAY = date(2026, 6, 1)
+DAYS = 120
+LAST_DAY = FIRST_DAY + timedelta(days=DAYS - 1)
+
+
+@asynccontextmanager
+async def running_service(settings: Settings, engine: AsyncEngine) -> AsyncIterator[FastAPI]:
+    """The whole service (consumers, trainer, risk relay) in this process."""
+    broker = build_broker(settings)
+    app = build_app(settings, engine, broker)
+    async with app.router.lifespan_context(app):
+        yield app
+
+
+def steady_demand(product_id: str, per_day: int, seed: int) -> list[dict[str, Any]]:
+    rng = random.Random(seed)
+    events = []
+    for offset in range(DAYS):
+        day = FIRST_DAY + timedelta(days=offset)
+        units = max(1, per_day + rng.randint(-3, 3))
+        events.append(
+            {
+                "event_id": f"{product_id}-{offset}",
+                "product_id": product_id,
+                "occurred_at": f"{day}T12:00:00Z",
+                "quantity_units": units,
+            }
+        )
+    return events
+
+
+def stock_level(
+    product_id: str, event_id: str, as_of: str, units: float, lead: int | None = None
+) -> dict[str, Any]:
+    level: dict[str, Any] = {
+        "event_id": event_id,
+        "product_id": product_id,
+        "as_of": as_of,
+        "stock_units": units,
+    }
+    if lead is not None:
+        level["lead_time_days"] = lead
+    return level
+
+
+async def models_trained(engine: AsyncEngine) -> int:
+    async with engine.connect() as connection:
+        return int(
+            (await connection.execute(text("SELECT count(*) FROM product_models"))).scalar_one()
+        )
+
+
+async def risk_events(
+    settings: Settings, expected: int, timeout: float = 60
+) -> list[dict[str, Any]]:
+    records = await read_topic(settings, settings.stockout_risk_topic, expected, timeout=timeout)
+    return [json.loads(record.value) for record in records]
+
+
+async def test_steady_demand_with_little_stock_raises_high_risk_and_a_refill_clears_it(
+    settings: Settings, engine: AsyncEngine
+) -> None:
+    short, plenty = unique("short"), unique("plenty")
+    async with running_service(settings, engine) as app:
+        await publish(
+            settings,
+            settings.transactions_topic,
+            keyed(steady_demand(short, 20, seed=1) + steady_demand(plenty, 20, seed=2)),
+        )
+        await wait_until(
+            lambda: models_trained(engine), lambda n: n == 2, timeout=90, what="two models"
+        )
+        as_of = f"{LAST_DAY}T18:00:00Z"
+        await publish(
+            settings,
+            settings.stock_levels_topic,
+            keyed(
+                [
+                    stock_level(short, "s1", as_of, 100, lead=10),
+                    stock_level(plenty, "p1", as_of, 1_000_000, lead=10),
+                ]
+            ),
+        )
+        first = await risk_events(settings, 2)
+        by_product = {event["product_id"]: event for event in first}
+        high = by_product[short]
+        assert high["risk_level"] == "high"
+        assert 3 <= high["days_until_stockout"] <= 8
+        assert high["stockout_probability"] >= 0.9
+        assert high["risk_window_days"] == 10 and high["current_stock_units"] == 100
+        assert high["predicted_stockout_date"] == str(
+            LAST_DAY + timedelta(days=high["days_until_stockout"])
+        )
+        assert 0 <= high["confidence"] <= 1
+        assert high["model"]["name"] == "prophet" and high["model"]["training_days"] == DAYS
+        assert (
+            by_product[plenty]["risk_level"] == "low"
+        )  # first assessment: published whatever it is
+
+        # A refill: the level drops back to low and is published, so alerts can close.
+        await publish(
+            settings,
+            settings.stock_levels_topic,
+            keyed([stock_level(short, "s2", f"{LAST_DAY}T20:00:00Z", 5_000, lead=10)]),
+        )
+        after_refill = await risk_events(settings, 3)
+        assert after_refill[-1]["product_id"] == short and after_refill[-1]["risk_level"] == "low"
+
+        # Steady: more stock levels at the same level publish nothing new.
+        await publish(
+            settings,
+            settings.stock_levels_topic,
+            keyed(
+                [
+                    stock_level(short, "s3", f"{LAST_DAY}T21:00:00Z", 4_990, lead=10),
+                    stock_level(plenty, "p2", f"{LAST_DAY}T21:00:00Z", 999_000, lead=10),
+                ]
+            ),
+        )
+        await asyncio.sleep(3)
+        assert len(await risk_events(settings, 4, timeout=3)) == 3
+
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://t"
+        ) as http:
+            latest = (await http.get(f"/products/{short}/stockout-risk")).json()
+            missing = await http.get("/products/nobody/stockout-risk")
+    assert latest["current_stock_units"] == 4_990 and latest["risk_level"] == "low"
+    assert missing.status_code == 404 and "nobody" in missing.json()["detail"]
+
+
+async def test_no_event_without_a_model_and_first_model_publishes_the_level(
+    settings: Settings, engine: AsyncEngine
+) -> None:
+    product = unique("young")
+    async with running_service(settings, engine):
+        # Stock first, and only 20 days of history: no model, so nothing is published.
+        early = steady_demand(product, 10, seed=3)
+        await publish(
+            settings,
+            settings.stock_levels_topic,
+            keyed([stock_level(product, "y1", f"{LAST_DAY}T18:00:00Z", 50)]),
+        )
+        await publish(settings, settings.transactions_topic, keyed(early[:20]))
+        await asyncio.sleep(4)
+        assert await models_trained(engine) == 0
+        assert await risk_events(settings, 1, timeout=2) == []
+        # The rest of the history arrives: the first model gets trained and its risk published.
+        await publish(settings, settings.transactions_topic, keyed(early[20:]))
+        (event,) = await risk_events(settings, 1, timeout=90)
+    assert event["product_id"] == product
+    assert event["risk_window_days"] == settings.default_risk_window_days  # no lead time given
+    assert event["risk_level"] == "high"  # 50 units at ~10 a day over 14 days
