@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import shutil
 import subprocess
@@ -75,7 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--replay",
         type=Path,
         metavar="PATH",
-        help="also replay this transactions or stock-levels file",
+        action="append",
+        help="also replay this transactions or stock-levels file (repeat it for several, in order)",
     )
     dev.add_argument(
         "--replay-rate",
@@ -99,7 +101,13 @@ def build_parser() -> argparse.ArgumentParser:
             "stock-levels topic."
         ),
     )
-    replay.add_argument("path", type=Path)
+    replay.add_argument(
+        "paths",
+        type=Path,
+        nargs="+",
+        metavar="PATH",
+        help="one or more files, published one after the other",
+    )
     replay.add_argument(
         "--rate", type=_positive, metavar="EVENTS_PER_SECOND", help="cap the publishing rate"
     )
@@ -111,6 +119,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     replay.add_argument("--limit", type=int, help="publish at most this many events")
     replay.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    watch = commands.add_parser(
+        "watch",
+        help="print stockout-risk events as they are published",
+        description="Follow the stockout-risk topic from its start; one line per event.",
+    )
+    watch.add_argument("--json", action="store_true", help="print the events as JSON lines")
 
     commands.add_parser("migrate", help="apply database migrations and exit")
     return parser
@@ -126,6 +141,11 @@ def main(argv: list[str] | None = None) -> int:
         return _dev(args)
     elif args.command == "replay":
         return _replay(args)
+    elif args.command == "watch":
+        from ml_analytics.watch import watch_risk_events
+
+        with contextlib.suppress(KeyboardInterrupt):
+            run_async(watch_risk_events(Settings(), as_json=args.json))
     elif args.command == "migrate":
         from ml_analytics.storage.database import migrate
 
@@ -136,29 +156,32 @@ def main(argv: list[str] | None = None) -> int:
 def _replay(args: argparse.Namespace) -> int:
     from ml_analytics.replay import replay_file
 
-    if not args.path.is_file():
-        print(f"replay: no such file: {args.path}", file=sys.stderr)
+    missing = [str(path) for path in args.paths if not path.is_file()]
+    if missing:
+        print(f"replay: no such file: {', '.join(missing)}", file=sys.stderr)
         return 2
-    try:
-        result = run_async(
-            replay_file(
-                args.path,
-                Settings(),
-                rate=args.rate,
-                speed=args.speed,
-                limit=args.limit,
-                progress=not args.no_progress,
+    settings = Settings()
+    for path in args.paths:
+        try:
+            result = run_async(
+                replay_file(
+                    path,
+                    settings,
+                    rate=args.rate,
+                    speed=args.speed,
+                    limit=args.limit,
+                    progress=not args.no_progress,
+                )
             )
+        except ValueError as error:
+            print(f"replay: {path}: {error}", file=sys.stderr)
+            return 2
+        rate = result.published / result.seconds if result.seconds else 0.0
+        print(
+            f"replay: published {result.published} {result.kind.replace('_', '-')} events to "
+            f"{result.topic} in {result.seconds:.1f} s ({rate:,.0f}/s)",
+            file=sys.stderr,
         )
-    except ValueError as error:
-        print(f"replay: {error}", file=sys.stderr)
-        return 2
-    rate = result.published / result.seconds if result.seconds else 0.0
-    print(
-        f"replay: published {result.published} {result.kind.replace('_', '-')} events to "
-        f"{result.topic} in {result.seconds:.1f} s ({rate:,.0f}/s)",
-        file=sys.stderr,
-    )
     return 0
 
 
@@ -167,8 +190,10 @@ def _dev(args: argparse.Namespace) -> int:
     from ml_analytics.devstack import EmbeddedBroker, EmbeddedPostgres
     from ml_analytics.service import run_service
 
-    if args.replay is not None and not args.replay.is_file():
-        print(f"dev: no such file: {args.replay}", file=sys.stderr)
+    replays: list[Path] = args.replay or []
+    missing = [str(path) for path in replays if not path.is_file()]
+    if missing:
+        print(f"dev: no such file: {', '.join(missing)}", file=sys.stderr)
         return 2
     data_dir: Path = args.data_dir.resolve()
     if args.fresh and data_dir.exists():
@@ -187,15 +212,17 @@ def _dev(args: argparse.Namespace) -> int:
         "ml-analytics dev\n"
         f"  HTTP        http://{settings.host}:{settings.ml_port}  (/health, /ready, /docs)\n"
         f"  Kafka       {settings.kafka_bootstrap_servers}  (embedded Tansu, in memory)\n"
-        f"  PostgreSQL  {settings.database_url}  (data in {data_dir / 'postgres'})\n",
+        f"  PostgreSQL  {settings.database_url}  (data in {data_dir / 'postgres'})\n"
+        f"  Risk events python -m ml_analytics watch   (with KAFKA_BOOTSTRAP_SERVERS="
+        f"{settings.kafka_bootstrap_servers})\n",
         file=sys.stderr,
         flush=True,
     )
     replay_process: subprocess.Popen[bytes] | None = None
     try:
         run_async(ensure_topics(settings))
-        if args.replay is not None:
-            command = [sys.executable, "-m", "ml_analytics", "replay", str(args.replay)]
+        if replays:
+            command = [sys.executable, "-m", "ml_analytics", "replay", *map(str, replays)]
             if args.replay_rate:
                 command += ["--rate", str(args.replay_rate)]
             if args.replay_speed:

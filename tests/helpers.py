@@ -122,3 +122,14 @@ async def running_ingestion(settings: Settings, engine: AsyncEngine):  # type: i
     finally:
         await pipeline.drain(settings.shutdown_grace_seconds)
         await broker.stop()
+
+
+@asynccontextmanager
+async def running_service(settings: Settings, engine: AsyncEngine):  # type: ignore[no-untyped-def]
+    """The whole service (consumers, trainer, risk relay, HTTP app) in this process."""
+    from ml_analytics.service import build_app
+
+    broker = build_broker(settings)
+    app = build_app(settings, engine, broker)
+    async with app.router.lifespan_context(app):
+        yield app

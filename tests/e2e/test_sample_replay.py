@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import gzip
+import json
 from pathlib import Path
 
 import pytest
@@ -12,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ml_analytics.replay import replay_file
 from ml_analytics.settings import Settings
-from tests.helpers import running_ingestion, wait_until
+from tests.helpers import read_topic, running_ingestion, running_service, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -60,3 +62,47 @@ async def test_replay_of_the_sample_reproduces_its_daily_demand(
     expected = published_daily_demand()
     assert len(stored) == len(expected)
     assert stored == expected
+
+
+async def test_replay_of_the_sample_trains_models_while_ingestion_continues(
+    settings: Settings, engine: AsyncEngine
+) -> None:
+    from ml_analytics import metrics
+
+    counted = metrics.EVENTS_INGESTED.labels(settings.transactions_topic, "counted")
+    fitted = metrics.FITS.labels("succeeded")
+    counted_before, fitted_before = counted._value.get(), fitted._value.get()
+    progress: list[tuple[float, float]] = []  # (events counted, fits done) over time
+
+    async def sample_progress() -> None:
+        while True:
+            progress.append(
+                (counted._value.get() - counted_before, fitted._value.get() - fitted_before)
+            )
+            await asyncio.sleep(0.1)
+
+    async with running_service(settings, engine):
+        sampler = asyncio.create_task(sample_progress())
+        # Paced, so that ingestion lasts long enough to overlap the first fits.
+        sent = await replay_file(
+            DATA / "transactions.csv.gz", settings, rate=20_000, progress=False
+        )
+        await replay_file(DATA / "stock_levels.csv", settings, progress=False)
+
+        async def models() -> int:
+            async with engine.connect() as connection:
+                return int(
+                    (
+                        await connection.execute(text("SELECT count(*) FROM product_models"))
+                    ).scalar_one()
+                )
+
+        await wait_until(
+            models, lambda n: n == 600, timeout=300, interval=1, what="a model per product"
+        )
+        events = await read_topic(settings, settings.stockout_risk_topic, 600, timeout=60)
+        sampler.cancel()
+    assert counted._value.get() - counted_before == sent.published
+    overlap = [(n, f) for n, f in progress if f > 0 and n < sent.published]
+    assert overlap, "fits should complete while transactions are still being ingested"
+    assert len({json.loads(record.value)["product_id"] for record in events}) == 600

@@ -5,36 +5,22 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import date, timedelta
 from typing import Any
 
 import httpx
 import pytest
-from fastapi import FastAPI
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from ml_analytics.consumers.ingestion import build_broker
-from ml_analytics.service import build_app
 from ml_analytics.settings import Settings
-from tests.helpers import keyed, publish, read_topic, unique, wait_until
+from tests.helpers import keyed, publish, read_topic, running_service, unique, wait_until
 
 pytestmark = pytest.mark.integration
 
 FIRST_DAY = date(2026, 6, 1)
 DAYS = 120
 LAST_DAY = FIRST_DAY + timedelta(days=DAYS - 1)
-
-
-@asynccontextmanager
-async def running_service(settings: Settings, engine: AsyncEngine) -> AsyncIterator[FastAPI]:
-    """The whole service (consumers, trainer, risk relay) in this process."""
-    broker = build_broker(settings)
-    app = build_app(settings, engine, broker)
-    async with app.router.lifespan_context(app):
-        yield app
 
 
 def steady_demand(product_id: str, per_day: int, seed: int) -> list[dict[str, Any]]:
