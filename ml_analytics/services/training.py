@@ -159,7 +159,9 @@ class ModelTrainer:
         self._waiting: dict[str, None] = {}  # insertion-ordered set
         self._in_flight: set[str] = set()
         self._not_before: dict[str, float] = {}  # failed products wait (monotonic time)
-        self._slots = asyncio.Semaphore(settings.worker_count)
+        # More products in hand than workers: while one product's data is read or
+        # its model written, the pool already has the next fit queued.
+        self._slots = asyncio.Semaphore(settings.worker_count + max(2, settings.worker_count))
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._fits: set[asyncio.Task[None]] = set()

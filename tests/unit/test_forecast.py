@@ -77,3 +77,21 @@ def test_accuracy_metrics_on_a_known_case() -> None:
     assert metrics.wape == 0.25  # 5 / 20
     assert metrics.mape == 20.0  # non-zero days only: (2/10 + 2/10) / 2
     assert metrics.mase == pytest.approx(1.25 / 2.0)  # seasonal-naive in-sample error is 2
+
+
+def test_bootstrap_paths_keep_the_weekday_pattern_and_the_recent_level() -> None:
+    from ml_analytics.models.forecast import bootstrap_paths
+
+    closed_on_day_6 = np.array([30, 30, 30, 30, 30, 0, 5] * 20, dtype=float)
+    history = closed_on_day_6[:-3]  # ends mid-week: the forecast starts on pattern day 4
+    paths = bootstrap_paths(history, horizon=14, paths=50, seed=1)
+    assert paths.shape == (50, 14)
+    expected_week = np.roll(closed_on_day_6[:7], -4)  # 30, 0, 5, 30, 30, 30, 30
+    assert np.all(paths[:, :7] == expected_week)
+
+
+def test_bootstrap_paths_follow_the_last_91_days_not_older_history() -> None:
+    from ml_analytics.models.forecast import bootstrap_paths
+
+    history = np.concatenate([np.full(200, 100.0), np.full(91, 2.0)])
+    assert np.all(bootstrap_paths(history, 30, 20, seed=0) == 2.0)
