@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -30,6 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ml_analytics import metrics
 from ml_analytics.events import DeadLetter
+from ml_analytics.lifecycle import cancel_and_wait
 from ml_analytics.services.ingest import (
     BatchOutcome,
     IngestResult,
@@ -108,9 +108,7 @@ class IngestionPipeline:
                 "shutdown: batches in hand not finished in time; they will be delivered again",
                 extra={"timeout_seconds": timeout_seconds},
             )
-        self._worker.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._worker
+        await cancel_and_wait(self._worker)
 
     async def _run(self) -> None:
         while True:

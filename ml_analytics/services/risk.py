@@ -26,6 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from ml_analytics import metrics
 from ml_analytics.events import ModelInfo, StockoutRisk
+from ml_analytics.lifecycle import cancel_and_wait
 from ml_analytics.models.risk import NotAssessable, RiskThresholds, assess_stockout_risk
 from ml_analytics.settings import Settings
 from ml_analytics.storage.models_queries import (
@@ -127,11 +128,8 @@ class RiskService:
             self._task = asyncio.create_task(self._relay_forever(), name="risk-relay")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
         with contextlib.suppress(Exception):
             await self.relay_once()  # a last pass: leave as little as possible behind
 

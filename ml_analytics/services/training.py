@@ -28,6 +28,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ml_analytics import metrics
+from ml_analytics.lifecycle import cancel_and_wait
 from ml_analytics.models.forecast import (
     Forecast,
     ForecastConfig,
@@ -186,16 +187,10 @@ class ModelTrainer:
             self._task = asyncio.create_task(self._run(), name="model-trainer")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
         for fit in list(self._fits):
-            fit.cancel()
-        for fit in list(self._fits):
-            with contextlib.suppress(BaseException):
-                await fit
+            await cancel_and_wait(fit)
         self._pool.shutdown()
 
     async def _run(self) -> None:
@@ -254,6 +249,12 @@ class ModelTrainer:
             self._in_flight.discard(product_id)
             self._slots.release()
             self._wake.set()
+
+    def _retry_later(self, product_id: str) -> None:
+        metrics.FITS.labels("failed").inc()
+        backoff = self._settings.retrain_failure_backoff_seconds
+        self._not_before[product_id] = time.monotonic() + backoff
+        self._waiting[product_id] = None
 
     async def train_now(self, product_id: str, *, force: bool = False) -> StoredModel | None:
         """Fit the product if the policy (or `force`) says so; returns the stored model."""
