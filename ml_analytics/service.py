@@ -57,7 +57,8 @@ def build_app(settings: Settings, engine: AsyncEngine, broker: KafkaBroker) -> F
     trainer = ModelTrainer(engine, settings, on_model=model_trained)
 
     async def batch_recorded(outcome: BatchOutcome) -> None:
-        trainer.notify(outcome.products_with_new_demand)
+        if settings.training_enabled:
+            trainer.notify(outcome.products_with_new_demand)
         if outcome.products_with_new_stock:
             # A stock level re-evaluates risk with the current model, no refit.
             await risk.reassess(outcome.products_with_new_stock)
@@ -66,7 +67,8 @@ def build_app(settings: Settings, engine: AsyncEngine, broker: KafkaBroker) -> F
 
     async def started() -> None:
         risk.start()
-        await trainer.start()
+        if settings.training_enabled:
+            await trainer.start()
 
     async def stopping() -> None:
         await ingestion.drain(settings.shutdown_grace_seconds)

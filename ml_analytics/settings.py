@@ -132,6 +132,10 @@ class Settings(BaseSettings):
     shutdown_grace_seconds: float = Field(default=30.0, gt=0)
 
     # Forecasting (PROPHET_*, MIN_TRAINING_DAYS, WORKER_* are the contract's names)
+    training_enabled: bool = Field(
+        default=True,
+        description="false: this replica ingests and assesses risk but fits no models.",
+    )
     prophet_seasonality_mode: Literal["additive", "multiplicative"] = "additive"
     prophet_interval_width: float = Field(default=0.95, gt=0, lt=1)
     min_training_days: int = Field(default=30, ge=14)
