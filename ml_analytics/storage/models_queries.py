@@ -149,7 +149,12 @@ async def record_assessment(
     the last published one (or none was published yet). Returns whether it was queued.
 
     Call inside a transaction: the stored level and the outbox row commit together.
+    Two assessments of one product (a stock level arriving as a fit finishes) take
+    turns, so both cannot see "nothing published yet" and queue the same change twice.
     """
+    await connection.execute(
+        text("SELECT pg_advisory_xact_lock(hashtextextended(:p, 7411562021))"), {"p": product_id}
+    )
     current = (
         await connection.execute(
             text("SELECT published_level FROM product_risk WHERE product_id = :p FOR UPDATE"),

@@ -1,0 +1,104 @@
+"""Risk assessments and the outbox against a real PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, date, datetime
+
+import numpy as np
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from ml_analytics.consumers.ingestion import build_broker
+from ml_analytics.services.ingest import SortedBatch, record_batch
+from ml_analytics.services.risk import RiskService
+from ml_analytics.settings import Settings
+from ml_analytics.storage.models_queries import StoredModel, save_model
+from ml_analytics.storage.queries import StockSnapshotRow
+from tests.helpers import unique
+
+pytestmark = pytest.mark.integration
+
+
+async def store_model_and_stock(engine: AsyncEngine, product: str, stock: float) -> None:
+    model = StoredModel(
+        product_id=product,
+        model_name="prophet",
+        trained_at=datetime.now(UTC),
+        trained_through=date(2026, 9, 28),
+        training_days=120,
+        units_seen=2400.0,
+        forecast_start=date(2026, 9, 29),
+        yhat=[20.0] * 30,
+        yhat_lower=[10.0] * 30,
+        yhat_upper=[30.0] * 30,
+        sample_paths=np.full((50, 30), 20.0),
+        metrics={"mape": 10.0, "rmse": 3.0},
+        seasonality={"weekly": False},
+        fit_seconds=0.1,
+    )
+    async with engine.begin() as connection:
+        await save_model(connection, model)
+    async with engine.connect() as connection:
+        driver = (await connection.get_raw_connection()).driver_connection
+        await record_batch(
+            driver,
+            SortedBatch(
+                stock_snapshots=[
+                    StockSnapshotRow(
+                        f"{product}-s", product, datetime(2026, 9, 28, 18, tzinfo=UTC), stock, 10
+                    )
+                ]
+            ),
+        )
+
+
+async def outbox_levels(engine: AsyncEngine, product: str) -> list[str]:
+    async with engine.connect() as connection:
+        rows = await connection.execute(
+            text(
+                "SELECT payload->>'risk_level' FROM risk_outbox WHERE product_id = :p ORDER BY created_at"
+            ),
+            {"p": product},
+        )
+        return [row[0] for row in rows]
+
+
+async def test_concurrent_assessments_of_one_product_queue_its_first_event_once(
+    settings: Settings, engine: AsyncEngine
+) -> None:
+    product = unique("race")
+    await store_model_and_stock(engine, product, stock=100)
+    risk = RiskService(engine, build_broker(settings), settings)
+    queued = await asyncio.gather(*(risk.reassess([product]) for _ in range(5)))
+    assert sum(queued) == 1
+    assert await outbox_levels(engine, product) == ["high"]  # 20 a day against 100 over 10 days
+
+
+async def test_same_level_again_queues_nothing_and_a_change_queues_one(
+    settings: Settings, engine: AsyncEngine
+) -> None:
+    product = unique("steady")
+    await store_model_and_stock(engine, product, stock=100)
+    risk = RiskService(engine, build_broker(settings), settings)
+    assert await risk.reassess([product]) == 1
+    assert await risk.reassess([product]) == 0
+    async with engine.connect() as connection:
+        driver = (await connection.get_raw_connection()).driver_connection
+        await record_batch(
+            driver,
+            SortedBatch(
+                stock_snapshots=[
+                    StockSnapshotRow(
+                        f"{product}-refill",
+                        product,
+                        datetime(2026, 9, 28, 20, tzinfo=UTC),
+                        10_000,
+                        10,
+                    )
+                ]
+            ),
+        )
+    assert await risk.reassess([product]) == 1
+    assert await outbox_levels(engine, product) == ["high", "low"]
