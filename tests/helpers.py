@@ -56,9 +56,14 @@ def keyed(events: Iterable[dict[str, Any]]) -> list[tuple[bytes | None, dict[str
 
 
 async def read_topic(
-    settings: Settings, topic: str, expected: int, timeout: float = 30.0
+    settings: Settings,
+    topic: str,
+    expected: int,
+    timeout: float = 30.0,
+    enough: Callable[[list[Any]], bool] | None = None,
 ) -> list[Any]:
-    """Read `expected` records from the start of `topic` (no consumer group)."""
+    """Read records from the start of `topic` (no consumer group) until there are
+    `expected` of them, or until `enough(records)` says so when given."""
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.kafka_bootstrap_servers,
         auto_offset_reset="earliest",
@@ -71,7 +76,8 @@ async def read_topic(
         await consumer.seek_to_beginning(*partitions)
         records: list[Any] = []
         deadline = time.monotonic() + timeout
-        while len(records) < expected and time.monotonic() < deadline:
+        done = enough or (lambda found: len(found) >= expected)
+        while not done(records) and time.monotonic() < deadline:
             batch = await consumer.getmany(timeout_ms=500)
             for items in batch.values():
                 records.extend(items)

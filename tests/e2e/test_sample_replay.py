@@ -100,7 +100,14 @@ async def test_replay_of_the_sample_trains_models_while_ingestion_continues(
         await wait_until(
             models, lambda n: n == 600, timeout=300, interval=1, what="a model per product"
         )
-        events = await read_topic(settings, settings.stockout_risk_topic, 600, timeout=60)
+        # A product whose level changes publishes again: read until every product is seen.
+        events = await read_topic(
+            settings,
+            settings.stockout_risk_topic,
+            600,
+            timeout=90,
+            enough=lambda found: len({json.loads(r.value)["product_id"] for r in found}) >= 600,
+        )
         sampler.cancel()
     assert counted._value.get() - counted_before == sent.published
     overlap = [(n, f) for n, f in progress if f > 0 and n < sent.published]
