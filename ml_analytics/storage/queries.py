@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import date, datetime
 
 import asyncpg
 from sqlalchemy import text
@@ -334,10 +334,3 @@ async def products_with_new_data(
         )
         for row in result
     ]
-
-
-def history_span_days(summary: ProductSummary) -> int:
-    """Days from the first to the last day with data, both included; 0 without data."""
-    if summary.first_day is None or summary.last_day is None:
-        return 0
-    return (summary.last_day - summary.first_day + timedelta(days=1)).days

@@ -11,14 +11,18 @@ from sqlalchemy import (
     Column,
     Date,
     DateTime,
+    Float,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     Numeric,
     Table,
     Text,
     func,
+    text,
 )
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 
 metadata = MetaData()
 
@@ -76,4 +80,53 @@ products = Table(
     Column("stock_updated_at", DateTime(timezone=True), nullable=True),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Index("ix_products_data_updated_at", "data_updated_at"),
+)
+
+# Each product's latest model: its forecast, the sample paths risk is computed
+# from (float32, paths x days), and its accuracy figures.
+product_models = Table(
+    "product_models",
+    metadata,
+    Column("product_id", Text, primary_key=True),
+    Column("model_name", Text, nullable=False),
+    Column("trained_at", DateTime(timezone=True), nullable=False),
+    Column("trained_through", Date, nullable=False),
+    Column("training_days", Integer, nullable=False),
+    Column("units_seen", Numeric, nullable=False),
+    Column("forecast_start", Date, nullable=False),
+    Column("yhat", ARRAY(Float(precision=53)), nullable=False),
+    Column("yhat_lower", ARRAY(Float(precision=53)), nullable=False),
+    Column("yhat_upper", ARRAY(Float(precision=53)), nullable=False),
+    Column("sample_paths", LargeBinary, nullable=False),
+    Column("path_count", Integer, nullable=False),
+    Column("metrics", JSONB, nullable=False),
+    Column("seasonality", JSONB, nullable=False),
+    Column("fit_seconds", Float, nullable=False),
+)
+
+# The latest risk assessment per product, and the level last queued for publishing.
+product_risk = Table(
+    "product_risk",
+    metadata,
+    Column("product_id", Text, primary_key=True),
+    Column("assessment", JSONB, nullable=False),
+    Column("risk_level", Text, nullable=False),
+    Column("stockout_probability", Float, nullable=False),
+    Column("assessed_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("published_level", Text, nullable=True),
+    Column("published_event_id", Text, nullable=True),
+)
+
+# Stockout-risk events waiting to be published (the outbox), and when they were.
+risk_outbox = Table(
+    "risk_outbox",
+    metadata,
+    Column("event_id", Text, primary_key=True),
+    Column("product_id", Text, nullable=False),
+    Column("payload", JSONB, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("published_at", DateTime(timezone=True), nullable=True),
+    Index(
+        "ix_risk_outbox_unpublished", "created_at", postgresql_where=text("published_at IS NULL")
+    ),
 )

@@ -137,3 +137,17 @@ async def test_products_with_new_data_since_a_time(engine: AsyncEngine) -> None:
         later = await products_with_new_data(connection, datetime.now(UTC) + timedelta(seconds=5))
     assert [p.product_id for p in changed] == ["N"]
     assert later == []
+
+
+async def test_migrations_and_table_definitions_agree(engine: AsyncEngine) -> None:
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from ml_analytics.storage.tables import metadata
+
+    def differences(connection):  # type: ignore[no-untyped-def]
+        return compare_metadata(MigrationContext.configure(connection), metadata)
+
+    async with engine.connect() as connection:
+        found = await connection.run_sync(differences)
+    assert [d for d in found if "alembic_version" not in str(d)] == []
