@@ -139,3 +139,12 @@ async def running_service(settings: Settings, engine: AsyncEngine):  # type: ign
     app = build_app(settings, engine, broker)
     async with app.router.lifespan_context(app):
         yield app
+
+
+async def write_batch(engine: AsyncEngine, batch: Any) -> Any:
+    """Write a SortedBatch the way ingestion does, on a pooled connection's driver."""
+    from ml_analytics.services.ingest import record_batch
+
+    async with engine.connect() as connection:
+        driver = (await connection.get_raw_connection()).driver_connection
+        return await record_batch(driver, batch)

@@ -11,12 +11,12 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ml_analytics.consumers.ingestion import build_broker
-from ml_analytics.services.ingest import SortedBatch, record_batch
+from ml_analytics.services.ingest import SortedBatch
 from ml_analytics.services.risk import RiskService
 from ml_analytics.settings import Settings
 from ml_analytics.storage.models_queries import StoredModel, save_model
 from ml_analytics.storage.queries import StockSnapshotRow
-from tests.helpers import unique
+from tests.helpers import unique, write_batch
 
 pytestmark = pytest.mark.integration
 
@@ -40,18 +40,14 @@ async def store_model_and_stock(engine: AsyncEngine, product: str, stock: float)
     )
     async with engine.begin() as connection:
         await save_model(connection, model)
-    async with engine.connect() as connection:
-        driver = (await connection.get_raw_connection()).driver_connection
-        await record_batch(
-            driver,
-            SortedBatch(
-                stock_snapshots=[
-                    StockSnapshotRow(
-                        f"{product}-s", product, datetime(2026, 9, 28, 18, tzinfo=UTC), stock, 10
-                    )
-                ]
-            ),
-        )
+    await record_stock(engine, product, "s", datetime(2026, 9, 28, 18, tzinfo=UTC), stock)
+
+
+async def record_stock(
+    engine: AsyncEngine, product: str, tag: str, as_of: datetime, units: float
+) -> None:
+    snapshot = StockSnapshotRow(f"{product}-{tag}", product, as_of, units, 10)
+    await write_batch(engine, SortedBatch(stock_snapshots=[snapshot]))
 
 
 async def outbox_levels(engine: AsyncEngine, product: str) -> list[str]:
@@ -84,21 +80,6 @@ async def test_same_level_again_queues_nothing_and_a_change_queues_one(
     risk = RiskService(engine, build_broker(settings), settings)
     assert await risk.reassess([product]) == 1
     assert await risk.reassess([product]) == 0
-    async with engine.connect() as connection:
-        driver = (await connection.get_raw_connection()).driver_connection
-        await record_batch(
-            driver,
-            SortedBatch(
-                stock_snapshots=[
-                    StockSnapshotRow(
-                        f"{product}-refill",
-                        product,
-                        datetime(2026, 9, 28, 20, tzinfo=UTC),
-                        10_000,
-                        10,
-                    )
-                ]
-            ),
-        )
+    await record_stock(engine, product, "refill", datetime(2026, 9, 28, 20, tzinfo=UTC), 10_000)
     assert await risk.reassess([product]) == 1
     assert await outbox_levels(engine, product) == ["high", "low"]

@@ -7,8 +7,7 @@ from datetime import UTC, date, datetime, timedelta
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from ml_analytics.services.ingest import BatchOutcome, SortedBatch
-from ml_analytics.services.ingest import record_batch as record_on_connection
+from ml_analytics.services.ingest import SortedBatch
 from ml_analytics.storage.queries import (
     StockSnapshotRow,
     TransactionRow,
@@ -18,14 +17,9 @@ from ml_analytics.storage.queries import (
     products_with_new_data,
     stock_history,
 )
+from tests.helpers import write_batch
 
 pytestmark = pytest.mark.integration
-
-
-async def record_batch(engine: AsyncEngine, batch: SortedBatch) -> BatchOutcome:
-    async with engine.connect() as connection:
-        driver = (await connection.get_raw_connection()).driver_connection
-        return await record_on_connection(driver, batch)
 
 
 def tx(event_id: str, product: str, day: date, units: float) -> TransactionRow:
@@ -38,10 +32,10 @@ def snap(event_id: str, product: str, as_of: datetime, units: float, lead: int |
 
 async def test_redelivered_transactions_are_counted_once(engine: AsyncEngine) -> None:
     day = date(2026, 11, 1)
-    first = await record_batch(
+    first = await write_batch(
         engine, SortedBatch(transactions=[tx("a", "P", day, 2), tx("b", "P", day, 3)])
     )
-    again = await record_batch(
+    again = await write_batch(
         engine, SortedBatch(transactions=[tx("b", "P", day, 3), tx("c", "P", day, 0.5)])
     )
     assert (first.transactions_counted, first.transactions_seen_before) == (2, 0)
@@ -59,7 +53,7 @@ async def test_fractional_units_sum_exactly(engine: AsyncEngine) -> None:
     day = date(2026, 11, 1)
     rows = [tx(f"f{i}", "F", day, 0.1) for i in range(10)]
     for row in rows:
-        await record_batch(engine, SortedBatch(transactions=[row]))
+        await write_batch(engine, SortedBatch(transactions=[row]))
     async with engine.connect() as connection:
         (only_day,) = await daily_demand_series(connection, "F")
     assert only_day.quantity_units == 1.0  # 0.1 added ten times in floating point is not 1.0
@@ -67,7 +61,7 @@ async def test_fractional_units_sum_exactly(engine: AsyncEngine) -> None:
 
 async def test_daily_series_is_zero_filled_and_narrowed_by_range(engine: AsyncEngine) -> None:
     start = date(2026, 1, 30)
-    await record_batch(
+    await write_batch(
         engine,
         SortedBatch(
             transactions=[
@@ -96,11 +90,11 @@ async def test_daily_series_is_zero_filled_and_narrowed_by_range(engine: AsyncEn
 
 async def test_late_older_stock_snapshot_is_history_not_current(engine: AsyncEngine) -> None:
     t0 = datetime(2026, 11, 1, 18, tzinfo=UTC)
-    newer = await record_batch(engine, SortedBatch(stock_snapshots=[snap("s2", "S", t0, 480, 10)]))
-    late = await record_batch(
+    newer = await write_batch(engine, SortedBatch(stock_snapshots=[snap("s2", "S", t0, 480, 10)]))
+    late = await write_batch(
         engine, SortedBatch(stock_snapshots=[snap("s1", "S", t0 - timedelta(days=1), 500, 7)])
     )
-    repeat = await record_batch(engine, SortedBatch(stock_snapshots=[snap("s2", "S", t0, 480, 10)]))
+    repeat = await write_batch(engine, SortedBatch(stock_snapshots=[snap("s2", "S", t0, 480, 10)]))
     assert newer.products_with_new_stock == {"S"}
     assert late.products_with_new_stock == set() and late.stock_snapshots_recorded == 1
     assert repeat.stock_snapshots_seen_before == 1
@@ -114,7 +108,7 @@ async def test_late_older_stock_snapshot_is_history_not_current(engine: AsyncEng
 
 async def test_newest_snapshot_within_one_batch_wins(engine: AsyncEngine) -> None:
     t0 = datetime(2026, 11, 1, tzinfo=UTC)
-    await record_batch(
+    await write_batch(
         engine,
         SortedBatch(
             stock_snapshots=[
@@ -131,7 +125,7 @@ async def test_newest_snapshot_within_one_batch_wins(engine: AsyncEngine) -> Non
 
 async def test_products_with_new_data_since_a_time(engine: AsyncEngine) -> None:
     before = datetime.now(UTC) - timedelta(seconds=1)
-    await record_batch(engine, SortedBatch(transactions=[tx("n1", "N", date(2026, 1, 1), 1)]))
+    await write_batch(engine, SortedBatch(transactions=[tx("n1", "N", date(2026, 1, 1), 1)]))
     async with engine.connect() as connection:
         changed = await products_with_new_data(connection, before)
         later = await products_with_new_data(connection, datetime.now(UTC) + timedelta(seconds=5))
