@@ -29,12 +29,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ml_analytics import metrics
 from ml_analytics.events import DeadLetter
-from ml_analytics.lifecycle import cancel_and_wait
+from ml_analytics.lifecycle import RetryPolicy, cancel_and_wait
 from ml_analytics.services.ingest import (
     BatchOutcome,
     IngestResult,
     KafkaRecord,
-    RetryPolicy,
     ingest_records,
 )
 from ml_analytics.settings import Settings
@@ -120,7 +119,7 @@ class IngestionPipeline:
 
     async def _process(self, records: Sequence[KafkaRecord], consumer: AIOKafkaConsumer) -> None:
         started = time.perf_counter()
-        delay = self._retry.first_delay_seconds
+        pauses = self._retry.delays()
         while True:
             try:
                 result = await ingest_records(
@@ -139,13 +138,13 @@ class IngestionPipeline:
             except Exception as error:
                 # Not a database outage (ingest_records waits those out): for
                 # example the broker refusing dead letters. Keep the batch.
+                delay = next(pauses)
                 metrics.BATCHES.labels("failed").inc()
                 logger.exception(
                     "batch failed; retrying it",
                     extra={"error": repr(error)[:500], "retry_in_seconds": delay},
                 )
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, self._retry.max_delay_seconds)
         await _commit(consumer, records)
         _observe(result, self._settings, started)
         if self._on_batch is not None:

@@ -21,6 +21,7 @@ import asyncpg
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from ml_analytics.events import DeadLetter, InvalidEvent, StockLevel, Transaction, decode_event
+from ml_analytics.lifecycle import RetryPolicy
 from ml_analytics.storage.database import is_transient
 from ml_analytics.storage.queries import (
     StockSnapshotRow,
@@ -171,14 +172,6 @@ class IngestResult:
     database_retries: int
 
 
-@dataclass(frozen=True, slots=True)
-class RetryPolicy:
-    """How long to wait between attempts when PostgreSQL cannot take a write."""
-
-    first_delay_seconds: float = 0.5
-    max_delay_seconds: float = 30.0
-
-
 async def ingest_records(
     engine: AsyncEngine,
     records: Sequence[KafkaRecord],
@@ -246,12 +239,13 @@ class _ChunkWriter:
         self.retries = 0
 
     async def write(self, batch: SortedBatch) -> BatchOutcome:
-        delay = self._retry.first_delay_seconds
+        pauses = self._retry.delays()
         while True:
             try:
                 driver = await self._driver()
                 return await record_batch(driver, batch)
             except Exception as error:
+                delay = next(pauses)
                 transient = is_transient(error)
                 self.retries += 1
                 logger.log(
@@ -267,7 +261,6 @@ class _ChunkWriter:
                 )
                 await self._discard_connection()
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, self._retry.max_delay_seconds)
 
     async def _driver(self) -> asyncpg.Connection:
         if self._connection is None:

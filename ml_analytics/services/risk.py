@@ -26,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from ml_analytics import metrics
 from ml_analytics.events import ModelInfo, StockoutRisk
-from ml_analytics.lifecycle import cancel_and_wait
+from ml_analytics.lifecycle import RetryPolicy, cancel_and_wait
 from ml_analytics.models.risk import NotAssessable, RiskThresholds, assess_stockout_risk
 from ml_analytics.settings import Settings
 from ml_analytics.storage.models_queries import (
@@ -134,7 +134,7 @@ class RiskService:
             await self.relay_once()  # a last pass: leave as little as possible behind
 
     async def _relay_forever(self) -> None:
-        delay = 0.5
+        pauses = RetryPolicy().delays()
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), 1.0)
@@ -142,14 +142,14 @@ class RiskService:
             try:
                 while await self.relay_once():
                     pass
-                delay = 0.5
+                pauses = RetryPolicy().delays()  # a success starts the pauses over
             except Exception as error:
+                delay = next(pauses)
                 logger.warning(
                     "publishing stockout-risk events failed; retrying",
                     extra={"error": repr(error)[:300], "retry_in_seconds": delay},
                 )
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 30.0)
                 self._wake.set()
 
     async def relay_once(self) -> int:
