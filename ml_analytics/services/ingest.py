@@ -21,7 +21,7 @@ import asyncpg
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from ml_analytics.events import DeadLetter, InvalidEvent, StockLevel, Transaction, decode_event
-from ml_analytics.lifecycle import RetryPolicy
+from ml_analytics.lifecycle import RetryPolicy, cancel_and_wait
 from ml_analytics.storage.database import is_transient
 from ml_analytics.storage.queries import (
     StockSnapshotRow,
@@ -219,11 +219,8 @@ async def ingest_records(
         while in_flight:
             total += await in_flight.pop(0)
     finally:
-        for task in in_flight:
-            task.cancel()
-        for task in in_flight:
-            with contextlib.suppress(BaseException):
-                await task
+        for task in in_flight:  # left only when cancelled: the caller gave up
+            await cancel_and_wait(task)
         for writer in writers:
             await writer.close()
     return IngestResult(total, dead_letters, repeated, sum(w.retries for w in writers))

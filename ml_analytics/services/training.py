@@ -78,11 +78,6 @@ def _fit_in_worker(
     return forecast, time.perf_counter() - started
 
 
-def _worker_started() -> None:
-    for noisy in ("cmdstanpy", "prophet", "prophet.plot"):
-        logging.getLogger(noisy).setLevel(logging.ERROR)
-
-
 class FitTimeout(TimeoutError):
     pass
 
@@ -105,7 +100,6 @@ class FitPool:
             max_workers=self._workers,
             mp_context=multiprocessing.get_context("spawn"),
             max_tasks_per_child=self._max_fits,
-            initializer=_worker_started,
         )
 
     async def fit(
@@ -126,18 +120,20 @@ class FitPool:
     def _replace(self, broken: ProcessPoolExecutor) -> None:
         if broken is not self._executor:
             return  # already replaced by another fit's failure
-        processes = list(getattr(broken, "_processes", {}).values())
-        for process in processes:
-            with contextlib.suppress(Exception):
-                process.kill()
-        broken.shutdown(wait=False, cancel_futures=True)
+        _kill(broken)
         self._executor = self._new_executor()
 
     def shutdown(self) -> None:
-        for process in list(getattr(self._executor, "_processes", {}).values()):
-            with contextlib.suppress(Exception):
-                process.kill()
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        _kill(self._executor)
+
+
+def _kill(executor: ProcessPoolExecutor) -> None:
+    """Stop a pool now, fits in progress included. Python 3.11 has no public way
+    to stop a busy worker, hence the private `_processes`."""
+    for process in list(getattr(executor, "_processes", {}).values()):
+        with contextlib.suppress(Exception):
+            process.kill()
+    executor.shutdown(wait=False, cancel_futures=True)
 
 
 class ModelTrainer:
@@ -173,10 +169,6 @@ class ModelTrainer:
             self._waiting[product_id] = None
         if product_ids:
             self._wake.set()
-
-    @property
-    def waiting(self) -> int:
-        return len(self._waiting)
 
     async def start(self) -> None:
         """Start training; first consider every product whose data outgrew its model
