@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
+from typing import Any
 
 import asyncpg
 from sqlalchemy import text
@@ -206,18 +207,12 @@ class StockSnapshot:
     lead_time_days: int | None
 
 
-async def product_summary(connection: AsyncConnection, product_id: str) -> ProductSummary | None:
-    row = (
-        await connection.execute(
-            text(
-                "SELECT product_id, first_day, last_day, total_units, transaction_count, "
-                "data_updated_at FROM products WHERE product_id = :product_id"
-            ),
-            {"product_id": product_id},
-        )
-    ).one_or_none()
-    if row is None:
-        return None
+_SUMMARY_COLUMNS = (
+    "product_id, first_day, last_day, total_units, transaction_count, data_updated_at"
+)
+
+
+def _summary(row: Any) -> ProductSummary:
     return ProductSummary(
         product_id=row.product_id,
         first_day=row.first_day,
@@ -226,6 +221,26 @@ async def product_summary(connection: AsyncConnection, product_id: str) -> Produ
         transaction_count=int(row.transaction_count),
         data_updated_at=row.data_updated_at,
     )
+
+
+def _snapshot(row: Any) -> StockSnapshot:
+    return StockSnapshot(
+        event_id=row.event_id,
+        product_id=row.product_id,
+        as_of=row.as_of,
+        stock_units=float(row.stock_units),
+        lead_time_days=row.lead_time_days,
+    )
+
+
+async def product_summary(connection: AsyncConnection, product_id: str) -> ProductSummary | None:
+    row = (
+        await connection.execute(
+            text(f"SELECT {_SUMMARY_COLUMNS} FROM products WHERE product_id = :product_id"),
+            {"product_id": product_id},
+        )
+    ).one_or_none()
+    return None if row is None else _summary(row)
 
 
 async def daily_demand_series(
@@ -273,21 +288,14 @@ async def latest_stock_snapshot(
     row = (
         await connection.execute(
             text(
-                "SELECT stock_event_id, product_id, stock_as_of, stock_units, lead_time_days "
+                "SELECT stock_event_id AS event_id, product_id, stock_as_of AS as_of, "
+                "stock_units, lead_time_days "
                 "FROM products WHERE product_id = :product_id AND stock_as_of IS NOT NULL"
             ),
             {"product_id": product_id},
         )
     ).one_or_none()
-    if row is None:
-        return None
-    return StockSnapshot(
-        event_id=row.stock_event_id,
-        product_id=row.product_id,
-        as_of=row.stock_as_of,
-        stock_units=float(row.stock_units),
-        lead_time_days=row.lead_time_days,
-    )
+    return None if row is None else _snapshot(row)
 
 
 async def stock_history(connection: AsyncConnection, product_id: str) -> list[StockSnapshot]:
@@ -299,16 +307,7 @@ async def stock_history(connection: AsyncConnection, product_id: str) -> list[St
         ),
         {"product_id": product_id},
     )
-    return [
-        StockSnapshot(
-            event_id=row.event_id,
-            product_id=row.product_id,
-            as_of=row.as_of,
-            stock_units=float(row.stock_units),
-            lead_time_days=row.lead_time_days,
-        )
-        for row in result
-    ]
+    return [_snapshot(row) for row in result]
 
 
 async def products_with_new_data(
@@ -317,20 +316,9 @@ async def products_with_new_data(
     """Products whose demand changed after `since` (wall-clock), oldest change first."""
     result = await connection.execute(
         text(
-            "SELECT product_id, first_day, last_day, total_units, transaction_count, "
-            "data_updated_at FROM products WHERE data_updated_at > :since "
+            f"SELECT {_SUMMARY_COLUMNS} FROM products WHERE data_updated_at > :since "
             "ORDER BY data_updated_at, product_id LIMIT :limit"
         ),
         {"since": since, "limit": limit},
     )
-    return [
-        ProductSummary(
-            product_id=row.product_id,
-            first_day=row.first_day,
-            last_day=row.last_day,
-            total_units=float(row.total_units),
-            transaction_count=int(row.transaction_count),
-            data_updated_at=row.data_updated_at,
-        )
-        for row in result
-    ]
+    return [_summary(row) for row in result]
