@@ -187,7 +187,7 @@ def _replay(args: argparse.Namespace) -> int:
 
 def _dev(args: argparse.Namespace) -> int:
     from ml_analytics.consumers.admin import ensure_topics
-    from ml_analytics.devstack import EmbeddedBroker, EmbeddedPostgres
+    from ml_analytics.devstack import EmbeddedBroker, EmbeddedPostgres, stop_process
     from ml_analytics.service import run_service
 
     replays: list[Path] = args.replay or []
@@ -237,9 +237,7 @@ def _dev(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         pass
     finally:
-        if replay_process is not None and replay_process.poll() is None:
-            replay_process.terminate()
-            replay_process.wait(10)
+        stop_process(replay_process)
         broker.stop()
         postgres.stop()
     return 0

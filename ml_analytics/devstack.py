@@ -16,6 +16,18 @@ from pathlib import Path
 from typing import IO, Any
 
 
+def stop_process(process: subprocess.Popen[Any] | None, grace_seconds: float = 10.0) -> None:
+    """SIGTERM a child process, give it `grace_seconds` to finish, then kill it."""
+    if process is None or process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(grace_seconds)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(10)
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -79,13 +91,7 @@ class EmbeddedBroker:
         return self._process is not None and self._process.poll() is None
 
     def stop(self) -> None:
-        if self._process is not None and self._process.poll() is None:
-            self._process.terminate()
-            try:
-                self._process.wait(10)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait(10)
+        stop_process(self._process)
         self._process = None
         if self._log is not None:
             self._log.close()
