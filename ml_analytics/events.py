@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import re
+from collections.abc import Collection, Iterable, Mapping
 from datetime import UTC, date, datetime, tzinfo
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -206,13 +207,19 @@ def decode_event(model: type[EventT], raw: bytes | None) -> EventT:
 
 def describe_validation_error(error: ValidationError) -> str:
     """One human-readable line per problem, each naming the field."""
+    return describe_errors(error.errors(include_url=False))
+
+
+def describe_errors(items: Iterable[Mapping[str, Any]], skip: Collection[str] = ()) -> str:
+    """pydantic's error items as one line, each naming its field; location parts in
+    `skip` (such as FastAPI's "body") are left out of the field names."""
     problems: list[str] = []
-    for item in error.errors(include_url=False):
+    for item in items:
         kind = item["type"]
         if kind == "json_invalid":
             problems.append(f"value is not valid JSON: {item['ctx'].get('error', item['msg'])}")
             continue
-        field = ".".join(str(part) for part in item["loc"]) or "value"
+        field = ".".join(str(part) for part in item["loc"] if part not in skip) or "value"
         message = item["msg"].removeprefix("Value error, ")
         if kind == "string_pattern_mismatch":
             message = "must not contain the NUL character (U+0000)"

@@ -44,3 +44,14 @@ RISK_EVENTS = Counter(
     "Stockout-risk events published, by risk level.",
     ["risk_level"],
 )
+PREDICTIONS = Counter(
+    "ml_analytics_prediction_requests_total",
+    "Forecast and stockout prediction requests, by endpoint and cache outcome (hit, miss, bypass).",
+    ["endpoint", "cache"],
+)
+HTTP_REQUEST_SECONDS = Histogram(
+    "ml_analytics_http_request_seconds",
+    "HTTP request latency, by method, route and status code.",
+    ["method", "route", "status"],
+    buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)

@@ -20,6 +20,7 @@ from ml_analytics.consumers.ingestion import add_ingestion, build_broker
 from ml_analytics.http.app import create_app
 from ml_analytics.logs import configure_logging
 from ml_analytics.services.ingest import BatchOutcome
+from ml_analytics.services.predictions import PredictionService
 from ml_analytics.services.risk import RiskService
 from ml_analytics.services.training import ModelTrainer
 from ml_analytics.settings import Settings, redact_url
@@ -65,7 +66,10 @@ def build_app(settings: Settings, engine: AsyncEngine, broker: KafkaBroker) -> F
 
     ingestion = add_ingestion(broker, settings, engine, on_batch=batch_recorded)
 
+    predictions = PredictionService(engine, settings)
+
     async def started() -> None:
+        predictions.warm_up()
         risk.start()
         if settings.training_enabled:
             await trainer.start()
@@ -75,7 +79,14 @@ def build_app(settings: Settings, engine: AsyncEngine, broker: KafkaBroker) -> F
         await trainer.stop()
         await risk.stop()
 
-    app = create_app(engine, broker, after_broker_start=started, before_broker_stop=stopping)
+    app = create_app(
+        settings,
+        engine,
+        broker,
+        predictions=predictions,
+        after_broker_start=started,
+        before_broker_stop=stopping,
+    )
     app.state.trainer = trainer
     app.state.risk = risk
     return app

@@ -153,6 +153,22 @@ class Settings(BaseSettings):
     retrain_cooldown_days: int = Field(default=1, ge=0)
     retrain_failure_backoff_seconds: float = Field(default=60.0, ge=0)
 
+    # HTTP API: forecasts and stockout predictions on request
+    prediction_cache_ttl: int = Field(
+        default=86400, ge=0, description="Seconds a cached prediction is served (0: no cache)."
+    )
+    http_fit_workers: int = Field(
+        default=2, ge=1, description="Processes that fit models for HTTP requests."
+    )
+    http_max_fits_in_flight: int = Field(
+        default=4, ge=1, description="HTTP fits running or waiting; past it the API answers 503."
+    )
+    http_max_body_bytes: int = Field(default=2_000_000, ge=1024)
+    http_max_transaction_points: int = Field(default=10_000, ge=1)
+    http_max_history_days: int = Field(
+        default=3660, ge=30, description="Longest span of days a request's history may cover."
+    )
+
     # Risk
     default_risk_window_days: int = Field(default=14, ge=0, le=365)
     risk_high_probability: float = Field(default=0.6, gt=0, le=1)

@@ -1,4 +1,4 @@
-"""The FastAPI application: health, readiness, metrics and the product queries.
+"""The FastAPI application: health, readiness, metrics, predictions and product queries.
 
 Errors are JSON `{"detail": "..."}` with a message naming the problem, also for
 request validation (FastAPI's default is a list of error objects).
@@ -7,23 +7,32 @@ request validation (FastAPI's default is a list of error objects).
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, date, datetime
-from typing import Annotated
+from typing import Annotated, Literal
 
-from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from faststream.kafka import KafkaBroker
+from faststream.specification import AsyncAPI
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from sqlalchemy.ext.asyncio import AsyncEngine
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ml_analytics import SERVICE_NAME, __version__
-from ml_analytics.events import StockoutRisk
+from ml_analytics import SERVICE_NAME, __version__, metrics
+from ml_analytics.events import StockoutRisk, describe_errors
+from ml_analytics.http.predictions import ERROR_RESPONSES, ErrorBody, prediction_router
+from ml_analytics.services.predictions import PredictionError, PredictionService
+from ml_analytics.settings import Settings
 from ml_analytics.storage.database import database_answers
-from ml_analytics.storage.models_queries import latest_assessment
+from ml_analytics.storage.models_queries import (
+    latest_assessment,
+    product_overview,
+)
 from ml_analytics.storage.queries import daily_demand_series, product_summary
 
 READINESS_TIMEOUT_SECONDS = 3.0
@@ -41,6 +50,7 @@ def get_broker(request: Request) -> KafkaBroker:
 
 Engine = Annotated[AsyncEngine, Depends(get_engine)]
 Broker = Annotated[KafkaBroker, Depends(get_broker)]
+ProductId = Annotated[str, Path(min_length=1, max_length=128, pattern=r"^[^\x00]+$")]
 
 
 class Health(BaseModel):
@@ -48,6 +58,17 @@ class Health(BaseModel):
     service: str
     version: str
     timestamp: datetime
+
+
+class Ready(BaseModel):
+    status: Literal["ready"]
+    checks: dict[str, str]
+
+
+class NotReady(BaseModel):
+    status: Literal["unavailable"]
+    detail: str
+    failing: list[str]
 
 
 class DemandDayOut(BaseModel):
@@ -61,10 +82,48 @@ class ProductDemand(BaseModel):
     days: list[DemandDayOut]
 
 
+class ProductItem(BaseModel):
+    """A tracked product with its stock, latest risk assessment and model."""
+
+    product_id: str
+    first_day: date | None
+    last_day: date | None
+    total_units: float
+    transactions: int
+    current_stock_units: float | None
+    stock_as_of: datetime | None
+    lead_time_days: int | None
+    risk_level: Literal["high", "medium", "low"] | None = Field(
+        description="null until the product has a model and a stock level"
+    )
+    stockout_probability: float | None
+    predicted_stockout_date: date | None
+    days_until_stockout: int | None
+    confidence: float | None
+    assessed_at: datetime | None
+    model_name: str | None
+    trained_at: datetime | None
+    training_days: int | None
+    mape: float | None
+    rmse: float | None
+    wape: float | None
+    mase: float | None
+
+
+class ProductPage(BaseModel):
+    total: int = Field(description="Products matching the filters")
+    limit: int
+    offset: int
+    sort: str
+    items: list[ProductItem]
+
+
 def create_app(
+    settings: Settings,
     engine: AsyncEngine,
     broker: KafkaBroker,
     *,
+    predictions: PredictionService | None = None,
     after_broker_start: Callable[[], Awaitable[None]] | None = None,
     before_broker_stop: Callable[[], Awaitable[None]] | None = None,
     manage_broker: bool = True,
@@ -86,19 +145,40 @@ def create_app(
                 if before_broker_stop is not None:
                     await before_broker_stop()
                 await broker.stop()
+            app.state.predictions.stop()
 
     app = FastAPI(
         title="ml-analytics",
         version=__version__,
         description="Inventory demand aggregates, forecasts and stockout risk.",
         lifespan=lifespan,
+        # Every validation error is {"detail": "<field>: <problem>"}, not FastAPI's list.
+        responses={422: ERROR_RESPONSES[422]},
     )
+    app.state.settings = settings
     app.state.engine = engine
     app.state.broker = broker
+    app.state.predictions = predictions or PredictionService(engine, settings)
+    app.add_middleware(BodyLimit, max_bytes=settings.http_max_body_bytes)
+    app.add_middleware(RequestMetrics)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
         return JSONResponse(status_code=422, content={"detail": describe_request_errors(error)})
+
+    @app.exception_handler(PredictionError)
+    async def _prediction_error(request: Request, error: PredictionError) -> JSONResponse:
+        return JSONResponse(
+            status_code=error.status_code, content={"detail": error.detail}, headers=error.headers
+        )
+
+    app.include_router(prediction_router())
+    asyncapi = AsyncAPI(
+        broker,
+        title="ml-analytics",
+        version=__version__,
+        description="The topics ml-analytics consumes and publishes.",
+    )
 
     @app.get("/health", response_model=Health, tags=["operations"])
     async def health() -> Health:
@@ -110,7 +190,14 @@ def create_app(
             timestamp=datetime.now(UTC),
         )
 
-    @app.get("/ready", tags=["operations"])
+    @app.get(
+        "/ready",
+        tags=["operations"],
+        responses={
+            200: {"model": Ready, "description": "PostgreSQL and the broker answer"},
+            503: {"model": NotReady, "description": "A dependency does not answer"},
+        },
+    )
     async def ready(engine: Engine, broker: Broker) -> JSONResponse:
         """200 when PostgreSQL and the broker answer; 503 naming the part that does not."""
         checks = await asyncio.gather(
@@ -137,14 +224,78 @@ def create_app(
         """Prometheus metrics, text format."""
         return PlainTextResponse(generate_latest().decode(), media_type=CONTENT_TYPE_LATEST)
 
+    @app.get("/asyncapi", tags=["operations"])
+    async def asyncapi_document() -> Response:
+        """The AsyncAPI document of the topics consumed and published (JSON)."""
+        return Response(asyncapi.to_specification().to_json(), media_type="application/json")
+
+    @app.get("/products", response_model=ProductPage, tags=["products"])
+    async def products(
+        engine: Engine,
+        sort: Annotated[
+            Literal["risk", "days_until_stockout", "product_id", "last_day"],
+            Query(description="risk: high first, then by probability, then nearest stockout"),
+        ] = "risk",
+        risk_level: Annotated[
+            list[Literal["high", "medium", "low", "none"]] | None,
+            Query(description="Only these levels (repeatable); none: not assessed yet"),
+        ] = None,
+        search: Annotated[
+            str | None,
+            Query(max_length=128, pattern=r"^[^\x00]*$", description="Part of a product id"),
+        ] = None,
+        limit: Annotated[int, Query(ge=1, le=500)] = 50,
+        offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,
+    ) -> ProductPage:
+        """Tracked products with their latest risk, most urgent first by default."""
+        async with engine.connect() as connection:
+            total, rows = await product_overview(
+                connection,
+                sort=sort,
+                risk_levels=list(risk_level) if risk_level else None,
+                search=search,
+                limit=limit,
+                offset=offset,
+            )
+        items = [
+            ProductItem(
+                product_id=row.product_id,
+                first_day=row.first_day,
+                last_day=row.last_day,
+                total_units=row.total_units,
+                transactions=row.transaction_count,
+                current_stock_units=row.current_stock_units,
+                stock_as_of=row.stock_as_of,
+                lead_time_days=row.lead_time_days,
+                risk_level=row.risk_level,  # type: ignore[arg-type]
+                stockout_probability=row.stockout_probability,
+                predicted_stockout_date=row.predicted_stockout_date,  # type: ignore[arg-type]
+                days_until_stockout=row.days_until_stockout,
+                confidence=row.confidence,
+                assessed_at=row.assessed_at,
+                model_name=row.model_name,
+                trained_at=row.trained_at,
+                training_days=row.training_days,
+                mape=(row.metrics or {}).get("mape"),
+                rmse=(row.metrics or {}).get("rmse"),
+                wape=(row.metrics or {}).get("wape"),
+                mase=(row.metrics or {}).get("mase"),
+            )
+            for row in rows
+        ]
+        return ProductPage(total=total, limit=limit, offset=offset, sort=sort, items=items)
+
     @app.get(
         "/products/{product_id:path}/demand",
         response_model=ProductDemand,
         tags=["products"],
-        responses={404: {"description": "Unknown product"}},
+        responses={
+            404: {"model": ErrorBody, "description": "Unknown product"},
+            422: ERROR_RESPONSES[422],
+        },
     )
     async def product_demand(
-        product_id: str,
+        product_id: ProductId,
         engine: Engine,
         from_day: Annotated[date | None, Query(alias="from")] = None,
         to_day: Annotated[date | None, Query(alias="to")] = None,
@@ -174,9 +325,12 @@ def create_app(
         "/products/{product_id:path}/stockout-risk",
         response_model=StockoutRisk,
         tags=["products"],
-        responses={404: {"description": "No assessment yet"}},
+        responses={
+            404: {"model": ErrorBody, "description": "No assessment yet"},
+            422: ERROR_RESPONSES[422],
+        },
     )
-    async def product_stockout_risk(product_id: str, engine: Engine) -> StockoutRisk:
+    async def product_stockout_risk(product_id: ProductId, engine: Engine) -> StockoutRisk:
         """The latest risk assessment, also when its level did not change (so no event
         was published). 404 until the product has a trained model and a known stock."""
         async with engine.connect() as connection:
@@ -208,11 +362,85 @@ async def _broker_answers(broker: KafkaBroker) -> None:
 
 
 def describe_request_errors(error: RequestValidationError) -> str:
-    problems = []
-    for item in error.errors():
-        location = [
-            str(part) for part in item.get("loc", ()) if part not in ("body", "query", "path")
-        ]
-        field = ".".join(location) or "request"
-        problems.append(f"{field}: {item.get('msg', 'invalid')}")
-    return "; ".join(problems)
+    return describe_errors(error.errors(), skip=("body", "query", "path"))
+
+
+class BodyLimit:
+    """413 for a request body over `max_bytes`, whether it declares its length or not.
+
+    The body is read here (at most `max_bytes` of it) and handed on whole: FastAPI
+    would turn an error raised while it reads the body into a plain 400.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            await self._refuse(scope, receive, send)
+            return
+        chunks: list[bytes] = []
+        received = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away
+                return
+            chunk = message.get("body", b"")
+            received += len(chunk)
+            if received > self.max_bytes:
+                await self._refuse(scope, receive, send)
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if replayed:
+                return await receive()  # waits for the disconnect
+            replayed = True
+            return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+
+        await self.app(scope, replay, send)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = JSONResponse(
+            status_code=413,
+            content={"detail": f"request body is larger than {self.max_bytes} bytes"},
+        )
+        await response(scope, receive, send)
+
+
+class RequestMetrics:
+    """Latency of every request, by method, route template and status."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def recording_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, recording_send)
+        finally:
+            route = scope.get("route")
+            template = getattr(route, "path", None) or "unmatched"
+            metrics.HTTP_REQUEST_SECONDS.labels(scope["method"], template, str(status)).observe(
+                time.perf_counter() - started
+            )

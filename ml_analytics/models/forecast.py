@@ -32,6 +32,9 @@ for _noisy in ("cmdstanpy", "prophet", "prophet.plot"):
     _logger.setLevel(logging.ERROR)
     _logger.propagate = False
 
+# Changes whenever the forecaster's output for the same input changes (cached
+# predictions made by another revision are not served).
+MODEL_REVISION = "prophet-bootstrap-1"
 SEASON_PERIOD_DAYS = 7
 BOOTSTRAP_WINDOW_DAYS = 91
 BOOTSTRAP_BLOCK_DAYS = 7
@@ -168,12 +171,12 @@ def _finite(value: float) -> float | None:
     return round(value, 4) if math.isfinite(value) else None
 
 
-def fit_forecast(values: np.ndarray, first_day: date, config: ForecastConfig) -> Forecast:
-    """Fit on a zero-filled daily series starting at `first_day`; forecast `horizon_days`.
+def check_history(values: np.ndarray, first_day: date, config: ForecastConfig) -> Seasonality:
+    """Validate a zero-filled daily series and detect its seasonality.
 
-    Raises InsufficientData below `min_training_days`, ModelFailure when Prophet fails.
+    Raises InsufficientData below `min_training_days`, ValueError on negative or
+    non-finite values.
     """
-    values = np.asarray(values, dtype=float)
     if len(values) < config.min_training_days:
         raise InsufficientData(
             f"Insufficient transaction data. Need at least {config.min_training_days} days, "
@@ -181,32 +184,73 @@ def fit_forecast(values: np.ndarray, first_day: date, config: ForecastConfig) ->
         )
     if not np.all(np.isfinite(values)) or np.any(values < 0):
         raise ValueError("daily demand must be finite and non-negative")
-    seasonality = detect_seasonality(values, first_day)
-    start = first_day + timedelta(days=len(values))
-    notes: list[str] = []
+    return detect_seasonality(values, first_day)
 
+
+def holdout_accuracy(
+    values: np.ndarray, first_day: date, config: ForecastConfig, seasonality: Seasonality
+) -> AccuracyMetrics | None:
+    """Fit without the last `holdout_days` and score the forecast of them; None when
+    the history is too short to spare a week."""
     holdout = min(config.holdout_days, len(values) // 4)
-    if holdout >= SEASON_PERIOD_DAYS:
-        train, test = values[:-holdout], values[-holdout:]
-        expected, *_ = _fit_predict(train, first_day, holdout, seasonality, config)
-        metrics = accuracy(test, expected, train)
-    else:
+    if holdout < SEASON_PERIOD_DAYS:
+        return None
+    train, test = values[:-holdout], values[-holdout:]
+    expected, *_ = _fit_predict(train, first_day, holdout, seasonality, config)
+    return accuracy(test, expected, train)
+
+
+def future_forecast(
+    values: np.ndarray, first_day: date, config: ForecastConfig, seasonality: Seasonality
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Fit on all of the history; `horizon_days` of yhat, yhat_lower, yhat_upper."""
+    return _fit_predict(values, first_day, config.horizon_days, seasonality, config)
+
+
+def assemble_forecast(
+    values: np.ndarray,
+    first_day: date,
+    config: ForecastConfig,
+    seasonality: Seasonality,
+    metrics: AccuracyMetrics | None,
+    predicted: tuple[np.ndarray, np.ndarray, np.ndarray],
+) -> Forecast:
+    """The Forecast from its two fits (which may have run in different processes)."""
+    notes: list[str] = []
+    if metrics is None:
         metrics = AccuracyMetrics(0, None, None, None, None, None)
         notes.append("history too short for a holdout; no accuracy figures")
-
-    yhat, lower, upper = _fit_predict(values, first_day, config.horizon_days, seasonality, config)
-    paths = bootstrap_paths(values, config.horizon_days, config.sample_paths, config.random_seed)
+    yhat, lower, upper = predicted
     return Forecast(
-        start=start,
+        start=first_day + timedelta(days=len(values)),
         yhat=yhat,
         yhat_lower=lower,
         yhat_upper=upper,
-        sample_paths=paths,
+        sample_paths=bootstrap_paths(
+            values, config.horizon_days, config.sample_paths, config.random_seed
+        ),
         metrics=metrics,
         seasonality=seasonality,
         training_days=len(values),
         units_seen=float(values.sum()),
         notes=notes,
+    )
+
+
+def fit_forecast(values: np.ndarray, first_day: date, config: ForecastConfig) -> Forecast:
+    """Fit on a zero-filled daily series starting at `first_day`; forecast `horizon_days`.
+
+    Raises InsufficientData below `min_training_days`, ModelFailure when Prophet fails.
+    """
+    values = np.asarray(values, dtype=float)
+    seasonality = check_history(values, first_day, config)
+    return assemble_forecast(
+        values,
+        first_day,
+        config,
+        seasonality,
+        holdout_accuracy(values, first_day, config, seasonality),
+        future_forecast(values, first_day, config, seasonality),
     )
 
 

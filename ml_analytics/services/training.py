@@ -33,7 +33,11 @@ from ml_analytics.models.forecast import (
     Forecast,
     ForecastConfig,
     ModelFailure,
+    assemble_forecast,
+    check_history,
     fit_forecast,
+    future_forecast,
+    holdout_accuracy,
 )
 from ml_analytics.models.retrain import DataState, ModelState, RetrainPolicy, retrain_decision
 from ml_analytics.settings import Settings
@@ -78,6 +82,10 @@ def _fit_in_worker(
     return forecast, time.perf_counter() - started
 
 
+def _import_models() -> None:
+    import prophet  # noqa: F401  (a worker's first fit would otherwise pay for the import)
+
+
 class FitTimeout(TimeoutError):
     pass
 
@@ -105,17 +113,48 @@ class FitPool:
     async def fit(
         self, values: np.ndarray, first_day: Any, config: ForecastConfig, timeout_seconds: float
     ) -> tuple[Forecast, float]:
+        """One fit in one worker: the holdout fit, then the final fit (best throughput)."""
         loop = asyncio.get_running_loop()
         executor = self._executor
         future = loop.run_in_executor(executor, _fit_in_worker, values, first_day, config)
+        return await self._within(executor, future, timeout_seconds)
+
+    async def fit_parallel(
+        self, values: np.ndarray, first_day: Any, config: ForecastConfig, timeout_seconds: float
+    ) -> tuple[Forecast, float]:
+        """The holdout fit and the final fit in two workers at once (best latency, for a
+        caller who waits). Raises InsufficientData before using the pool."""
+        values = np.asarray(values, dtype=float)
+        seasonality = check_history(values, first_day, config)
+        loop = asyncio.get_running_loop()
+        executor = self._executor
+        started = time.perf_counter()
+        both = asyncio.gather(
+            loop.run_in_executor(
+                executor, holdout_accuracy, values, first_day, config, seasonality
+            ),
+            loop.run_in_executor(executor, future_forecast, values, first_day, config, seasonality),
+        )
+        metrics, predicted = await self._within(executor, both, timeout_seconds)
+        forecast = assemble_forecast(values, first_day, config, seasonality, metrics, predicted)
+        return forecast, time.perf_counter() - started
+
+    async def _within(
+        self, executor: ProcessPoolExecutor, work: Awaitable[Any], timeout_seconds: float
+    ) -> Any:
         try:
-            return await asyncio.wait_for(future, timeout_seconds)
+            return await asyncio.wait_for(work, timeout_seconds)
         except TimeoutError:
             self._replace(executor)
             raise FitTimeout(f"the fit took longer than {timeout_seconds:g} s") from None
         except BrokenProcessPool:
             self._replace(executor)
             raise
+
+    def warm_up(self) -> None:
+        """Start the workers and import the model code in them now, not on the first fit."""
+        for _ in range(self._workers):
+            self._executor.submit(_import_models)
 
     def _replace(self, broken: ProcessPoolExecutor) -> None:
         if broken is not self._executor:
@@ -217,7 +256,6 @@ class ModelTrainer:
         try:
             await self.train_now(product_id)
         except (ModelFailure, FitTimeout, BrokenProcessPool) as error:
-            metrics.FITS.labels("failed").inc()
             logger.warning(
                 "model fit failed; will try again",
                 extra={
@@ -226,17 +264,10 @@ class ModelTrainer:
                     "retry_in_seconds": self._settings.retrain_failure_backoff_seconds,
                 },
             )
-            self._not_before[product_id] = (
-                time.monotonic() + self._settings.retrain_failure_backoff_seconds
-            )
-            self._waiting[product_id] = None
+            self._retry_later(product_id)
         except Exception:
-            metrics.FITS.labels("failed").inc()
             logger.exception("training a product failed", extra={"product_id": product_id})
-            self._not_before[product_id] = (
-                time.monotonic() + self._settings.retrain_failure_backoff_seconds
-            )
-            self._waiting[product_id] = None
+            self._retry_later(product_id)
         finally:
             self._in_flight.discard(product_id)
             self._slots.release()

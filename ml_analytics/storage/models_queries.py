@@ -236,3 +236,122 @@ async def mark_published(connection: AsyncConnection, event_ids: list[str]) -> N
         text("UPDATE risk_outbox SET published_at = now() WHERE event_id = ANY(:ids)"),
         {"ids": event_ids},
     )
+
+
+@dataclass(frozen=True)
+class ProductOverview:
+    """A tracked product as an operator scans it: demand span, stock, latest risk, model."""
+
+    product_id: str
+    first_day: date | None
+    last_day: date | None
+    total_units: float
+    transaction_count: int
+    current_stock_units: float | None
+    stock_as_of: datetime | None
+    lead_time_days: int | None
+    risk_level: str | None
+    stockout_probability: float | None
+    predicted_stockout_date: str | None
+    days_until_stockout: int | None
+    confidence: float | None
+    assessed_at: datetime | None
+    model_name: str | None
+    trained_at: datetime | None
+    training_days: int | None
+    metrics: dict[str, Any] | None
+
+
+# Most urgent first: level, then probability, then the nearest stockout.
+_OVERVIEW_ORDER = {
+    "risk": (
+        "CASE r.risk_level WHEN 'high' THEN 0 WHEN 'medium' THEN 1 WHEN 'low' THEN 2 ELSE 3 END, "
+        "r.stockout_probability DESC NULLS LAST, days_until_stockout ASC NULLS LAST, p.product_id"
+    ),
+    "days_until_stockout": "days_until_stockout ASC NULLS LAST, p.product_id",
+    "product_id": "p.product_id",
+    "last_day": "p.last_day DESC NULLS LAST, p.product_id",
+}
+
+
+async def product_overview(
+    connection: AsyncConnection,
+    *,
+    sort: str = "risk",
+    risk_levels: list[str] | None = None,
+    search: str | None = None,
+    limit: int = 50,
+    offset: int = 0,
+) -> tuple[int, list[ProductOverview]]:
+    """One page of tracked products and the number matching. `risk_levels` may hold
+    "none" for products without an assessment; `search` matches within product ids."""
+    conditions = ["TRUE"]
+    params: dict[str, Any] = {"limit": limit, "offset": offset}
+    if risk_levels:
+        params["levels"] = [level for level in risk_levels if level != "none"]
+        unassessed = " OR r.risk_level IS NULL" if "none" in risk_levels else ""
+        conditions.append(f"(r.risk_level = ANY(:levels){unassessed})")
+    if search:
+        escaped = search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        params["pattern"] = f"%{escaped}%"
+        conditions.append("p.product_id ILIKE :pattern")
+    rows = await connection.execute(
+        text(
+            f"""
+SELECT p.product_id, p.first_day, p.last_day, p.total_units, p.transaction_count,
+       p.stock_units, p.stock_as_of, p.lead_time_days,
+       r.risk_level, r.stockout_probability, r.assessed_at,
+       r.assessment ->> 'predicted_stockout_date' AS predicted_stockout_date,
+       CAST(r.assessment ->> 'days_until_stockout' AS integer) AS days_until_stockout,
+       CAST(r.assessment ->> 'confidence' AS double precision) AS confidence,
+       m.model_name, m.trained_at, m.training_days, m.metrics,
+       COUNT(*) OVER () AS total
+FROM products AS p
+LEFT JOIN product_risk AS r ON r.product_id = p.product_id
+LEFT JOIN product_models AS m ON m.product_id = p.product_id
+WHERE {" AND ".join(conditions)}
+ORDER BY {_OVERVIEW_ORDER[sort]}
+LIMIT :limit OFFSET :offset
+"""
+        ),
+        params,
+    )
+    items = []
+    total = 0
+    for row in rows:
+        total = int(row.total)
+        items.append(
+            ProductOverview(
+                product_id=row.product_id,
+                first_day=row.first_day,
+                last_day=row.last_day,
+                total_units=float(row.total_units),
+                transaction_count=int(row.transaction_count),
+                current_stock_units=None if row.stock_units is None else float(row.stock_units),
+                stock_as_of=row.stock_as_of,
+                lead_time_days=row.lead_time_days,
+                risk_level=row.risk_level,
+                stockout_probability=row.stockout_probability,
+                predicted_stockout_date=row.predicted_stockout_date,
+                days_until_stockout=row.days_until_stockout,
+                confidence=row.confidence,
+                assessed_at=row.assessed_at,
+                model_name=row.model_name,
+                trained_at=row.trained_at,
+                training_days=row.training_days,
+                metrics=None if row.metrics is None else dict(row.metrics),
+            )
+        )
+    if not items and offset > 0:
+        total = int(
+            (
+                await connection.execute(
+                    text(
+                        "SELECT COUNT(*) FROM products AS p LEFT JOIN product_risk AS r "
+                        f"ON r.product_id = p.product_id WHERE {' AND '.join(conditions)}"
+                    ),
+                    params,
+                )
+            ).scalar_one()
+        )
+    return total, items

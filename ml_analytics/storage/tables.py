@@ -130,3 +130,16 @@ risk_outbox = Table(
         "ix_risk_outbox_unpublished", "created_at", postgresql_where=text("published_at IS NULL")
     ),
 )
+
+# Responses of the HTTP API's forecasts and stockout predictions, by request content.
+prediction_cache = Table(
+    "prediction_cache",
+    metadata,
+    Column("cache_key", Text, primary_key=True),
+    Column("endpoint", Text, nullable=False),
+    Column("product_id", Text, nullable=False),
+    Column("response", JSONB, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+    Index("ix_prediction_cache_expires_at", "expires_at"),
+)

@@ -1,0 +1,450 @@
+"""Forecasts and stockout predictions on request (the HTTP API), cached by content.
+
+The same forecaster and risk model as the consumers' retraining. A request brings
+its history (`transaction_data`) or uses the stored daily aggregates; either way
+the cache key is a digest of the history actually used, the stock, and the model
+settings, so a cached answer is never served for different data.
+
+Fits run in their own small process pool (the holdout fit and the final fit side
+by side, for latency), never on the event loop. At most `HTTP_MAX_FITS_IN_FLIGHT`
+fits run or wait; past that a request is refused (503 with Retry-After) rather than
+queued without limit. Identical requests in flight share one fit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import numpy as np
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from ml_analytics import metrics
+from ml_analytics.models.forecast import (
+    MODEL_REVISION,
+    Forecast,
+    ForecastConfig,
+    InsufficientData,
+    ModelFailure,
+    check_history,
+)
+from ml_analytics.models.risk import NotAssessable, RiskThresholds, assess_stockout_risk
+from ml_analytics.services.training import FitPool, FitTimeout, forecast_config
+from ml_analytics.settings import Settings
+from ml_analytics.storage.prediction_cache import cached_response, prune_expired, store_response
+from ml_analytics.storage.queries import (
+    StockSnapshot,
+    daily_demand_series,
+    latest_stock_snapshot,
+)
+
+logger = logging.getLogger(__name__)
+
+MAX_HORIZON_DAYS = 365
+PRUNE_INTERVAL_SECONDS = 600.0
+
+
+class PredictionError(Exception):
+    """A request that cannot be answered: an HTTP status and a `detail` for the caller."""
+
+    status_code = 400
+
+    def __init__(self, detail: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.headers = headers
+
+
+class BadRequest(PredictionError):
+    status_code = 400
+
+
+class UnknownProduct(PredictionError):
+    status_code = 404
+
+
+class Busy(PredictionError):
+    status_code = 503
+
+
+class FitTimedOut(PredictionError):
+    status_code = 504
+
+
+class ModelFailed(PredictionError):
+    status_code = 500
+
+
+@dataclass(frozen=True)
+class DemandHistory:
+    """A zero-filled daily demand series."""
+
+    first_day: date
+    values: np.ndarray
+
+    @property
+    def last_day(self) -> date:
+        return self.first_day + timedelta(days=len(self.values) - 1)
+
+    @classmethod
+    def from_points(cls, points: Iterable[tuple[date, float]], max_days: int) -> DemandHistory:
+        """Points in any order; two points on one day are summed, days without a point
+        are zero demand. Raises BadRequest when the span exceeds `max_days`."""
+        totals: dict[date, float] = {}
+        for day, quantity in points:
+            totals[day] = totals.get(day, 0.0) + quantity
+        if not totals:
+            raise BadRequest("transaction_data is empty: send at least one day, or omit it")
+        first, last = min(totals), max(totals)
+        span = (last - first).days + 1
+        if span > max_days:
+            raise BadRequest(
+                f"transaction_data spans {span} days ({first} to {last}); at most "
+                f"{max_days} are accepted"
+            )
+        values = np.zeros(span)
+        for day, quantity in totals.items():
+            values[(day - first).days] = quantity
+        if not np.all(np.isfinite(values)):
+            raise BadRequest("transaction_data: the quantities of one day add up past a float")
+        return cls(first, values)
+
+    def digest(self) -> str:
+        hasher = hashlib.sha256(self.first_day.isoformat().encode())
+        hasher.update(np.ascontiguousarray(self.values, dtype="<f8").tobytes())
+        return hasher.hexdigest()
+
+    def units_after(self, day: date) -> float:
+        """Demand on the days after `day` within this history."""
+        start = (day - self.first_day).days + 1
+        return float(self.values[max(0, start) :].sum()) if start < len(self.values) else 0.0
+
+
+class PredictionService:
+    def __init__(self, engine: AsyncEngine, settings: Settings, pool: FitPool | None = None):
+        self._engine = engine
+        self._settings = settings
+        self._pool = pool or FitPool(settings.http_fit_workers, settings.worker_max_fits)
+        self._thresholds = RiskThresholds(
+            high=settings.risk_high_probability, medium=settings.risk_medium_probability
+        )
+        self._pending: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self._fits_in_flight = 0
+        self._recent_fit_seconds = 5.0
+        self._last_prune = 0.0
+
+    def warm_up(self) -> None:
+        self._pool.warm_up()
+
+    def stop(self) -> None:
+        self._pool.shutdown()
+
+    # -- use cases ---------------------------------------------------------------
+
+    async def forecast_demand(
+        self,
+        product_id: str,
+        horizon_days: int,
+        points: list[tuple[date, float]] | None,
+        cache_bypass: bool = False,
+    ) -> dict[str, Any]:
+        """The contract's `POST /forecast/demand` response."""
+        _check_horizon(horizon_days)
+        history = await self._history(product_id, points)
+        config = self._config(horizon_days)
+        _check_enough(history, config)
+        key = _cache_key("forecast/demand", product_id, horizon_days, history.digest(), config)
+
+        async def compute() -> dict[str, Any]:
+            forecast = await self._fit(product_id, history, config)
+            return {
+                "productId": product_id,
+                "predictions": [
+                    {
+                        "ds": day.isoformat(),
+                        "yhat": _units(forecast.yhat[i]),
+                        "yhat_lower": _units(forecast.yhat_lower[i]),
+                        "yhat_upper": _units(forecast.yhat_upper[i]),
+                    }
+                    for i, day in enumerate(forecast.days())
+                ],
+                "model_metrics": _model_metrics(forecast),
+                "generated_at": datetime.now(UTC).isoformat(),
+                "horizon_days": horizon_days,
+            }
+
+        return await self._cached("forecast/demand", product_id, key, cache_bypass, compute)
+
+    async def predict_stockout(
+        self,
+        product_id: str,
+        horizon_days: int,
+        points: list[tuple[date, float]] | None,
+        current_stock_units: float | None,
+        lead_time_days: int | None = None,
+        cache_bypass: bool = False,
+    ) -> dict[str, Any]:
+        """The contract's `POST /predict/stockout` response, plus the risk fields.
+
+        A `current_stock_units` in the request is the stock at the end of the
+        history's last day; without it the latest stored stock level is used, and
+        demand in the history after its day is taken off it.
+        """
+        _check_horizon(horizon_days)
+        history = await self._history(product_id, points)
+        stored_stock = await self._stored_stock(product_id)
+        if current_stock_units is not None:
+            stock_units, snapshot_day = current_stock_units, history.last_day
+            as_of: str | None = None
+        elif stored_stock is not None:
+            stock_units = stored_stock.stock_units
+            snapshot_day = stored_stock.as_of.astimezone(self._settings.timezone).date()
+            as_of = stored_stock.as_of.isoformat()
+        else:
+            raise BadRequest(
+                f"current_stock_units is required: no stock level is stored for product "
+                f"{product_id!r}"
+            )
+        if lead_time_days is not None:
+            window = lead_time_days
+        elif stored_stock is not None and stored_stock.lead_time_days is not None:
+            window = stored_stock.lead_time_days
+        else:
+            window = self._settings.default_risk_window_days
+        forecast_start = history.last_day + timedelta(days=1)
+        skip = max(0, (snapshot_day - history.last_day).days)  # stock newer than the history
+        if skip > MAX_HORIZON_DAYS:
+            raise BadRequest(
+                f"the stock level's day {snapshot_day} is {skip} days after the last day of "
+                f"demand data ({history.last_day}); send transaction_data up to it"
+            )
+        config = self._config(max(horizon_days, skip + window, 1))
+        _check_enough(history, config)
+        observed = history.units_after(snapshot_day)
+        key = _cache_key(
+            "predict/stockout",
+            product_id,
+            horizon_days,
+            history.digest(),
+            config,
+            stock_units,
+            snapshot_day.isoformat(),
+            window,
+            observed,
+            self._thresholds,
+        )
+
+        async def compute() -> dict[str, Any]:
+            forecast = await self._fit(product_id, history, config)
+            try:
+                risk = assess_stockout_risk(
+                    forecast_start=forecast.start,
+                    sample_paths=forecast.sample_paths,
+                    stock_units=stock_units,
+                    snapshot_day=snapshot_day,
+                    window_days=window,
+                    thresholds=self._thresholds,
+                    observed_since_snapshot_units=observed,
+                )
+            except NotAssessable as error:  # guarded above; kept for a clear answer
+                raise BadRequest(str(error)) from error
+            stockout_date = risk.predicted_stockout_date
+            return {
+                "productId": product_id,
+                "predicted_stockout_date": stockout_date.isoformat() if stockout_date else None,
+                "days_until_stockout": risk.days_until_stockout,
+                "confidence": risk.confidence,
+                "daily_usage_forecast": [_units(v) for v in forecast.yhat[:horizon_days]],
+                "generated_at": datetime.now(UTC).isoformat(),
+                "stockout_probability": risk.stockout_probability,
+                "risk_level": risk.risk_level,
+                "risk_window_days": risk.risk_window_days,
+                "current_stock_units": stock_units,
+                "stock_day": snapshot_day.isoformat(),
+                "as_of": as_of,
+                "forecast_start": forecast_start.isoformat(),
+                "horizon_days": horizon_days,
+                "model_metrics": _model_metrics(forecast),
+            }
+
+        return await self._cached("predict/stockout", product_id, key, cache_bypass, compute)
+
+    # -- parts -------------------------------------------------------------------
+
+    def _config(self, horizon_days: int) -> ForecastConfig:
+        return dataclasses.replace(forecast_config(self._settings), horizon_days=horizon_days)
+
+    async def _history(
+        self, product_id: str, points: list[tuple[date, float]] | None
+    ) -> DemandHistory:
+        if points is not None:
+            return DemandHistory.from_points(points, self._settings.http_max_history_days)
+        async with self._engine.connect() as connection:
+            series = await daily_demand_series(connection, product_id)
+        if not series:
+            raise UnknownProduct(
+                f"No stored demand for product {product_id!r}: send transaction_data, or "
+                "publish its transactions first"
+            )
+        first_day = series[0].day
+        values = np.array([day.quantity_units for day in series], dtype=float)
+        keep = self._settings.http_max_history_days
+        if len(values) > keep:  # stored history longer than a request may be: its latest part
+            first_day += timedelta(days=len(values) - keep)
+            values = values[-keep:]
+        return DemandHistory(first_day, values)
+
+    async def _stored_stock(self, product_id: str) -> StockSnapshot | None:
+        async with self._engine.connect() as connection:
+            return await latest_stock_snapshot(connection, product_id)
+
+    async def _cached(
+        self,
+        endpoint: str,
+        product_id: str,
+        key: str,
+        bypass: bool,
+        compute: Callable[[], Awaitable[dict[str, Any]]],
+    ) -> dict[str, Any]:
+        ttl = self._settings.prediction_cache_ttl
+        if ttl > 0 and not bypass:
+            async with self._engine.connect() as connection:
+                hit = await cached_response(connection, key, datetime.now(UTC))
+            if hit is not None:
+                metrics.PREDICTIONS.labels(endpoint, "hit").inc()
+                return {**hit, "cached": True}
+        metrics.PREDICTIONS.labels(endpoint, "bypass" if bypass else "miss").inc()
+        pending = self._pending.get(key)
+        if pending is None:
+            pending = asyncio.ensure_future(
+                self._compute_and_store(endpoint, product_id, key, compute)
+            )
+            self._pending[key] = pending
+            pending.add_done_callback(lambda _: self._pending.pop(key, None))
+        response = await asyncio.shield(pending)
+        return {**response, "cached": False}
+
+    async def _compute_and_store(
+        self,
+        endpoint: str,
+        product_id: str,
+        key: str,
+        compute: Callable[[], Awaitable[dict[str, Any]]],
+    ) -> dict[str, Any]:
+        response = await compute()
+        ttl = self._settings.prediction_cache_ttl
+        if ttl > 0:
+            now = datetime.now(UTC)
+            async with self._engine.begin() as connection:
+                await store_response(
+                    connection,
+                    cache_key=key,
+                    endpoint=endpoint,
+                    product_id=product_id,
+                    response=response,
+                    now=now,
+                    ttl=timedelta(seconds=ttl),
+                )
+                if time.monotonic() - self._last_prune > PRUNE_INTERVAL_SECONDS:
+                    self._last_prune = time.monotonic()
+                    pruned = await prune_expired(connection, now)
+                    if pruned:
+                        logger.info("pruned expired predictions", extra={"entries": pruned})
+        return response
+
+    async def _fit(
+        self, product_id: str, history: DemandHistory, config: ForecastConfig
+    ) -> Forecast:
+        if self._fits_in_flight >= self._settings.http_max_fits_in_flight:
+            retry_after = max(1, math.ceil(self._recent_fit_seconds))
+            raise Busy(
+                f"{self._fits_in_flight} model fits are already running or waiting; "
+                f"try again in {retry_after} s",
+                headers={"Retry-After": str(retry_after)},
+            )
+        self._fits_in_flight += 1
+        metrics.FITS.labels("started").inc()
+        timeout = self._settings.worker_timeout
+        try:
+            forecast, seconds = await self._pool.fit_parallel(
+                history.values, history.first_day, config, timeout
+            )
+        except InsufficientData as error:
+            raise BadRequest(str(error)) from error
+        except ModelFailure as error:
+            metrics.FITS.labels("failed").inc()
+            raise ModelFailed(f"Model training failed: {error}") from error
+        except FitTimeout as error:
+            metrics.FITS.labels("failed").inc()
+            raise FitTimedOut(
+                f"Model training timed out: the fit took longer than WORKER_TIMEOUT ({timeout:g} s)"
+            ) from error
+        except BrokenProcessPool as error:
+            metrics.FITS.labels("failed").inc()
+            raise Busy(
+                "the fit was interrupted (a worker process was replaced); try again",
+                headers={"Retry-After": "1"},
+            ) from error
+        finally:
+            self._fits_in_flight -= 1
+        metrics.FITS.labels("succeeded").inc()
+        metrics.FIT_SECONDS.observe(seconds)
+        self._recent_fit_seconds = 0.8 * self._recent_fit_seconds + 0.2 * seconds
+        logger.info(
+            "request forecast fitted",
+            extra={
+                "product_id": product_id,
+                "training_days": len(history.values),
+                "horizon_days": config.horizon_days,
+                "fit_seconds": round(seconds, 3),
+            },
+        )
+        return forecast
+
+
+def _check_horizon(horizon_days: int) -> None:
+    if not 1 <= horizon_days <= MAX_HORIZON_DAYS:
+        raise BadRequest(f"horizon_days must be between 1 and {MAX_HORIZON_DAYS}")
+
+
+def _check_enough(history: DemandHistory, config: ForecastConfig) -> None:
+    try:
+        check_history(history.values, history.first_day, config)
+    except InsufficientData as error:
+        raise BadRequest(str(error)) from error
+
+
+def _cache_key(*parts: Any) -> str:
+    content = json.dumps([MODEL_REVISION, *map(repr, parts)], separators=(",", ":"))
+    return hashlib.sha256(content.encode()).hexdigest()
+
+
+def _units(value: float) -> float:
+    return round(float(value), 4)
+
+
+def _model_metrics(forecast: Forecast) -> dict[str, Any]:
+    """The contract's `model_metrics`, plus the other holdout figures."""
+    figures = forecast.metrics
+    return {
+        "mape": figures.mape,
+        "rmse": figures.rmse,
+        "training_samples": forecast.training_days,
+        "seasonality_detected": forecast.seasonality.weekly or forecast.seasonality.yearly,
+        "mae": figures.mae,
+        "wape": figures.wape,
+        "mase": figures.mase,
+        "holdout_days": figures.holdout_days,
+        "seasonality": dataclasses.asdict(forecast.seasonality),
+        "model": forecast.model_name,
+    }

@@ -1,0 +1,62 @@
+"""The HTTP API's prediction cache: responses by request content, until they expire."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+
+async def cached_response(
+    connection: AsyncConnection, cache_key: str, now: datetime
+) -> dict[str, Any] | None:
+    """The stored response for this key, unless it has expired."""
+    row = (
+        await connection.execute(
+            text(
+                "SELECT response FROM prediction_cache WHERE cache_key = :key AND expires_at > :now"
+            ),
+            {"key": cache_key, "now": now},
+        )
+    ).one_or_none()
+    return None if row is None else dict(row.response)
+
+
+async def store_response(
+    connection: AsyncConnection,
+    *,
+    cache_key: str,
+    endpoint: str,
+    product_id: str,
+    response: dict[str, Any],
+    now: datetime,
+    ttl: timedelta,
+) -> None:
+    await connection.execute(
+        text(
+            "INSERT INTO prediction_cache "
+            "(cache_key, endpoint, product_id, response, created_at, expires_at) "
+            "VALUES (:key, :endpoint, :product_id, CAST(:response AS jsonb), :now, :expires) "
+            "ON CONFLICT (cache_key) DO UPDATE SET response = EXCLUDED.response, "
+            "created_at = EXCLUDED.created_at, expires_at = EXCLUDED.expires_at"
+        ),
+        {
+            "key": cache_key,
+            "endpoint": endpoint,
+            "product_id": product_id,
+            "response": json.dumps(response),
+            "now": now,
+            "expires": now + ttl,
+        },
+    )
+
+
+async def prune_expired(connection: AsyncConnection, now: datetime) -> int:
+    """Delete expired entries; returns how many."""
+    result = await connection.execute(
+        text("DELETE FROM prediction_cache WHERE expires_at <= :now"), {"now": now}
+    )
+    return int(result.rowcount)  # type: ignore[attr-defined]
