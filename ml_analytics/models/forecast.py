@@ -171,17 +171,22 @@ def _finite(value: float) -> float | None:
     return round(value, 4) if math.isfinite(value) else None
 
 
+def ensure_enough_history(days: int, config: ForecastConfig) -> None:
+    """Raises InsufficientData when `days` is below `min_training_days`."""
+    if days < config.min_training_days:
+        raise InsufficientData(
+            f"Insufficient transaction data. Need at least {config.min_training_days} days, "
+            f"got {days}"
+        )
+
+
 def check_history(values: np.ndarray, first_day: date, config: ForecastConfig) -> Seasonality:
     """Validate a zero-filled daily series and detect its seasonality.
 
     Raises InsufficientData below `min_training_days`, ValueError on negative or
     non-finite values.
     """
-    if len(values) < config.min_training_days:
-        raise InsufficientData(
-            f"Insufficient transaction data. Need at least {config.min_training_days} days, "
-            f"got {len(values)}"
-        )
+    ensure_enough_history(len(values), config)
     if not np.all(np.isfinite(values)) or np.any(values < 0):
         raise ValueError("daily demand must be finite and non-negative")
     return detect_seasonality(values, first_day)

@@ -36,7 +36,7 @@ from ml_analytics.models.forecast import (
     ForecastConfig,
     InsufficientData,
     ModelFailure,
-    check_history,
+    ensure_enough_history,
 )
 from ml_analytics.models.risk import NotAssessable, RiskThresholds, assess_stockout_risk
 from ml_analytics.services.training import FitPool, FitTimeout, forecast_config
@@ -138,7 +138,7 @@ class PredictionService:
         self._thresholds = RiskThresholds(
             high=settings.risk_high_probability, medium=settings.risk_medium_probability
         )
-        self._pending: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self._pending: dict[str, asyncio.Future[str]] = {}
         self._fits_in_flight = 0
         self._recent_fit_seconds = 5.0
         self._last_prune = 0.0
@@ -157,8 +157,8 @@ class PredictionService:
         horizon_days: int,
         points: list[tuple[date, float]] | None,
         cache_bypass: bool = False,
-    ) -> dict[str, Any]:
-        """The contract's `POST /forecast/demand` response."""
+    ) -> bytes:
+        """The contract's `POST /forecast/demand` response, as JSON."""
         _check_horizon(horizon_days)
         history = await self._history(product_id, points)
         config = self._config(horizon_days)
@@ -193,8 +193,8 @@ class PredictionService:
         current_stock_units: float | None,
         lead_time_days: int | None = None,
         cache_bypass: bool = False,
-    ) -> dict[str, Any]:
-        """The contract's `POST /predict/stockout` response, plus the risk fields.
+    ) -> bytes:
+        """The contract's `POST /predict/stockout` response, plus the risk fields, as JSON.
 
         A `current_stock_units` in the request is the stock at the end of the
         history's last day; without it the latest stored stock level is used, and
@@ -315,14 +315,19 @@ class PredictionService:
         key: str,
         bypass: bool,
         compute: Callable[[], Awaitable[dict[str, Any]]],
-    ) -> dict[str, Any]:
+    ) -> bytes:
+        """The response as JSON bytes, with `"cached"` saying whether it was a hit.
+
+        Entries are stored as the JSON text that was sent (without `cached`), so a
+        hit is returned without decoding and encoding it again.
+        """
         ttl = self._settings.prediction_cache_ttl
         if ttl > 0 and not bypass:
             async with self._engine.connect() as connection:
                 hit = await cached_response(connection, key, datetime.now(UTC))
             if hit is not None:
                 metrics.PREDICTIONS.labels(endpoint, "hit").inc()
-                return {**hit, "cached": True}
+                return _with_cached_flag(hit, True)
         metrics.PREDICTIONS.labels(endpoint, "bypass" if bypass else "miss").inc()
         pending = self._pending.get(key)
         if pending is None:
@@ -331,8 +336,7 @@ class PredictionService:
             )
             self._pending[key] = pending
             pending.add_done_callback(lambda _: self._pending.pop(key, None))
-        response = await asyncio.shield(pending)
-        return {**response, "cached": False}
+        return _with_cached_flag(await asyncio.shield(pending), False)
 
     async def _compute_and_store(
         self,
@@ -340,8 +344,13 @@ class PredictionService:
         product_id: str,
         key: str,
         compute: Callable[[], Awaitable[dict[str, Any]]],
-    ) -> dict[str, Any]:
-        response = await compute()
+    ) -> str:
+        try:
+            response = json.dumps(await compute(), separators=(",", ":"), allow_nan=False)
+        except ValueError as error:
+            raise ModelFailed(
+                "Model training failed: the forecast has non-finite values"
+            ) from error
         ttl = self._settings.prediction_cache_ttl
         if ttl > 0:
             now = datetime.now(UTC)
@@ -419,9 +428,14 @@ def _check_horizon(horizon_days: int) -> None:
 
 def _check_enough(history: DemandHistory, config: ForecastConfig) -> None:
     try:
-        check_history(history.values, history.first_day, config)
+        ensure_enough_history(len(history.values), config)
     except InsufficientData as error:
         raise BadRequest(str(error)) from error
+
+
+def _with_cached_flag(response: str, cached: bool) -> bytes:
+    """Append `"cached"` to a JSON object's text (one we encoded: it ends with "}")."""
+    return f'{response[:-1]},"cached":{"true" if cached else "false"}}}'.encode()
 
 
 def _cache_key(*parts: Any) -> str:

@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from datetime import datetime, timedelta
-from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 
-async def cached_response(
-    connection: AsyncConnection, cache_key: str, now: datetime
-) -> dict[str, Any] | None:
-    """The stored response for this key, unless it has expired."""
+async def cached_response(connection: AsyncConnection, cache_key: str, now: datetime) -> str | None:
+    """The stored response (a JSON text) for this key, unless it has expired."""
     row = (
         await connection.execute(
             text(
@@ -22,7 +18,7 @@ async def cached_response(
             {"key": cache_key, "now": now},
         )
     ).one_or_none()
-    return None if row is None else dict(row.response)
+    return None if row is None else str(row.response)
 
 
 async def store_response(
@@ -31,7 +27,7 @@ async def store_response(
     cache_key: str,
     endpoint: str,
     product_id: str,
-    response: dict[str, Any],
+    response: str,
     now: datetime,
     ttl: timedelta,
 ) -> None:
@@ -39,7 +35,7 @@ async def store_response(
         text(
             "INSERT INTO prediction_cache "
             "(cache_key, endpoint, product_id, response, created_at, expires_at) "
-            "VALUES (:key, :endpoint, :product_id, CAST(:response AS jsonb), :now, :expires) "
+            "VALUES (:key, :endpoint, :product_id, :response, :now, :expires) "
             "ON CONFLICT (cache_key) DO UPDATE SET response = EXCLUDED.response, "
             "created_at = EXCLUDED.created_at, expires_at = EXCLUDED.expires_at"
         ),
@@ -47,7 +43,7 @@ async def store_response(
             "key": cache_key,
             "endpoint": endpoint,
             "product_id": product_id,
-            "response": json.dumps(response),
+            "response": response,
             "now": now,
             "expires": now + ttl,
         },

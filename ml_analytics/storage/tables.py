@@ -138,7 +138,7 @@ prediction_cache = Table(
     Column("cache_key", Text, primary_key=True),
     Column("endpoint", Text, nullable=False),
     Column("product_id", Text, nullable=False),
-    Column("response", JSONB, nullable=False),
+    Column("response", Text, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("expires_at", DateTime(timezone=True), nullable=False),
     Index("ix_prediction_cache_expires_at", "expires_at"),

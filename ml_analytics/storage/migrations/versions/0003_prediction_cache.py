@@ -9,7 +9,6 @@ from collections.abc import Sequence
 
 import sqlalchemy as sa
 from alembic import op
-from sqlalchemy.dialects import postgresql
 
 revision: str = "0003"
 down_revision: str | None = "0002"
@@ -25,7 +24,8 @@ def upgrade() -> None:
         sa.Column("cache_key", sa.Text, primary_key=True),
         sa.Column("endpoint", sa.Text, nullable=False),
         sa.Column("product_id", sa.Text, nullable=False),
-        sa.Column("response", postgresql.JSONB, nullable=False),
+        # The JSON body as sent, so a hit is returned without decoding it again.
+        sa.Column("response", sa.Text, nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
     )
