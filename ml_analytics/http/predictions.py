@@ -127,7 +127,8 @@ class StockoutResponse(BaseModel):
         "(when none is predicted: share that do not run out within the horizon)"
     )
     daily_usage_forecast: list[float] = Field(
-        description="Expected daily demand from forecast_start, horizon_days long"
+        description="Expected daily demand from forecast_start, horizon_days long: the mean "
+        "of the sample paths the date and probability come from"
     )
     generated_at: datetime
     stockout_probability: float = Field(

@@ -264,7 +264,11 @@ class PredictionService:
                 "predicted_stockout_date": stockout_date.isoformat() if stockout_date else None,
                 "days_until_stockout": risk.days_until_stockout,
                 "confidence": risk.confidence,
-                "daily_usage_forecast": [_units(v) for v in forecast.yhat[:horizon_days]],
+                # The expectation the date comes from (the mean of the sample paths),
+                # so the usage adds up to the stock on the predicted day.
+                "daily_usage_forecast": [
+                    _units(v) for v in forecast.sample_paths[:, :horizon_days].mean(axis=0)
+                ],
                 "generated_at": datetime.now(UTC).isoformat(),
                 "stockout_probability": risk.stockout_probability,
                 "risk_level": risk.risk_level,

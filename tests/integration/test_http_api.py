@@ -274,6 +274,9 @@ async def test_predict_stockout_from_120_days_at_11_a_day_and_500_units(
     assert 0 <= body["confidence"] <= 1
     assert len(body["daily_usage_forecast"]) == 90
     assert all(value >= 0 for value in body["daily_usage_forecast"])
+    # The daily usage adds up to the stock on the predicted day, not before.
+    reached = np.cumsum(body["daily_usage_forecast"]) >= 500 - 1e-3
+    assert int(np.argmax(reached)) + 1 == body["days_until_stockout"]
     # 14 days (the default window) of ~11 a day is ~154 units: far below 500.
     assert body["risk_window_days"] == 14
     assert body["stockout_probability"] == 0
