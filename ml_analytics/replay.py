@@ -24,6 +24,7 @@ from typing import Any, Literal
 from faststream.kafka import KafkaBroker
 from tqdm import tqdm
 
+from ml_analytics.kafka import kafka_security
 from ml_analytics.settings import Settings
 
 TRANSACTION_COLUMNS = ("event_id", "product_id", "occurred_at", "quantity_units")
@@ -132,6 +133,7 @@ async def replay_file(
     broker = KafkaBroker(
         settings.kafka_bootstrap_servers,
         client_id=f"{settings.kafka_client_id}-replay",
+        security=kafka_security(settings),
         enable_idempotence=settings.kafka_enable_idempotence,
         acks="all",
         linger_ms=20,

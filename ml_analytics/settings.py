@@ -13,7 +13,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
@@ -98,10 +98,24 @@ class Settings(BaseSettings):
         description="Idempotent producer; off for the embedded broker (`dev`), which lacks it.",
     )
     kafka_client_id: str = "ml-analytics"
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: Path | None = Field(
+        default=None, description="CA bundle for the brokers' certificates (else the system's)."
+    )
+    kafka_ssl_certfile: Path | None = None
+    kafka_ssl_keyfile: Path | None = None
+    kafka_ssl_check_hostname: bool = True
 
     # HTTP
     host: str = "127.0.0.1"
     ml_port: int = Field(default=8000, ge=1, le=65535)
+    http_bearer_token: SecretStr | None = Field(
+        default=None,
+        description="When set, every endpoint but /health requires `Authorization: Bearer`.",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
 
     # Topics: names default to topics.yaml; these override them for shared clusters.
@@ -192,6 +206,13 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
         _ = self.topics
+        if self.kafka_security_protocol.startswith("SASL_") and not (
+            self.kafka_sasl_username and self.kafka_sasl_password
+        ):
+            raise ValueError(
+                f"KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol} needs "
+                "KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD"
+            )
         if self.risk_medium_probability > self.risk_high_probability:
             raise ValueError("RISK_MEDIUM_PROBABILITY must not exceed RISK_HIGH_PROBABILITY")
         return self

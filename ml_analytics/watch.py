@@ -8,6 +8,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer
 
+from ml_analytics.kafka import kafka_client_options
 from ml_analytics.settings import Settings
 
 
@@ -29,7 +30,7 @@ def describe(event: dict[str, Any]) -> str:
 async def watch_risk_events(settings: Settings, *, as_json: bool = False) -> None:
     consumer = AIOKafkaConsumer(
         settings.stockout_risk_topic,
-        bootstrap_servers=settings.kafka_bootstrap_servers,
+        **kafka_client_options(settings, "watch"),
         auto_offset_reset="earliest",
         enable_auto_commit=False,
         group_id=None,

@@ -9,6 +9,7 @@ import time
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
 
+from ml_analytics.kafka import kafka_client_options
 from ml_analytics.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -21,10 +22,7 @@ async def ensure_topics(settings: Settings, *, wait_seconds: float = 60.0) -> li
     """
     deadline = time.monotonic() + wait_seconds
     while True:
-        admin = AIOKafkaAdminClient(
-            bootstrap_servers=settings.kafka_bootstrap_servers,
-            client_id=f"{settings.kafka_client_id}-admin",
-        )
+        admin = AIOKafkaAdminClient(**kafka_client_options(settings, "admin"))
         try:
             await admin.start()
             existing = set(await admin.list_topics())

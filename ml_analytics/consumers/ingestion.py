@@ -29,6 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ml_analytics import metrics
 from ml_analytics.events import DeadLetter
+from ml_analytics.kafka import kafka_security
 from ml_analytics.lifecycle import RetryPolicy, cancel_and_wait
 from ml_analytics.services.ingest import (
     BatchOutcome,
@@ -48,6 +49,7 @@ def build_broker(settings: Settings) -> KafkaBroker:
     return KafkaBroker(
         settings.kafka_bootstrap_servers,
         client_id=settings.kafka_client_id,
+        security=kafka_security(settings),
         enable_idempotence=settings.kafka_enable_idempotence,
         acks="all",
         linger_ms=5,

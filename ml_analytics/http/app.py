@@ -7,6 +7,7 @@ request validation (FastAPI's default is a list of error objects).
 from __future__ import annotations
 
 import asyncio
+import hmac
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -160,6 +161,8 @@ def create_app(
     app.state.broker = broker
     app.state.predictions = predictions or PredictionService(engine, settings)
     app.add_middleware(BodyLimit, max_bytes=settings.http_max_body_bytes)
+    if settings.http_bearer_token is not None:
+        app.add_middleware(BearerToken, token=settings.http_bearer_token.get_secret_value())
     app.add_middleware(RequestMetrics)
 
     @app.exception_handler(RequestValidationError)
@@ -413,6 +416,32 @@ class BodyLimit:
         response = JSONResponse(
             status_code=413,
             content={"detail": f"request body is larger than {self.max_bytes} bytes"},
+        )
+        await response(scope, receive, send)
+
+
+class BearerToken:
+    """401 unless the request carries `Authorization: Bearer <HTTP_BEARER_TOKEN>`;
+    /health stays open for liveness probes."""
+
+    OPEN_PATHS = frozenset({"/health"})
+
+    def __init__(self, app: ASGIApp, token: str) -> None:
+        self.app = app
+        self.expected = f"Bearer {token}".encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in self.OPEN_PATHS:
+            await self.app(scope, receive, send)
+            return
+        given = dict(scope["headers"]).get(b"authorization", b"")
+        if hmac.compare_digest(given, self.expected):
+            await self.app(scope, receive, send)
+            return
+        response = JSONResponse(
+            status_code=401,
+            content={"detail": "missing or wrong bearer token (Authorization: Bearer …)"},
+            headers={"WWW-Authenticate": "Bearer"},
         )
         await response(scope, receive, send)
 
