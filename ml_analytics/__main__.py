@@ -127,7 +127,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     watch.add_argument("--json", action="store_true", help="print the events as JSON lines")
 
-    commands.add_parser("migrate", help="apply database migrations and exit")
+    migrate = commands.add_parser("migrate", help="apply database migrations and exit")
+    migrate.add_argument(
+        "--topics",
+        action="store_true",
+        help="also create the missing topics of topics.yaml (a one-shot init for deployments)",
+    )
     return parser
 
 
@@ -147,9 +152,16 @@ def main(argv: list[str] | None = None) -> int:
         with contextlib.suppress(KeyboardInterrupt):
             run_async(watch_risk_events(Settings(), as_json=args.json))
     elif args.command == "migrate":
+        from ml_analytics.logs import configure_logging
         from ml_analytics.storage.database import migrate
 
-        run_async(migrate(Settings().database_url))
+        settings = Settings()
+        configure_logging(settings.log_level)
+        run_async(migrate(settings.database_url))
+        if args.topics:
+            from ml_analytics.consumers.admin import ensure_topics
+
+            run_async(ensure_topics(settings))
     return 0
 
 

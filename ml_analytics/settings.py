@@ -87,7 +87,9 @@ class Settings(BaseSettings):
     topic names computed for the original.
     """
 
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False)
+    model_config = SettingsConfigDict(
+        env_file=".env", extra="ignore", case_sensitive=False, env_ignore_empty=True
+    )
 
     # Connections
     database_url: str = "postgresql://ml_analytics:ml_analytics@localhost:5432/ml_analytics"
