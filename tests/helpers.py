@@ -98,6 +98,31 @@ async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> list[Any]:
     raise AssertionError(f"topic {topic} has no partitions")
 
 
+async def read_to_end(settings: Settings, topic: str) -> list[Any]:
+    """Every record of `topic` up to its end offsets at the time of the call."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
+    await consumer.start()
+    try:
+        partitions = await _partitions(consumer, topic)
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        ends = await consumer.end_offsets(partitions)
+        records: list[Any] = []
+        while True:
+            positions = [await consumer.position(p) for p in partitions]
+            if all(at >= ends[p] for at, p in zip(positions, partitions, strict=True)):
+                return records
+            batch = await consumer.getmany(timeout_ms=500)
+            for items in batch.values():
+                records.extend(items)
+    finally:
+        await consumer.stop()
+
+
 async def wait_until(
     probe: Callable[[], Awaitable[T]],
     done: Callable[[T], bool],

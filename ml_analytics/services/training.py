@@ -52,6 +52,7 @@ from ml_analytics.storage.queries import daily_demand_series, product_summary
 logger = logging.getLogger(__name__)
 
 ModelListener = Callable[[str], Awaitable[None]]
+BUSY_RETRY_SECONDS = 2.0
 
 
 def forecast_config(settings: Settings) -> ForecastConfig:
@@ -88,6 +89,10 @@ def _import_models() -> None:
 
 class FitTimeout(TimeoutError):
     pass
+
+
+class ProductBusy(RuntimeError):
+    """Another replica is training this product now."""
 
 
 class FitPool:
@@ -255,6 +260,11 @@ class ModelTrainer:
     async def _train(self, product_id: str) -> None:
         try:
             await self.train_now(product_id)
+        except ProductBusy:
+            # Look again shortly: what the other replica stored may already cover
+            # this product's newest data, and then there is nothing to do.
+            self._not_before[product_id] = time.monotonic() + BUSY_RETRY_SECONDS
+            self._waiting[product_id] = None
         except (ModelFailure, FitTimeout, BrokenProcessPool) as error:
             logger.warning(
                 "model fit failed; will try again",
@@ -280,7 +290,50 @@ class ModelTrainer:
         self._waiting[product_id] = None
 
     async def train_now(self, product_id: str, *, force: bool = False) -> StoredModel | None:
-        """Fit the product if the policy (or `force`) says so; returns the stored model."""
+        """Fit the product if the policy (or `force`) says so; returns the stored model.
+
+        One replica trains a product at a time (a rebalance can briefly give two
+        replicas the same product): a session advisory lock is held from the decision
+        to the saved model, so a replica that comes second decides on what the first
+        stored, and an older fit never overwrites a newer model. Raises ProductBusy
+        while another replica holds the product.
+        """
+        key = zlib.crc32(product_id.encode()) - 2**31
+        async with self._engine.connect() as lock_connection:
+            acquired = (
+                await lock_connection.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": key})
+            ).scalar_one()
+            if not acquired:
+                raise ProductBusy(product_id)
+            locked_at = time.time()
+            try:
+                trained = await self._train_locked(product_id, force)
+            finally:
+                unlocked_at = time.time()  # before the unlock: no one else holds it yet
+                await lock_connection.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+        if trained is None:
+            return None
+        stored, reason = trained
+        logger.info(
+            "model trained",
+            extra={
+                "product_id": product_id,
+                "reason": reason,
+                "training_days": stored.training_days,
+                "trained_through": str(stored.trained_through),
+                "fit_seconds": round(stored.fit_seconds, 3),
+                "mape": stored.metrics.get("mape"),
+                # When this replica held the product (epoch seconds): the scale-out
+                # test checks that no two replicas ever overlap.
+                "locked_at": round(locked_at, 6),
+                "unlocked_at": round(unlocked_at, 6),
+            },
+        )
+        if self._on_model is not None:
+            await self._on_model(product_id)
+        return stored
+
+    async def _train_locked(self, product_id: str, force: bool) -> tuple[StoredModel, str] | None:
         async with self._engine.connect() as connection:
             summary = await product_summary(connection, product_id)
             if summary is None:
@@ -297,26 +350,11 @@ class ModelTrainer:
             series = await daily_demand_series(connection, product_id)
         if not series:
             return None
-        # Only one replica fits a product at a time (a rebalance can briefly give two
-        # replicas the same product): a session advisory lock for the fit's duration.
-        async with self._engine.connect() as lock_connection:
-            key = zlib.crc32(product_id.encode()) - 2**31
-            acquired = (
-                await lock_connection.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": key})
-            ).scalar_one()
-            if not acquired:
-                logger.info(
-                    "another replica is fitting this product", extra={"product_id": product_id}
-                )
-                return None
-            try:
-                values = np.array([day.quantity_units for day in series], dtype=float)
-                metrics.FITS.labels("started").inc()
-                forecast, seconds = await self._pool.fit(
-                    values, series[0].day, self._config, self._settings.worker_timeout
-                )
-            finally:
-                await lock_connection.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+        values = np.array([day.quantity_units for day in series], dtype=float)
+        metrics.FITS.labels("started").inc()
+        forecast, seconds = await self._pool.fit(
+            values, series[0].day, self._config, self._settings.worker_timeout
+        )
         metrics.FITS.labels("succeeded").inc()
         metrics.FIT_SECONDS.observe(seconds)
         stored = StoredModel(
@@ -337,17 +375,4 @@ class ModelTrainer:
         )
         async with self._engine.begin() as connection:
             await save_model(connection, stored)
-        logger.info(
-            "model trained",
-            extra={
-                "product_id": product_id,
-                "reason": decision.reason if not force else "forced",
-                "training_days": forecast.training_days,
-                "trained_through": str(series[-1].day),
-                "fit_seconds": round(seconds, 3),
-                "mape": forecast.metrics.mape,
-            },
-        )
-        if self._on_model is not None:
-            await self._on_model(product_id)
-        return stored
+        return stored, "forced" if force else decision.reason
