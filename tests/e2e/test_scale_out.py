@@ -21,7 +21,7 @@ from ml_analytics.replay import replay_file
 from ml_analytics.settings import Settings
 from tests.e2e.process import ServiceProcess
 from tests.e2e.test_sample_replay import DATA, published_daily_demand
-from tests.helpers import read_to_end, wait_until
+from tests.helpers import read_all, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -139,7 +139,7 @@ async def test_replicas_stopped_killed_and_added_during_a_replay_lose_and_duplic
 
     events: dict[str, list[dict[str, Any]]] = defaultdict(list)
     seen: set[str] = set()
-    for record in await read_to_end(settings, settings.stockout_risk_topic):
+    for record in await read_all(settings, settings.stockout_risk_topic):
         event = json.loads(record.value)
         if event["event_id"] in seen:
             continue  # at least once: a re-publish carries the same event_id
