@@ -11,7 +11,7 @@ import hmac
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Annotated, Literal
 
 from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request
@@ -26,12 +26,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ml_analytics import SERVICE_NAME, __version__, metrics
 from ml_analytics.events import StockoutRisk, describe_errors
+from ml_analytics.http.dashboard import dashboard_router
 from ml_analytics.http.predictions import ERROR_RESPONSES, ErrorBody, prediction_router
 from ml_analytics.services.predictions import PredictionError, PredictionService
 from ml_analytics.settings import Settings
 from ml_analytics.storage.database import database_answers
 from ml_analytics.storage.models_queries import (
     latest_assessment,
+    load_model,
     product_overview,
 )
 from ml_analytics.storage.queries import daily_demand_series, product_summary
@@ -81,6 +83,30 @@ class DemandDayOut(BaseModel):
 class ProductDemand(BaseModel):
     product_id: str
     days: list[DemandDayOut]
+
+
+class ForecastDayOut(BaseModel):
+    date: date
+    yhat: float
+    yhat_lower: float
+    yhat_upper: float
+    expected: float = Field(
+        description="Mean of the sample paths: the daily demand stockout dates come from"
+    )
+
+
+class StoredForecast(BaseModel):
+    """The product's current model, as the consumers trained it."""
+
+    product_id: str
+    model_name: str
+    trained_at: datetime
+    trained_through: date
+    training_days: int
+    forecast_start: date
+    metrics: dict[str, float | int | None]
+    seasonality: dict[str, bool | float]
+    days: list[ForecastDayOut]
 
 
 class ProductItem(BaseModel):
@@ -176,6 +202,7 @@ def create_app(
         )
 
     app.include_router(prediction_router())
+    app.include_router(dashboard_router())
     asyncapi = AsyncAPI(
         broker,
         title="ml-analytics",
@@ -321,6 +348,41 @@ def create_app(
                     date=d.day, quantity_units=d.quantity_units, transactions=d.transactions
                 )
                 for d in series
+            ],
+        )
+
+    @app.get(
+        "/products/{product_id:path}/forecast",
+        response_model=StoredForecast,
+        tags=["products"],
+        responses={404: {"model": ErrorBody, "description": "No trained model yet"}},
+    )
+    async def product_forecast(product_id: ProductId, engine: Engine) -> StoredForecast:
+        """The forecast of the product's current model (retrained by the consumers),
+        with its holdout metrics. 404 until the product has a model."""
+        async with engine.connect() as connection:
+            model = await load_model(connection, product_id)
+        if model is None:
+            raise HTTPException(404, f"No trained model for product {product_id!r} yet")
+        expected = model.sample_paths.mean(axis=0) if len(model.sample_paths) else model.yhat
+        return StoredForecast(
+            product_id=product_id,
+            model_name=model.model_name,
+            trained_at=model.trained_at,
+            trained_through=model.trained_through,
+            training_days=model.training_days,
+            forecast_start=model.forecast_start,
+            metrics=model.metrics,
+            seasonality=model.seasonality,
+            days=[
+                ForecastDayOut(
+                    date=model.forecast_start + timedelta(days=i),
+                    yhat=model.yhat[i],
+                    yhat_lower=model.yhat_lower[i],
+                    yhat_upper=model.yhat_upper[i],
+                    expected=round(float(expected[i]), 4),
+                )
+                for i in range(len(model.yhat))
             ],
         )
 

@@ -136,8 +136,17 @@ async def test_steady_demand_with_little_stock_raises_high_risk_and_a_refill_cle
         ) as http:
             latest = (await http.get(f"/products/{short}/stockout-risk")).json()
             missing = await http.get("/products/nobody/stockout-risk")
+            stored = (await http.get(f"/products/{short}/forecast")).json()
+            no_model = await http.get("/products/nobody/forecast")
     assert latest["current_stock_units"] == 4_990 and latest["risk_level"] == "low"
     assert missing.status_code == 404 and "nobody" in missing.json()["detail"]
+    assert stored["training_days"] == DAYS and stored["trained_through"] == str(LAST_DAY)
+    assert stored["days"][0]["date"] == str(LAST_DAY + timedelta(days=1))
+    assert len(stored["days"]) == settings.forecast_horizon_days
+    assert all(0 <= d["yhat_lower"] <= d["yhat"] <= d["yhat_upper"] for d in stored["days"])
+    assert 15 <= sum(d["expected"] for d in stored["days"][:7]) / 7 <= 25  # ~20 a day
+    assert stored["metrics"]["rmse"] is not None
+    assert no_model.status_code == 404
 
 
 async def test_no_event_without_a_model_and_first_model_publishes_the_level(

@@ -1,0 +1,164 @@
+"""The dashboard in a real browser (Debian's Chromium, driven by Playwright) on the
+service as a process, fed by a replay: the at-risk product first, its page with
+rendered charts, nothing injectable, new risk shown without a reload."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import shutil
+from datetime import date, timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+
+from ml_analytics.replay import replay_file
+from ml_analytics.settings import Settings
+from tests.e2e.process import ServiceProcess
+from tests.helpers import wait_until
+
+pytestmark = pytest.mark.integration
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+SCRIPT_ID = "<script>alert(1)</script>"
+IMAGE_ID = '<img src=x onerror="alert(2)">'
+LAST_DAY = date(2026, 11, 20)
+# product: (units a day, stock at the end of the last day, lead time)
+PRODUCTS = {
+    "SKU-URGENT": (20, 30, 10),
+    "SKU-WATCH": (12, 150, 14),
+    "SKU-SAFE": (5, 10_000, 14),
+    SCRIPT_ID: (3, 5_000, 7),
+    IMAGE_ID: (4, 5_000, 7),
+}
+
+
+def write_replay_files(directory: Path) -> tuple[Path, Path]:
+    transactions = directory / "transactions.csv"
+    with transactions.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["event_id", "product_id", "occurred_at", "quantity_units"])
+        for index, (product, (per_day, _, _)) in enumerate(PRODUCTS.items()):
+            for back in range(90):
+                day = LAST_DAY - timedelta(days=89 - back)
+                units = per_day + (back % 3) - 1 if per_day > 1 else per_day
+                writer.writerow([f"p{index}-d{back}", product, f"{day}T12:00:00Z", units])
+    stock = directory / "stock_levels.csv"
+    with stock.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["event_id", "product_id", "as_of", "stock_units", "lead_time_days"])
+        for index, (product, (_, units, lead)) in enumerate(PRODUCTS.items()):
+            writer.writerow([f"s{index}", product, f"{LAST_DAY}T18:00:00Z", units, lead])
+    return transactions, stock
+
+
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Chromium is not installed")
+async def test_dashboard_shows_the_at_risk_product_first_and_its_charts(
+    settings: Settings, tmp_path: Path
+) -> None:
+    from playwright.async_api import async_playwright
+
+    transactions, stock = write_replay_files(tmp_path)
+    service = ServiceProcess(settings, tmp_path / "service.log").start()
+    ARTIFACTS.mkdir(exist_ok=True)
+    try:
+        await asyncio.to_thread(service.wait_healthy)
+        await replay_file(transactions, settings, progress=False)
+        await replay_file(stock, settings, progress=False)
+
+        async def assessed() -> int:
+            async with httpx.AsyncClient(base_url=service.url) as client:
+                items = (await client.get("/products", params={"limit": 50})).json()["items"]
+            return sum(item["risk_level"] is not None for item in items)
+
+        await wait_until(assessed, lambda n: n == len(PRODUCTS), timeout=120, what="risk")
+
+        async with async_playwright() as playwright:
+            browser = await playwright.chromium.launch(
+                executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
+            )
+            page = await browser.new_page(viewport={"width": 1400, "height": 900})
+            dialogs: list[str] = []
+            page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+            errors: list[str] = []
+            page.on("pageerror", lambda error: errors.append(str(error)))
+
+            await page.goto(f"{service.url}/")  # the home page leads to the dashboard
+            rows = page.locator("#products tbody tr")
+            await rows.nth(len(PRODUCTS) - 1).wait_for()
+            assert await rows.count() == len(PRODUCTS)
+            assert await rows.first.get_attribute("data-product") == "SKU-URGENT"
+            assert await rows.first.get_attribute("data-level") == "high"
+            # Ids that look like markup are shown as text, and nothing runs.
+            assert await page.get_by_role("link", name=SCRIPT_ID, exact=True).count() == 1
+            assert await page.get_by_role("link", name=IMAGE_ID, exact=True).count() == 1
+            assert await page.locator("#products img").count() == 0
+            await page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
+
+            await page.select_option("#level", "low")
+            await page.wait_for_function(
+                "[...document.querySelectorAll('#products tbody tr')]"
+                ".every(row => row.dataset.level === 'low')"
+            )
+            await page.select_option("#level", "")
+            await page.fill("#search", "SKU-SA")
+            await page.wait_for_function(
+                "document.querySelectorAll('#products tbody tr').length === 1"
+            )
+            assert await rows.first.get_attribute("data-product") == "SKU-SAFE"
+            await page.fill("#search", "")
+            await page.wait_for_function(
+                f"document.querySelectorAll('#products tbody tr').length === {len(PRODUCTS)}"
+            )
+
+            # A refill-gone-wrong: SKU-SAFE's stock drops to 0. The open page shows it
+            # at high risk without a reload.
+            await replay_file(_one_stock_level(tmp_path, "SKU-SAFE", 0), settings, progress=False)
+            await page.wait_for_function(
+                "document.querySelector('#products tbody tr[data-product=\"SKU-SAFE\"]')"
+                "?.dataset.level === 'high'",
+                timeout=60_000,
+            )
+
+            await page.get_by_role("link", name="SKU-URGENT", exact=True).click()
+            await page.wait_for_url("**/dashboard/product?id=SKU-URGENT")
+            demand_bars = page.locator("#demand-chart .bars .point")
+            await demand_bars.first.wait_for()
+            assert await demand_bars.count() == 90
+            forecast_line = page.locator("#demand-chart .scatterlayer .trace")
+            assert await forecast_line.count() >= 3
+            stock_points = page.locator("#stock-chart .scatterlayer .point")
+            await stock_points.first.wait_for()
+            assert await stock_points.count() >= 2
+            assert "high" in (await page.locator("#cards .badge").inner_text()).lower()
+            await page.screenshot(path=str(ARTIFACTS / "product.png"), full_page=True)
+
+            await page.goto(f"{service.url}/dashboard")
+            await page.get_by_role("link", name=SCRIPT_ID, exact=True).click()
+            await page.locator("#demand-chart .bars .point").first.wait_for()
+            assert await page.locator("#title").inner_text() == SCRIPT_ID
+            assert dialogs == []
+            assert errors == []
+            await browser.close()
+    finally:
+        service.stop()
+
+
+def _one_stock_level(directory: Path, product: str, units: float) -> Path:
+    path = directory / "refill.csv"
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["event_id", "product_id", "as_of", "stock_units", "lead_time_days"])
+        writer.writerow(["s-late", product, f"{LAST_DAY}T20:00:00Z", units, 14])
+    return path
