@@ -29,6 +29,11 @@ ASSIGNED_PARTITIONS = Gauge(
     "Input partitions this replica consumes now, by topic.",
     ["topic"],
 )
+CONSUMER_LAG = Gauge(
+    "ml_analytics_consumer_lag",
+    "Records of an owned input partition not yet committed, as of the last fetch.",
+    ["topic", "partition"],
+)
 FITS = Counter(
     "ml_analytics_model_fits_total",
     "Model fits, by result (started, succeeded, failed).",

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -200,6 +201,9 @@ class _AssignmentListener(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
         self._owned -= set(revoked)
+        for partition in revoked:  # another replica reports these now
+            with contextlib.suppress(KeyError):
+                metrics.CONSUMER_LAG.remove(partition.topic, str(partition.partition))
         self._publish("partitions revoked", revoked)
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
@@ -274,6 +278,13 @@ async def _commit(consumer: AIOKafkaConsumer, records: Sequence[KafkaRecord]) ->
     try:
         await consumer.commit(offsets)
         metrics.BATCHES.labels("committed").inc()
+        for partition, committed in offsets.items():
+            # The partition's end as of the last fetch: records not yet counted.
+            highwater = consumer.highwater(partition)
+            if highwater is not None:
+                metrics.CONSUMER_LAG.labels(partition.topic, str(partition.partition)).set(
+                    max(0, highwater - committed)
+                )
     except (CommitFailedError, IllegalStateError, KafkaError) as error:
         # The partitions moved to another consumer during the batch. Its events
         # are in the database already; the new owner reads them again and the

@@ -100,6 +100,13 @@ async def test_redelivered_and_republished_events_are_counted_once(
         marker = transaction("marker", product, "2026-11-01T10:00:00Z", 100)
         await publish(settings, settings.transactions_topic, keyed([marker]))
         await wait_until(lambda: ledger_count(engine), lambda n: n == 31, what="the marker")
+        lags = [
+            sample.value
+            for metric in metrics.CONSUMER_LAG.collect()
+            for sample in metric.samples
+            if sample.labels["topic"] == settings.transactions_topic
+        ]
+        assert lags and all(lag >= 0 for lag in lags)  # reported per owned partition
     # A new consumer group reads the whole topic again from the start: a full redelivery.
     regrouped = Settings(
         _env_file=None, **{**settings.model_dump(), "kafka_group_id": unique("regroup")}
