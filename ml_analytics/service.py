@@ -69,7 +69,8 @@ def build_app(settings: Settings, engine: AsyncEngine, broker: KafkaBroker) -> F
     predictions = PredictionService(engine, settings)
 
     async def started() -> None:
-        predictions.warm_up()
+        # The prediction API's fit workers start with its first fit: a replica that
+        # never serves one does not hold their memory.
         risk.start()
         if settings.training_enabled:
             await trainer.start()

@@ -55,15 +55,9 @@ def keyed(events: Iterable[dict[str, Any]]) -> list[tuple[bytes | None, dict[str
     return [(str(event["product_id"]).encode(), event) for event in events]
 
 
-async def read_topic(
-    settings: Settings,
-    topic: str,
-    expected: int,
-    timeout: float = 30.0,
-    enough: Callable[[list[Any]], bool] | None = None,
-) -> list[Any]:
-    """Read records from the start of `topic` (no consumer group) until there are
-    `expected` of them, or until `enough(records)` says so when given."""
+@asynccontextmanager
+async def reading_from_start(settings: Settings, topic: str):  # type: ignore[no-untyped-def]
+    """A consumer without a group, assigned every partition of `topic` from its start."""
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.kafka_bootstrap_servers,
         auto_offset_reset="earliest",
@@ -74,16 +68,41 @@ async def read_topic(
         partitions = await _partitions(consumer, topic)
         consumer.assign(partitions)
         await consumer.seek_to_beginning(*partitions)
-        records: list[Any] = []
+        yield consumer
+    finally:
+        await consumer.stop()
+
+
+async def read_topic(
+    settings: Settings,
+    topic: str,
+    expected: int,
+    timeout: float = 30.0,
+    enough: Callable[[list[Any]], bool] | None = None,
+) -> list[Any]:
+    """Read records from the start of `topic` (no consumer group) until there are
+    `expected` of them, or until `enough(records)` says so when given."""
+    records: list[Any] = []
+    async with reading_from_start(settings, topic) as consumer:
         deadline = time.monotonic() + timeout
         done = enough or (lambda found: len(found) >= expected)
         while not done(records) and time.monotonic() < deadline:
             batch = await consumer.getmany(timeout_ms=500)
             for items in batch.values():
                 records.extend(items)
-        return records
-    finally:
-        await consumer.stop()
+    return records
+
+
+async def read_all(settings: Settings, topic: str, idle_seconds: float = 2.0) -> list[Any]:
+    """Every record of `topic`, reading until none arrives for `idle_seconds` (for a
+    topic no one writes to any more; end offsets are not used, since the embedded
+    broker reports them per batch rather than per record)."""
+    records: list[Any] = []
+    async with reading_from_start(settings, topic) as consumer:
+        while batch := await consumer.getmany(timeout_ms=int(idle_seconds * 1000)):
+            for items in batch.values():
+                records.extend(items)
+    return records
 
 
 async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> list[Any]:
@@ -96,29 +115,6 @@ async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> list[Any]:
         await consumer._client.force_metadata_update()
         await asyncio.sleep(0.1)
     raise AssertionError(f"topic {topic} has no partitions")
-
-
-async def read_all(settings: Settings, topic: str, idle_seconds: float = 2.0) -> list[Any]:
-    """Every record of `topic`, reading until none arrives for `idle_seconds` (for a
-    topic no one writes to any more; end offsets are not used, since the embedded
-    broker reports them per batch rather than per record)."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap_servers,
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-    )
-    await consumer.start()
-    try:
-        partitions = await _partitions(consumer, topic)
-        consumer.assign(partitions)
-        await consumer.seek_to_beginning(*partitions)
-        records: list[Any] = []
-        while batch := await consumer.getmany(timeout_ms=int(idle_seconds * 1000)):
-            for items in batch.values():
-                records.extend(items)
-        return records
-    finally:
-        await consumer.stop()
 
 
 async def wait_until(

@@ -143,9 +143,6 @@ class PredictionService:
         self._recent_fit_seconds = 5.0
         self._last_prune = 0.0
 
-    def warm_up(self) -> None:
-        self._pool.warm_up()
-
     def stop(self) -> None:
         self._pool.shutdown()
 

@@ -83,10 +83,6 @@ def _fit_in_worker(
     return forecast, time.perf_counter() - started
 
 
-def _import_models() -> None:
-    import prophet  # noqa: F401  (a worker's first fit would otherwise pay for the import)
-
-
 class FitTimeout(TimeoutError):
     pass
 
@@ -155,11 +151,6 @@ class FitPool:
         except BrokenProcessPool:
             self._replace(executor)
             raise
-
-    def warm_up(self) -> None:
-        """Start the workers and import the model code in them now, not on the first fit."""
-        for _ in range(self._workers):
-            self._executor.submit(_import_models)
 
     def _replace(self, broken: ProcessPoolExecutor) -> None:
         if broken is not self._executor:

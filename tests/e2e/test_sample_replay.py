@@ -30,6 +30,17 @@ def published_daily_demand() -> dict[tuple[str, str], float]:
         }
 
 
+async def stored_daily_demand(engine: AsyncEngine) -> dict[tuple[str, str], float]:
+    async with engine.connect() as connection:
+        rows = await connection.execute(
+            text("SELECT product_id, business_day, quantity_units FROM daily_demand")
+        )
+        return {
+            (row.product_id, row.business_day.isoformat()): float(row.quantity_units)
+            for row in rows
+        }
+
+
 async def test_replay_of_the_sample_reproduces_its_daily_demand(
     settings: Settings, engine: AsyncEngine
 ) -> None:
@@ -50,14 +61,7 @@ async def test_replay_of_the_sample_reproduces_its_daily_demand(
         await wait_until(
             counted, lambda n: n == result.published, timeout=120, what="the whole sample"
         )
-    async with engine.connect() as connection:
-        rows = await connection.execute(
-            text("SELECT product_id, business_day, quantity_units FROM daily_demand")
-        )
-        stored = {
-            (row.product_id, row.business_day.isoformat()): float(row.quantity_units)
-            for row in rows
-        }
+    stored = await stored_daily_demand(engine)
     assert result.published == 206_254
     expected = published_daily_demand()
     assert len(stored) == len(expected)

@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from ml_analytics.replay import replay_file
 from ml_analytics.settings import Settings
 from tests.e2e.process import ServiceProcess
-from tests.e2e.test_sample_replay import DATA, published_daily_demand
+from tests.e2e.test_sample_replay import DATA, published_daily_demand, stored_daily_demand
 from tests.helpers import read_all, wait_until
 
 pytestmark = pytest.mark.integration
@@ -99,16 +99,8 @@ async def test_replicas_stopped_killed_and_added_during_a_replay_lose_and_duplic
             interval=1,
             what="every transaction counted",
         )
-        async with engine.connect() as connection:
-            rows = await connection.execute(
-                text("SELECT product_id, business_day, quantity_units FROM daily_demand")
-            )
-            stored = {
-                (row.product_id, row.business_day.isoformat()): float(row.quantity_units)
-                for row in rows
-            }
         assert sent.published == 206_254
-        assert stored == published_daily_demand()
+        assert await stored_daily_demand(engine) == published_daily_demand()
         await wait_until(
             lambda: count(engine, "SELECT count(*) FROM stock_snapshots"),
             lambda n: n == stock.published,

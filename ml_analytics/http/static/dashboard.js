@@ -150,6 +150,21 @@ function card(label, value, node) {
   return box;
 }
 
+function plot(id, traces, title, unit, extra = {}) {
+  Plotly.newPlot(
+    id,
+    traces,
+    {
+      title: { text: title },
+      margin: { t: 40, r: 20, b: 40, l: 50 },
+      legend: { orientation: "h", y: -0.15 },
+      yaxis: { title: { text: unit }, rangemode: "tozero" },
+      ...extra,
+    },
+    { displaylogo: false, responsive: true },
+  );
+}
+
 function demandChart(demand, forecast) {
   const days = demand.days.slice(-HISTORY_DAYS);
   const traces = [
@@ -174,17 +189,7 @@ function demandChart(demand, forecast) {
         line: { color: "#6a1b9a", dash: "dot" } },
     );
   }
-  Plotly.newPlot(
-    "demand-chart",
-    traces,
-    {
-      title: { text: "Daily demand and forecast" },
-      margin: { t: 40, r: 20, b: 40, l: 50 },
-      legend: { orientation: "h", y: -0.15 },
-      yaxis: { title: { text: "units" }, rangemode: "tozero" },
-    },
-    { displaylogo: false, responsive: true },
-  );
+  plot("demand-chart", traces, "Daily demand and forecast", "units");
 }
 
 function stockChart(demand, forecast, risk) {
@@ -221,19 +226,10 @@ function stockChart(demand, forecast, risk) {
     traces.push({ name: "predicted stockout", x: [risk.predicted_stockout_date], y: [0],
       mode: "markers", marker: { color: "#c62828", size: 12, symbol: "x" } });
   }
-  Plotly.newPlot(
-    "stock-chart",
-    traces,
-    {
-      title: { text: "Projected stock from the latest stock level" },
-      margin: { t: 40, r: 20, b: 40, l: 50 },
-      legend: { orientation: "h", y: -0.15 },
-      yaxis: { title: { text: "units on hand" }, rangemode: "tozero" },
-      shapes,
-      annotations,
-    },
-    { displaylogo: false, responsive: true },
-  );
+  plot("stock-chart", traces, "Projected stock from the latest stock level", "units on hand", {
+    shapes,
+    annotations,
+  });
 }
 
 function metricsTable(forecast) {
