@@ -189,6 +189,9 @@ class Settings(BaseSettings):
     default_risk_window_days: int = Field(default=14, ge=0, le=365)
     risk_high_probability: float = Field(default=0.6, gt=0, le=1)
     risk_medium_probability: float = Field(default=0.3, gt=0, le=1)
+    risk_outbox_retention_days: int = Field(
+        default=7, ge=0, description="Days a published risk event stays in the outbox table."
+    )
 
     @field_validator("business_timezone")
     @classmethod

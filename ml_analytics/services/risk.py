@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 import uuid
 from collections.abc import Iterable
 from datetime import UTC, datetime
@@ -33,12 +34,15 @@ from ml_analytics.storage.models_queries import (
     demand_between,
     load_model,
     mark_published,
+    prune_published_outbox,
     record_assessment,
     unpublished_outbox,
 )
 from ml_analytics.storage.queries import latest_stock_snapshot
 
 logger = logging.getLogger(__name__)
+
+OUTBOX_PRUNE_INTERVAL_SECONDS = 3600.0
 
 # One relay at a time across replicas, so events leave in the order they were queued.
 _RELAY_LOCK_ID = 7_411_562_020
@@ -135,6 +139,7 @@ class RiskService:
 
     async def _relay_forever(self) -> None:
         pauses = RetryPolicy().delays()
+        next_prune = 0.0
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), 1.0)
@@ -142,6 +147,9 @@ class RiskService:
             try:
                 while await self.relay_once():
                     pass
+                if time.monotonic() >= next_prune:
+                    next_prune = time.monotonic() + OUTBOX_PRUNE_INTERVAL_SECONDS
+                    await self.prune_outbox()
                 pauses = RetryPolicy().delays()  # a success starts the pauses over
             except Exception as error:
                 delay = next(pauses)
@@ -151,6 +159,17 @@ class RiskService:
                 )
                 await asyncio.sleep(delay)
                 self._wake.set()
+
+    async def prune_outbox(self) -> int:
+        """Forget events published more than RISK_OUTBOX_RETENTION_DAYS ago (the topic
+        keeps them); the outbox would otherwise only grow."""
+        async with self._engine.begin() as connection:
+            pruned = await prune_published_outbox(
+                connection, self._settings.risk_outbox_retention_days
+            )
+        if pruned:
+            logger.info("pruned the published risk outbox", extra={"events": pruned})
+        return pruned
 
     async def relay_once(self) -> int:
         """Publish one batch of queued events; returns how many."""

@@ -231,6 +231,19 @@ async def unpublished_outbox(connection: AsyncConnection, limit: int = 500) -> l
     return [OutboxEntry(row.event_id, row.product_id, dict(row.payload)) for row in rows]
 
 
+async def prune_published_outbox(connection: AsyncConnection, retention_days: int) -> int:
+    """Delete outbox rows published more than `retention_days` ago; returns how many.
+    Unpublished rows are never touched."""
+    result = await connection.execute(
+        text(
+            "DELETE FROM risk_outbox WHERE published_at IS NOT NULL "
+            "AND published_at < now() - make_interval(days => :days)"
+        ),
+        {"days": retention_days},
+    )
+    return int(result.rowcount)  # type: ignore[attr-defined]
+
+
 async def mark_published(connection: AsyncConnection, event_ids: list[str]) -> None:
     await connection.execute(
         text("UPDATE risk_outbox SET published_at = now() WHERE event_id = ANY(:ids)"),

@@ -83,3 +83,26 @@ async def test_same_level_again_queues_nothing_and_a_change_queues_one(
     await record_stock(engine, product, "refill", datetime(2026, 9, 28, 20, tzinfo=UTC), 10_000)
     assert await risk.reassess([product]) == 1
     assert await outbox_levels(engine, product) == ["high", "low"]
+
+
+async def test_published_events_are_pruned_after_the_retention_and_queued_ones_never(
+    settings: Settings, engine: AsyncEngine
+) -> None:
+    old, fresh, queued = unique("old"), unique("fresh"), unique("queued")
+    risk = RiskService(engine, build_broker(settings), settings)
+    for product in (old, fresh, queued):
+        await store_model_and_stock(engine, product, stock=100)
+        assert await risk.reassess([product]) == 1
+    async with engine.begin() as connection:
+        await connection.execute(
+            text(
+                "UPDATE risk_outbox SET published_at = now() - "
+                "CASE product_id WHEN :old THEN interval '8 days' ELSE interval '1 day' END "
+                "WHERE product_id IN (:old, :fresh)"
+            ),
+            {"old": old, "fresh": fresh},
+        )
+    assert await risk.prune_outbox() == 1  # RISK_OUTBOX_RETENTION_DAYS defaults to 7
+    assert await outbox_levels(engine, old) == []
+    assert await outbox_levels(engine, fresh) == ["high"]
+    assert await outbox_levels(engine, queued) == ["high"]  # not published yet: kept
