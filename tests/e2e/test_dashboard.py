@@ -67,7 +67,7 @@ def write_replay_files(directory: Path) -> tuple[Path, Path]:
 async def test_dashboard_shows_the_at_risk_product_first_and_its_charts(
     settings: Settings, tmp_path: Path
 ) -> None:
-    from playwright.async_api import async_playwright
+    from playwright.async_api import async_playwright, expect
 
     transactions, stock = write_replay_files(tmp_path)
     service = ServiceProcess(settings, tmp_path / "service.log").start()
@@ -94,7 +94,10 @@ async def test_dashboard_shows_the_at_risk_product_first_and_its_charts(
             errors: list[str] = []
             page.on("pageerror", lambda error: errors.append(str(error)))
 
-            await page.goto(f"{service.url}/")  # the home page leads to the dashboard
+            response = await page.goto(f"{service.url}/")  # the home page leads here
+            assert response is not None and response.url.endswith("/dashboard")
+            # No inline script and no eval may run: only the service's own files.
+            assert "script-src 'self';" in response.headers["content-security-policy"]
             rows = page.locator("#products tbody tr")
             await rows.nth(len(PRODUCTS) - 1).wait_for()
             assert await rows.count() == len(PRODUCTS)
@@ -106,30 +109,25 @@ async def test_dashboard_shows_the_at_risk_product_first_and_its_charts(
             assert await page.locator("#products img").count() == 0
             await page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
 
+            # (Selectors, not page scripts: the pages' CSP forbids evaluating strings.)
             await page.select_option("#level", "low")
-            await page.wait_for_function(
-                "[...document.querySelectorAll('#products tbody tr')]"
-                ".every(row => row.dataset.level === 'low')"
+            await expect(page.locator("#products tbody tr:not([data-level='low'])")).to_have_count(
+                0
             )
+            await expect(rows).to_have_count(3)
             await page.select_option("#level", "")
             await page.fill("#search", "SKU-SA")
-            await page.wait_for_function(
-                "document.querySelectorAll('#products tbody tr').length === 1"
-            )
+            await expect(rows).to_have_count(1)
             assert await rows.first.get_attribute("data-product") == "SKU-SAFE"
             await page.fill("#search", "")
-            await page.wait_for_function(
-                f"document.querySelectorAll('#products tbody tr').length === {len(PRODUCTS)}"
-            )
+            await expect(rows).to_have_count(len(PRODUCTS))
 
             # A refill-gone-wrong: SKU-SAFE's stock drops to 0. The open page shows it
             # at high risk without a reload.
             await replay_file(_one_stock_level(tmp_path, "SKU-SAFE", 0), settings, progress=False)
-            await page.wait_for_function(
-                "document.querySelector('#products tbody tr[data-product=\"SKU-SAFE\"]')"
-                "?.dataset.level === 'high'",
-                timeout=60_000,
-            )
+            await expect(
+                page.locator("#products tbody tr[data-product='SKU-SAFE']")
+            ).to_have_attribute("data-level", "high", timeout=60_000)
 
             await page.get_by_role("link", name="SKU-URGENT", exact=True).click()
             await page.wait_for_url("**/dashboard/product?id=SKU-URGENT")

@@ -292,3 +292,10 @@ async function productPage() {
     error.textContent = "Could not load this product: " + failure.message;
   }
 }
+
+// Each page names its entry point (no inline script, so the CSP can forbid them).
+document.addEventListener("DOMContentLoaded", () => {
+  const pages = { overview, productPage };
+  const start = pages[document.body.dataset.page];
+  if (start) start();
+});
