@@ -11,8 +11,9 @@ import hmac
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from dataclasses import asdict
 from datetime import UTC, date, datetime, timedelta
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -32,6 +33,7 @@ from ml_analytics.services.predictions import PredictionError, PredictionService
 from ml_analytics.settings import Settings
 from ml_analytics.storage.database import database_answers
 from ml_analytics.storage.models_queries import (
+    ProductOverview,
     latest_assessment,
     load_model,
     product_overview,
@@ -287,32 +289,7 @@ def create_app(
                 limit=limit,
                 offset=offset,
             )
-        items = [
-            ProductItem(
-                product_id=row.product_id,
-                first_day=row.first_day,
-                last_day=row.last_day,
-                total_units=row.total_units,
-                transactions=row.transaction_count,
-                current_stock_units=row.current_stock_units,
-                stock_as_of=row.stock_as_of,
-                lead_time_days=row.lead_time_days,
-                risk_level=row.risk_level,  # type: ignore[arg-type]
-                stockout_probability=row.stockout_probability,
-                predicted_stockout_date=row.predicted_stockout_date,  # type: ignore[arg-type]
-                days_until_stockout=row.days_until_stockout,
-                confidence=row.confidence,
-                assessed_at=row.assessed_at,
-                model_name=row.model_name,
-                trained_at=row.trained_at,
-                training_days=row.training_days,
-                mape=(row.metrics or {}).get("mape"),
-                rmse=(row.metrics or {}).get("rmse"),
-                wape=(row.metrics or {}).get("wape"),
-                mase=(row.metrics or {}).get("mase"),
-            )
-            for row in rows
-        ]
+        items = [_product_item(row) for row in rows]
         return ProductPage(total=total, limit=limit, offset=offset, sort=sort, items=items)
 
     @app.get(
@@ -409,6 +386,16 @@ def create_app(
         return StockoutRisk.model_validate(assessment)
 
     return app
+
+
+def _product_item(row: ProductOverview) -> ProductItem:
+    """The listing's row, with the model's headline metrics lifted out of `metrics`."""
+    fields: dict[str, Any] = asdict(row)
+    metrics_of_model = fields.pop("metrics") or {}
+    fields["transactions"] = fields.pop("transaction_count")
+    for name in ("mape", "rmse", "wape", "mase"):
+        fields[name] = metrics_of_model.get(name)
+    return ProductItem.model_validate(fields)
 
 
 async def _check(name: str, probe: object) -> tuple[str, str | None]:
