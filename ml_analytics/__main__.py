@@ -222,6 +222,7 @@ def _dev(args: argparse.Namespace) -> int:
     settings = Settings(**overrides)  # type: ignore[arg-type]
     print(
         "ml-analytics dev\n"
+        f"  Dashboard   http://{settings.host}:{settings.ml_port}/dashboard\n"
         f"  HTTP        http://{settings.host}:{settings.ml_port}  (/health, /ready, /docs)\n"
         f"  Kafka       {settings.kafka_bootstrap_servers}  (embedded Tansu, in memory)\n"
         f"  PostgreSQL  {settings.database_url}  (data in {data_dir / 'postgres'})\n"
