@@ -90,8 +90,23 @@ def test_bootstrap_paths_keep_the_weekday_pattern_and_the_recent_level() -> None
     assert np.all(paths[:, :7] == expected_week)
 
 
-def test_bootstrap_paths_follow_the_last_91_days_not_older_history() -> None:
+def test_bootstrap_paths_follow_their_window_not_older_history() -> None:
     from ml_analytics.models.forecast import bootstrap_paths
 
     history = np.concatenate([np.full(200, 100.0), np.full(91, 2.0)])
-    assert np.all(bootstrap_paths(history, 30, 20, seed=0) == 2.0)
+    assert np.all(bootstrap_paths(history, 30, 20, seed=0, window=91) == 2.0)
+
+
+def test_the_service_paths_mix_the_last_28_91_and_365_days_in_equal_shares() -> None:
+    from ml_analytics.models.forecast import mixed_bootstrap_paths
+
+    # A year ago demand was 100 a day; for the last 91 days it has been 2.
+    history = np.concatenate([np.full(274, 100.0), np.full(91, 2.0)])
+    paths = mixed_bootstrap_paths(history, horizon=7, paths=301, seed=3)
+    assert paths.shape == (301, 7)
+    recent = np.all(paths == 2.0, axis=1)
+    # The 28- and 91-day thirds (101 + 100) see only the recent level; the 365-day
+    # third draws 13 of its 52 weeks from the recent level, the rest from the old one.
+    assert np.all(recent[:201])
+    old_weeks = paths[201:].mean(axis=1) == 100.0
+    assert 0.6 < old_weeks.mean() < 0.9  # ~39/52 of the weeks
