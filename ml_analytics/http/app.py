@@ -298,7 +298,6 @@ def create_app(
         tags=["products"],
         responses={
             404: {"model": ErrorBody, "description": "Unknown product"},
-            422: ERROR_RESPONSES[422],
         },
     )
     async def product_demand(
@@ -369,7 +368,6 @@ def create_app(
         tags=["products"],
         responses={
             404: {"model": ErrorBody, "description": "No assessment yet"},
-            422: ERROR_RESPONSES[422],
         },
     )
     async def product_stockout_risk(product_id: ProductId, engine: Engine) -> StockoutRisk:

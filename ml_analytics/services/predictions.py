@@ -39,6 +39,7 @@ from ml_analytics.models.forecast import (
     ensure_enough_history,
 )
 from ml_analytics.models.risk import NotAssessable, RiskThresholds, assess_stockout_risk
+from ml_analytics.services.risk import risk_window_days
 from ml_analytics.services.training import FitPool, FitTimeout, forecast_config
 from ml_analytics.settings import Settings
 from ml_analytics.storage.prediction_cache import cached_response, prune_expired, store_response
@@ -212,12 +213,11 @@ class PredictionService:
                 f"current_stock_units is required: no stock level is stored for product "
                 f"{product_id!r}"
             )
-        if lead_time_days is not None:
-            window = lead_time_days
-        elif stored_stock is not None and stored_stock.lead_time_days is not None:
-            window = stored_stock.lead_time_days
-        else:
-            window = self._settings.default_risk_window_days
+        window = (
+            lead_time_days
+            if lead_time_days is not None
+            else risk_window_days(stored_stock, self._settings)
+        )
         forecast_start = history.last_day + timedelta(days=1)
         skip = max(0, (snapshot_day - history.last_day).days)  # stock newer than the history
         if skip > MAX_HORIZON_DAYS:

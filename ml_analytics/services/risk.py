@@ -38,7 +38,7 @@ from ml_analytics.storage.models_queries import (
     record_assessment,
     unpublished_outbox,
 )
-from ml_analytics.storage.queries import latest_stock_snapshot
+from ml_analytics.storage.queries import StockSnapshot, latest_stock_snapshot
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +46,13 @@ OUTBOX_PRUNE_INTERVAL_SECONDS = 3600.0
 
 # One relay at a time across replicas, so events leave in the order they were queued.
 _RELAY_LOCK_ID = 7_411_562_020
+
+
+def risk_window_days(stock: StockSnapshot | None, settings: Settings) -> int:
+    """The stock level's lead time, else DEFAULT_RISK_WINDOW_DAYS (the contract's rule)."""
+    if stock is not None and stock.lead_time_days is not None:
+        return stock.lead_time_days
+    return settings.default_risk_window_days
 
 
 async def assess_product(
@@ -60,11 +67,7 @@ async def assess_product(
         return None
     snapshot_day = stock.as_of.astimezone(settings.timezone).date()
     observed = await demand_between(connection, product_id, snapshot_day, model.forecast_start)
-    window = (
-        stock.lead_time_days
-        if stock.lead_time_days is not None
-        else settings.default_risk_window_days
-    )
+    window = risk_window_days(stock, settings)
     try:
         risk = assess_stockout_risk(
             forecast_start=model.forecast_start,
