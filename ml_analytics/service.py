@@ -18,6 +18,7 @@ from ml_analytics import __version__
 from ml_analytics.consumers.admin import ensure_topics
 from ml_analytics.consumers.ingestion import add_ingestion, build_broker
 from ml_analytics.http.app import create_app
+from ml_analytics.http.server import uvicorn_config
 from ml_analytics.logs import configure_logging
 from ml_analytics.services.ingest import BatchOutcome
 from ml_analytics.services.predictions import PredictionService
@@ -112,11 +113,9 @@ async def run_service(settings: Settings) -> None:
     broker = build_broker(settings)
     app = build_app(settings, engine, broker)
     server = _GracefulServer(
-        uvicorn.Config(
+        uvicorn_config(
             app,
-            host=settings.host,
-            port=settings.ml_port,
-            log_config=None,
+            settings,
             lifespan="on",
             timeout_graceful_shutdown=int(settings.shutdown_grace_seconds),
         )

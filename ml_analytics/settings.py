@@ -6,6 +6,7 @@ each setting with its default.
 
 from __future__ import annotations
 
+from datetime import date, datetime
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
@@ -15,6 +16,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import yaml
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from ml_analytics.events import EventTimeWindow
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -94,6 +97,12 @@ class Settings(BaseSettings):
     # Connections
     database_url: str = "postgresql://ml_analytics:ml_analytics@localhost:5432/ml_analytics"
     database_pool_size: int = Field(default=5, ge=1)
+    database_statement_timeout_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        description="Longest a single statement of the service may run (PostgreSQL "
+        "statement_timeout); a runaway query is cancelled, not left to fill the disk.",
+    )
     kafka_bootstrap_servers: str = "localhost:9092"
     kafka_enable_idempotence: bool = Field(
         default=True,
@@ -132,6 +141,17 @@ class Settings(BaseSettings):
     business_timezone: str = Field(
         default="UTC", description="IANA zone in which event times are bucketed into days."
     )
+    event_time_earliest: date = Field(
+        default=date(1970, 1, 1),
+        description="Earliest business day an event may fall on; older ones are dead letters.",
+    )
+    event_time_max_future_days: int = Field(
+        default=3,
+        ge=0,
+        le=366,
+        description="Days past today (wall clock) an event may fall on; later ones are dead "
+        "letters.",
+    )
     ingest_batch_max_records: int = Field(
         default=20000, ge=1, description="Most records one consumed batch holds."
     )
@@ -155,6 +175,12 @@ class Settings(BaseSettings):
     prophet_seasonality_mode: Literal["additive", "multiplicative"] = "additive"
     prophet_interval_width: float = Field(default=0.95, gt=0, lt=1)
     min_training_days: int = Field(default=30, ge=14)
+    training_max_history_days: int = Field(
+        default=1096,
+        ge=90,
+        le=3660,
+        description="Latest days of a product's history a model is fitted on (bounds each fit).",
+    )
     forecast_horizon_days: int = Field(default=90, ge=1, le=365)
     forecast_sample_paths: int = Field(
         default=200, ge=20, le=2000, description="Predictive sample paths kept per model."
@@ -180,6 +206,18 @@ class Settings(BaseSettings):
         default=4, ge=1, description="HTTP fits running or waiting; past it the API answers 503."
     )
     http_max_body_bytes: int = Field(default=2_000_000, ge=1024)
+    http_max_header_bytes: int = Field(
+        default=32 * 1024, ge=1024, le=1024 * 1024, description="Largest request head (431)."
+    )
+    http_read_timeout_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="Seconds a request's head and body may take to arrive (408).",
+    )
+    http_max_connections: int = Field(
+        default=100, ge=1, description="Open HTTP connections at most; past it the API answers 503."
+    )
     http_max_transaction_points: int = Field(default=10_000, ge=1)
     http_max_history_days: int = Field(
         default=3660, ge=30, description="Longest span of days a request's history may cover."
@@ -258,6 +296,12 @@ class Settings(BaseSettings):
     @property
     def group_id(self) -> str:
         return self.topics.group_id
+
+    def event_time_window(self, now: datetime) -> EventTimeWindow:
+        """The business days an event may fall on, as of `now`."""
+        return EventTimeWindow.around(
+            now.astimezone(self.timezone), self.event_time_earliest, self.event_time_max_future_days
+        )
 
     @property
     def timezone(self) -> ZoneInfo:

@@ -6,8 +6,8 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -147,6 +147,30 @@ async def running_ingestion(settings: Settings, engine: AsyncEngine):  # type: i
     finally:
         await pipeline.drain(settings.shutdown_grace_seconds)
         await broker.stop()
+
+
+@contextmanager
+def serving_http(app: Any, settings: Settings) -> Iterator[str]:
+    """The app behind the service's own uvicorn configuration (h11 and its bounds), in
+    a thread of this process, on `settings.ml_port`; yields its base URL."""
+    import threading
+
+    import uvicorn
+
+    from ml_analytics.http.server import uvicorn_config
+
+    server = uvicorn.Server(uvicorn_config(app, settings, lifespan="on"))
+    thread = threading.Thread(target=server.run, name="http-under-test", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    try:
+        while not server.started:
+            assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
+            time.sleep(0.05)
+        yield f"http://127.0.0.1:{settings.ml_port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
 
 
 @asynccontextmanager

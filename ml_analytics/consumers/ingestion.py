@@ -13,7 +13,6 @@ a rebalance, where the ledger of event ids makes it count once.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import logging
 import time
@@ -125,13 +124,15 @@ class IngestionPipeline:
         pauses = self._retry.delays()
         while True:
             try:
+                now = datetime.now(UTC)
                 result = await ingest_records(
                     self._engine,
                     records,
                     transactions_topic=self._settings.transactions_topic,
                     stock_levels_topic=self._settings.stock_levels_topic,
                     zone=self._settings.timezone,
-                    failed_at=datetime.now(UTC),
+                    failed_at=now,
+                    window=self._settings.event_time_window(now),
                     chunk_size=self._settings.ingest_chunk_size,
                     parallel_writes=self._settings.ingest_parallel_writes,
                     retry=self._retry,
@@ -246,20 +247,12 @@ async def _publish_dead_letters(
             broker.publish(
                 letter.model_dump_json().encode(),
                 topic=topic,
-                key=_original_key(letter),
+                key=letter.kafka_key(),
                 headers={"content-type": "application/json"},
             )
             for letter in dead_letters
         )
     )
-
-
-def _original_key(letter: DeadLetter) -> bytes | None:
-    if letter.key is None:
-        return None
-    if letter.key_encoding == "base64":
-        return base64.b64decode(letter.key)
-    return letter.key.encode()
 
 
 async def _commit(consumer: AIOKafkaConsumer, records: Sequence[KafkaRecord]) -> None:

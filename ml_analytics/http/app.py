@@ -195,7 +195,8 @@ def create_app(
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
-        return JSONResponse(status_code=422, content={"detail": describe_request_errors(error)})
+        status, detail = describe_request_errors(error, request.headers.get("content-type"))
+        return JSONResponse(status_code=status, content={"detail": detail})
 
     @app.exception_handler(PredictionError)
     async def _prediction_error(request: Request, error: PredictionError) -> JSONResponse:
@@ -213,6 +214,7 @@ def create_app(
     )
 
     @app.get("/health", response_model=Health, tags=["operations"])
+    @app.head("/health", response_model=Health, tags=["operations"], operation_id="health_head")
     async def health() -> Health:
         """Liveness: the process answers."""
         return Health(
@@ -222,13 +224,14 @@ def create_app(
             timestamp=datetime.now(UTC),
         )
 
-    @app.get(
-        "/ready",
-        tags=["operations"],
-        responses={
-            200: {"model": Ready, "description": "PostgreSQL and the broker answer"},
-            503: {"model": NotReady, "description": "A dependency does not answer"},
-        },
+    readiness_responses: dict[int | str, dict[str, Any]] = {
+        200: {"model": Ready, "description": "PostgreSQL and the broker answer"},
+        503: {"model": NotReady, "description": "A dependency does not answer"},
+    }
+
+    @app.get("/ready", tags=["operations"], responses=readiness_responses)
+    @app.head(
+        "/ready", tags=["operations"], responses=readiness_responses, operation_id="ready_head"
     )
     async def ready(engine: Engine, broker: Broker) -> JSONResponse:
         """200 when PostgreSQL and the broker answer; 503 naming the part that does not."""
@@ -297,6 +300,7 @@ def create_app(
         response_model=ProductDemand,
         tags=["products"],
         responses={
+            400: {"model": ErrorBody, "description": "The range is too long: narrow it"},
             404: {"model": ErrorBody, "description": "Unknown product"},
         },
     )
@@ -316,6 +320,17 @@ def create_app(
             summary = await product_summary(connection, product_id)
             if summary is None:
                 raise HTTPException(404, f"Unknown product {product_id!r}")
+            longest = settings.http_max_history_days
+            if summary.first_day and summary.last_day:
+                first = max(summary.first_day, from_day or summary.first_day)
+                last = min(summary.last_day, to_day or summary.last_day)
+                if (last - first).days + 1 > longest:
+                    raise HTTPException(
+                        400,
+                        f"the demand of {product_id!r} from {first} to {last} spans "
+                        f"{(last - first).days + 1} days; at most {longest} are served at "
+                        "once: narrow it with 'from' and 'to'",
+                    )
             series = await daily_demand_series(connection, product_id, from_day, to_day)
         return ProductDemand(
             product_id=product_id,
@@ -411,8 +426,22 @@ async def _broker_answers(broker: KafkaBroker) -> None:
         raise ConnectionError("the broker does not answer")
 
 
-def describe_request_errors(error: RequestValidationError) -> str:
-    return describe_errors(error.errors(), skip=("body", "query", "path"))
+def describe_request_errors(
+    error: RequestValidationError, content_type: str | None
+) -> tuple[int, str]:
+    """The status and `detail` for a request that failed validation: 415 for a body
+    that was not sent as JSON (FastAPI then hands the model the raw bytes), 422 naming
+    each field otherwise."""
+    items = error.errors()
+    whole_body = [item for item in items if tuple(item["loc"]) == ("body",)]
+    if any(item["type"] == "missing" for item in whole_body):
+        return 422, "request body is required: a JSON object"
+    if any(item["type"] in {"model_attributes_type", "dict_type"} for item in whole_body) and (
+        isinstance(whole_body[0].get("input"), bytes | str)
+    ):
+        sent = f"got {content_type!r}" if content_type else "none was sent"
+        return 415, f"Content-Type must be application/json ({sent})"
+    return 422, describe_errors(items, skip=("body", "query", "path"))
 
 
 class BodyLimit:
@@ -475,14 +504,15 @@ class BearerToken:
 
     def __init__(self, app: ASGIApp, token: str) -> None:
         self.app = app
-        self.expected = f"Bearer {token}".encode()
+        self.expected = token.encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in self.OPEN_PATHS:
             await self.app(scope, receive, send)
             return
-        given = dict(scope["headers"]).get(b"authorization", b"")
-        if hmac.compare_digest(given, self.expected):
+        # The scheme is case-insensitive (RFC 9110 11.1): "bearer" and "BEARER" too.
+        scheme, _, given = dict(scope["headers"]).get(b"authorization", b"").partition(b" ")
+        if scheme.lower() == b"bearer" and hmac.compare_digest(given.strip(), self.expected):
             await self.app(scope, receive, send)
             return
         response = JSONResponse(

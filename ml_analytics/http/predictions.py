@@ -3,7 +3,7 @@ response shapes (extra response fields are additions, never changes)."""
 
 from __future__ import annotations
 
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
@@ -11,8 +11,9 @@ from fastapi.responses import Response
 from pydantic import BaseModel, Field
 from typing_extensions import TypedDict
 
-from ml_analytics.events import Identifier
+from ml_analytics.events import MAX_QUANTITY_UNITS, MAX_STOCK_UNITS, Identifier
 from ml_analytics.services.predictions import BadRequest, PredictionService
+from ml_analytics.settings import Settings
 
 
 class ErrorBody(BaseModel):
@@ -23,13 +24,14 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorBody, "description": "The request cannot be answered as sent"},
     404: {"model": ErrorBody, "description": "No stored demand for the product"},
     413: {"model": ErrorBody, "description": "Request body too large"},
+    415: {"model": ErrorBody, "description": "The body was not sent as application/json"},
     422: {"model": ErrorBody, "description": "A field is missing or invalid"},
     500: {"model": ErrorBody, "description": "Model training failed: <reason>"},
     503: {"model": ErrorBody, "description": "Too many fits in flight; see Retry-After"},
     504: {"model": ErrorBody, "description": "The fit took longer than WORKER_TIMEOUT"},
 }
 
-Quantity = Annotated[float, Field(ge=0, le=1e12, allow_inf_nan=False)]
+Quantity = Annotated[float, Field(ge=0, le=MAX_QUANTITY_UNITS, allow_inf_nan=False)]
 
 
 class DemandPoint(TypedDict):
@@ -60,7 +62,9 @@ class ForecastRequest(BaseModel):
 
 class StockoutRequest(BaseModel):
     product_id: Identifier
-    current_stock_units: Annotated[float, Field(ge=0, le=1e15, allow_inf_nan=False)] | None = Field(
+    current_stock_units: (
+        Annotated[float, Field(ge=0, le=MAX_STOCK_UNITS, allow_inf_nan=False)] | None
+    ) = Field(
         None,
         description="Units on hand at the end of the history's last day. Omit it to use the "
         "latest stored stock level.",
@@ -156,9 +160,16 @@ Predictions = Annotated[PredictionService, Depends(get_predictions)]
 def _points(data: list[DemandPoint] | None, request: Request) -> list[tuple[date, float]] | None:
     if data is None:
         return None
-    limit: int = request.app.state.settings.http_max_transaction_points
+    settings: Settings = request.app.state.settings
+    limit = settings.http_max_transaction_points
     if len(data) > limit:
         raise BadRequest(f"transaction_data has {len(data)} points; at most {limit} are accepted")
+    # The same dates as on the topics: a history ending near 9999-12-31 cannot be
+    # forecast past it, and one starting in year 1 is a mistake.
+    window = settings.event_time_window(datetime.now(UTC))
+    for index, point in enumerate(data):
+        if problem := window.problem(f"transaction_data[{index}].date", point["date"]):
+            raise BadRequest(problem)
     return [(point["date"], point["quantity"]) for point in data]
 
 

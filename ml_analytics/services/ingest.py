@@ -20,7 +20,14 @@ from typing import Protocol
 import asyncpg
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from ml_analytics.events import DeadLetter, InvalidEvent, StockLevel, Transaction, decode_event
+from ml_analytics.events import (
+    DeadLetter,
+    EventTimeWindow,
+    InvalidEvent,
+    StockLevel,
+    Transaction,
+    decode_event,
+)
 from ml_analytics.lifecycle import RetryPolicy, cancel_and_wait
 from ml_analytics.storage.database import is_transient
 from ml_analytics.storage.queries import (
@@ -62,8 +69,12 @@ def sort_records(
     stock_levels_topic: str,
     zone: tzinfo,
     failed_at: datetime,
+    window: EventTimeWindow | None = None,
 ) -> SortedBatch:
-    """Validate each record; valid ones become rows (first of a repeated event_id wins)."""
+    """Validate each record; valid ones become rows (first of a repeated event_id wins).
+
+    An event whose business day falls outside `window` is a dead letter.
+    """
     batch = SortedBatch()
     seen_transactions: set[str] = set()
     seen_snapshots: set[str] = set()
@@ -74,16 +85,19 @@ def sort_records(
                 if transaction.event_id in seen_transactions:
                     batch.repeated_in_batch += 1
                     continue
-                seen_transactions.add(transaction.event_id)
                 occurred = transaction.occurred_at
+                # business_day(), inlined: this loop runs once per event
+                day = (
+                    occurred.astimezone(zone).date() if isinstance(occurred, datetime) else occurred
+                )
+                if window is not None and (problem := window.problem("occurred_at", day)):
+                    raise InvalidEvent(problem)
+                seen_transactions.add(transaction.event_id)
                 batch.transactions.append(
                     TransactionRow(
                         transaction.event_id,
                         transaction.product_id,
-                        # business_day(), inlined: this loop runs once per event
-                        occurred.astimezone(zone).date()
-                        if isinstance(occurred, datetime)
-                        else occurred,
+                        day,
                         transaction.quantity_units,
                     )
                 )
@@ -92,12 +106,17 @@ def sort_records(
                 if level.event_id in seen_snapshots:
                     batch.repeated_in_batch += 1
                     continue
+                as_of = level.as_of_instant(zone)
+                if window is not None and (
+                    problem := window.problem("as_of", as_of.astimezone(zone).date())
+                ):
+                    raise InvalidEvent(problem)
                 seen_snapshots.add(level.event_id)
                 batch.stock_snapshots.append(
                     StockSnapshotRow(
                         event_id=level.event_id,
                         product_id=level.product_id,
-                        as_of=level.as_of_instant(zone),
+                        as_of=as_of,
                         stock_units=level.stock_units,
                         lead_time_days=level.lead_time_days,
                     )
@@ -180,6 +199,7 @@ async def ingest_records(
     stock_levels_topic: str,
     zone: tzinfo,
     failed_at: datetime,
+    window: EventTimeWindow | None = None,
     chunk_size: int = 2500,
     parallel_writes: int = 2,
     retry: RetryPolicy | None = None,
@@ -208,6 +228,7 @@ async def ingest_records(
                 stock_levels_topic=stock_levels_topic,
                 zone=zone,
                 failed_at=failed_at,
+                window=window,
             )
             dead_letters.extend(batch.dead_letters)
             repeated += batch.repeated_in_batch

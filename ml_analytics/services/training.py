@@ -53,6 +53,7 @@ logger = logging.getLogger(__name__)
 
 ModelListener = Callable[[str], Awaitable[None]]
 BUSY_RETRY_SECONDS = 2.0
+MAX_FAILURE_BACKOFF_SECONDS = 3600.0
 
 
 def forecast_config(settings: Settings) -> ForecastConfig:
@@ -165,7 +166,7 @@ class FitPool:
 def _kill(executor: ProcessPoolExecutor) -> None:
     """Stop a pool now, fits in progress included. Python 3.11 has no public way
     to stop a busy worker, hence the private `_processes`."""
-    for process in list(getattr(executor, "_processes", {}).values()):
+    for process in list((getattr(executor, "_processes", None) or {}).values()):
         with contextlib.suppress(Exception):
             process.kill()
     executor.shutdown(wait=False, cancel_futures=True)
@@ -191,6 +192,7 @@ class ModelTrainer:
         self._waiting: dict[str, None] = {}  # insertion-ordered set
         self._in_flight: set[str] = set()
         self._not_before: dict[str, float] = {}  # failed products wait (monotonic time)
+        self._failures: dict[str, int] = {}  # failed fits in a row, per product
         # More products in hand than workers: while one product's data is read or
         # its model written, the pool already has the next fit queued.
         self._slots = asyncio.Semaphore(settings.worker_count + max(2, settings.worker_count))
@@ -251,6 +253,7 @@ class ModelTrainer:
     async def _train(self, product_id: str) -> None:
         try:
             await self.train_now(product_id)
+            self._failures.pop(product_id, None)
         except ProductBusy:
             # Look again shortly: what the other replica stored may already cover
             # this product's newest data, and then there is nothing to do.
@@ -262,23 +265,32 @@ class ModelTrainer:
                 extra={
                     "product_id": product_id,
                     "error": str(error)[:300],
-                    "retry_in_seconds": self._settings.retrain_failure_backoff_seconds,
+                    "retry_in_seconds": self._retry_later(product_id),
                 },
             )
-            self._retry_later(product_id)
         except Exception:
-            logger.exception("training a product failed", extra={"product_id": product_id})
-            self._retry_later(product_id)
+            logger.exception(
+                "training a product failed",
+                extra={"product_id": product_id, "retry_in_seconds": self._retry_later(product_id)},
+            )
         finally:
             self._in_flight.discard(product_id)
             self._slots.release()
             self._wake.set()
 
-    def _retry_later(self, product_id: str) -> None:
+    def _retry_later(self, product_id: str) -> float:
+        """Try a failed product again later, waiting twice as long after each failure
+        in a row (up to an hour): a product whose fit always fails does not take a
+        worker every minute."""
         metrics.FITS.labels("failed").inc()
-        backoff = self._settings.retrain_failure_backoff_seconds
+        failures = self._failures[product_id] = self._failures.get(product_id, 0) + 1
+        backoff = min(
+            self._settings.retrain_failure_backoff_seconds * 2 ** (failures - 1),
+            max(MAX_FAILURE_BACKOFF_SECONDS, self._settings.retrain_failure_backoff_seconds),
+        )
         self._not_before[product_id] = time.monotonic() + backoff
         self._waiting[product_id] = None
+        return backoff
 
     async def train_now(self, product_id: str, *, force: bool = False) -> StoredModel | None:
         """Fit the product if the policy (or `force`) says so; returns the stored model.
@@ -338,7 +350,9 @@ class ModelTrainer:
             )
             if not (decision.retrain or force):
                 return None
-            series = await daily_demand_series(connection, product_id)
+            series = await daily_demand_series(
+                connection, product_id, max_days=self._settings.training_max_history_days
+            )
         if not series:
             return None
         values = np.array([day.quantity_units for day in series], dtype=float)

@@ -18,6 +18,7 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
 
 def create_engine(settings: Settings) -> AsyncEngine:
+    timeout_ms = str(round(settings.database_statement_timeout_seconds * 1000))
     return create_async_engine(
         settings.sqlalchemy_url,
         pool_size=settings.database_pool_size,
@@ -25,6 +26,16 @@ def create_engine(settings: Settings) -> AsyncEngine:
         pool_pre_ping=True,
         # Hide parameters from error messages and logs: they may hold event payloads.
         hide_parameters=True,
+        # No statement of the service runs without end, and no session sits in an
+        # open transaction holding locks; any role may set these for itself.
+        # (temp_file_limit, which caps one query's temporary files, needs a superuser:
+        # deploy/postgres-roles.sql and the compose file set it.)
+        connect_args={
+            "server_settings": {
+                "statement_timeout": timeout_ms,
+                "idle_in_transaction_session_timeout": str(max(int(timeout_ms), 60_000)),
+            }
+        },
     )
 
 

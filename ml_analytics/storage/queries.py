@@ -243,25 +243,32 @@ async def product_summary(connection: AsyncConnection, product_id: str) -> Produ
     return None if row is None else _summary(row)
 
 
+# No series read is longer than this, whatever the bounds say (a century of days).
+MAX_SERIES_DAYS = 36_600
+
+
 async def daily_demand_series(
     connection: AsyncConnection,
     product_id: str,
     first_day: date | None = None,
     last_day: date | None = None,
+    max_days: int = MAX_SERIES_DAYS,
 ) -> list[DemandDay]:
     """A product's daily demand, days without transactions as zero, in day order.
 
     The series runs from the first to the last day with data, narrowed to
-    [first_day, last_day] when given. Empty for a product without transactions.
+    [first_day, last_day] when given, and to its latest `max_days` days. Empty for
+    a product without transactions.
     """
     result = await connection.execute(
         text(
             """
-WITH bounds AS (
+WITH span AS (
     SELECT GREATEST(first_day, COALESCE(CAST(:first_day AS date), first_day)) AS lo,
            LEAST(last_day, COALESCE(CAST(:last_day AS date), last_day)) AS hi
     FROM products WHERE product_id = :product_id AND first_day IS NOT NULL
-)
+),
+bounds AS (SELECT GREATEST(lo, hi - CAST(:max_days AS integer) + 1) AS lo, hi FROM span)
 SELECT CAST(day AS date) AS day,
        COALESCE(d.quantity_units, 0) AS quantity_units,
        COALESCE(d.transaction_count, 0) AS transactions
@@ -271,7 +278,12 @@ LEFT JOIN daily_demand AS d
 ORDER BY day
 """
         ),
-        {"product_id": product_id, "first_day": first_day, "last_day": last_day},
+        {
+            "product_id": product_id,
+            "first_day": first_day,
+            "last_day": last_day,
+            "max_days": min(max_days, MAX_SERIES_DAYS),
+        },
     )
     return [
         DemandDay(

@@ -6,15 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import threading
-import time
 from collections import Counter
 from collections.abc import Iterator
 
 import hypothesis
 import pytest
 import schemathesis
-import uvicorn
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
     negative_data_rejection,
@@ -27,6 +24,7 @@ from ml_analytics.devstack import free_port
 from ml_analytics.http.app import create_app
 from ml_analytics.storage.database import create_engine, migrate
 from tests.conftest import make_settings
+from tests.helpers import serving_http
 from tests.services import StackServices
 
 pytestmark = pytest.mark.integration
@@ -41,23 +39,13 @@ def api_schema(services: StackServices) -> Iterator[schemathesis.BaseSchema]:
 
     database_url = asyncio.run(fresh_database())
     # Short histories keep the fits the fuzzer reaches quick.
-    settings = make_settings(services, database_url, http_max_history_days=120)
-    app = create_app(settings, create_engine(settings), build_broker(settings), manage_broker=False)
     port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on")
-    )
-    thread = threading.Thread(target=server.run, name="api-under-fuzz", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.05)
+    settings = make_settings(services, database_url, http_max_history_days=120, ml_port=port)
+    app = create_app(settings, create_engine(settings), build_broker(settings), manage_broker=False)
     try:
-        yield schemathesis.openapi.from_url(f"http://127.0.0.1:{port}/openapi.json")
+        with serving_http(app, settings) as url:
+            yield schemathesis.openapi.from_url(f"{url}/openapi.json")
     finally:
-        server.should_exit = True
-        thread.join(timeout=30)
         asyncio.run(services.drop_database(database_url))
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
@@ -9,7 +11,12 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from ml_analytics.events import (
+    DEAD_LETTER_MAX_KEY_BYTES,
+    DEAD_LETTER_MAX_VALUE_BYTES,
+    MAX_QUANTITY_UNITS,
+    MAX_STOCK_UNITS,
     DeadLetter,
+    EventTimeWindow,
     InvalidEvent,
     StockLevel,
     Transaction,
@@ -179,3 +186,85 @@ def test_dead_letter_keeps_non_utf8_bytes_as_base64() -> None:
         "oops",
         "utf-8",
     )
+
+
+def _letter(key: bytes | None, value: bytes | None) -> DeadLetter:
+    return DeadLetter.for_record(
+        topic="t",
+        partition=0,
+        offset=9,
+        key=key,
+        value=value,
+        error="value is not valid JSON",
+        failed_at=datetime(2026, 11, 1, tzinfo=UTC),
+    )
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        b"\x01" * 180_000,  # valid UTF-8 that JSON escapes six-fold (\u0001)
+        b"\xff" * 800_000,  # not UTF-8: base64
+        ('"' * 300_000).encode(),  # escaped two-fold
+    ],
+    ids=["control-characters", "invalid-utf8", "quotes"],
+)
+def test_dead_letter_of_a_huge_value_is_cut_to_fit_the_producer_limit(value: bytes) -> None:
+    letter = _letter(b"k" * 50_000, value)
+    assert len(letter.model_dump_json().encode()) < 512 * 1024  # the producer's limit is 1 MiB
+    assert len(letter.kafka_key() or b"") <= DEAD_LETTER_MAX_KEY_BYTES
+    assert letter.value_truncated and letter.key_truncated
+    assert letter.value_bytes == len(value)
+    assert letter.value_sha256 == hashlib.sha256(value).hexdigest()
+    assert letter.key_sha256 == hashlib.sha256(b"k" * 50_000).hexdigest()
+    kept = base64.b64decode(letter.value) if letter.value_encoding == "base64" else letter.value
+    assert value.startswith(kept.encode() if isinstance(kept, str) else kept)
+    assert len(kept) == DEAD_LETTER_MAX_VALUE_BYTES
+    assert f"cut to its first {DEAD_LETTER_MAX_VALUE_BYTES} of {len(value)} bytes" in letter.error
+
+
+def test_dead_letter_cut_inside_a_character_stays_text() -> None:
+    # "é" is two bytes: after one "a" the cut lands in the middle of one
+    letter = _letter(None, b"a" + "é".encode() * DEAD_LETTER_MAX_VALUE_BYTES)
+    assert letter.value_encoding == "utf-8"
+    assert letter.value == "a" + "é" * (DEAD_LETTER_MAX_VALUE_BYTES // 2 - 1)
+
+
+def test_small_dead_letter_is_kept_whole_and_says_its_length() -> None:
+    letter = _letter(b"SKU", b"oops")
+    assert (letter.value, letter.value_bytes, letter.value_truncated) == ("oops", 4, False)
+    assert letter.value_sha256 is None and letter.kafka_key() == b"SKU"
+    assert "cut" not in letter.error
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "reason"),
+    [
+        ("quantity_units", 1e308, "less than or equal to 1000000000000"),
+        ("quantity_units", MAX_QUANTITY_UNITS * 2, "less than or equal to"),
+    ],
+)
+def test_quantities_past_the_bound_are_refused(field: str, value: float, reason: str) -> None:
+    event = {"event_id": "e", "product_id": "p", "occurred_at": "2026-11-01", field: value}
+    with pytest.raises(InvalidEvent) as caught:
+        decode_event(Transaction, json.dumps(event).encode())
+    assert reason in str(caught.value) and field in str(caught.value)
+
+
+def test_stock_past_the_bound_is_refused() -> None:
+    event = {"event_id": "e", "product_id": "p", "as_of": "2026-11-01", "stock_units": 1e300}
+    with pytest.raises(InvalidEvent, match="stock_units"):
+        decode_event(StockLevel, json.dumps(event).encode())
+    decode_event(StockLevel, json.dumps({**event, "stock_units": MAX_STOCK_UNITS}).encode())
+
+
+def test_event_time_window_names_the_field_and_its_bounds() -> None:
+    window = EventTimeWindow.around(datetime(2026, 11, 28, 12, tzinfo=UTC), date(1970, 1, 1), 3)
+    assert window.problem("occurred_at", date(2026, 12, 1)) is None
+    assert window.problem("occurred_at", date(1970, 1, 1)) is None
+    problem = window.problem("occurred_at", date(9999, 12, 31))
+    assert problem == (
+        "occurred_at: 9999-12-31 is outside the accepted dates 1970-01-01 .. 2026-12-01 "
+        "(EVENT_TIME_EARLIEST, EVENT_TIME_MAX_FUTURE_DAYS)"
+    )
+    assert window.problem("as_of", date(1000, 1, 1)) is not None

@@ -92,3 +92,32 @@ def test_event_time_that_overflows_in_the_business_zone_is_a_dead_letter() -> No
     )
     assert [row.event_id for row in batch.transactions] == ["fine"]
     assert "cannot be processed" in batch.dead_letters[0].error
+
+
+def test_events_outside_the_accepted_dates_are_dead_letters_and_the_rest_counted() -> None:
+    from ml_analytics.events import EventTimeWindow
+
+    window = EventTimeWindow(date(1970, 1, 1), date(2026, 11, 30))
+    level = b'{"event_id":"s","product_id":"p","as_of":"9999-12-31","stock_units":4}'
+    batch = sort_records(
+        [
+            Record(TX, 0, 0, b"p", tx("far", occurred_at="9999-12-31")),
+            Record(TX, 0, 1, b"p", tx("year-one", occurred_at="0001-01-01")),
+            Record(TX, 0, 2, b"p", tx("medieval", occurred_at="1000-01-01T00:00:00Z")),
+            Record(SL, 0, 0, b"p", level),
+            Record(TX, 0, 3, b"p", tx("fine", occurred_at="2026-11-30T23:00:00Z")),
+        ],
+        transactions_topic=TX,
+        stock_levels_topic=SL,
+        zone=UTC,
+        failed_at=NOW,
+        window=window,
+    )
+    assert [row.event_id for row in batch.transactions] == ["fine"]
+    assert batch.stock_snapshots == []
+    errors = [letter.error for letter in batch.dead_letters]
+    assert errors[0].startswith("occurred_at: 9999-12-31 is outside the accepted dates")
+    assert errors[1].startswith("occurred_at: 0001-01-01 is outside")
+    assert errors[2].startswith("occurred_at: 1000-01-01 is outside")
+    assert errors[3].startswith("as_of: 9999-12-31 is outside")
+    assert all("1970-01-01 .. 2026-11-30" in error for error in errors)
