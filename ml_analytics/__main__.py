@@ -1,4 +1,4 @@
-"""The command line: `run`, `dev`, `replay`, `migrate`."""
+"""The command line: `run`, `dev`, `replay`, `watch`, `skip`, `migrate`."""
 
 from __future__ import annotations
 
@@ -127,6 +127,32 @@ def build_parser() -> argparse.ArgumentParser:
     )
     watch.add_argument("--json", action="store_true", help="print the events as JSON lines")
 
+    skip = commands.add_parser(
+        "skip",
+        help="move a stalled partition past a record batch that cannot be decoded",
+        description=(
+            "When GET /ready names a partition stuck at an offset (a record batch the "
+            "consumer cannot decode), ask the replica that owns it to skip that batch. The "
+            "skipped offsets are recorded in the dead-letter topic; the records stay in the "
+            "topic until its retention ends. Refused unless the partition is stuck on a "
+            "batch holding OFFSET. Needs a running service (it carries the request out) "
+            "and DATABASE_URL."
+        ),
+    )
+    skip.add_argument("--topic", required=True, help="the stalled topic")
+    skip.add_argument("--partition", type=int, required=True, help="the stalled partition")
+    skip.add_argument(
+        "--offset", type=int, required=True, help="the offset it is stuck at (from /ready)"
+    )
+    skip.add_argument("--reason", help="a note kept with the request and in the dead letter")
+    skip.add_argument(
+        "--wait",
+        type=_positive,
+        default=60.0,
+        metavar="SECONDS",
+        help="how long to wait for the outcome (default 60); the request stays queued after",
+    )
+
     migrate = commands.add_parser("migrate", help="apply database migrations and exit")
     migrate.add_argument(
         "--topics",
@@ -151,6 +177,10 @@ def main(argv: list[str] | None = None) -> int:
 
         with contextlib.suppress(KeyboardInterrupt):
             run_async(watch_risk_events(Settings(), as_json=args.json))
+    elif args.command == "skip":
+        from ml_analytics.skip import request_and_wait
+
+        return run_async(request_and_wait(Settings(), args))
     elif args.command == "migrate":
         from ml_analytics.logs import configure_logging
         from ml_analytics.storage.database import migrate

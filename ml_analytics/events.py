@@ -196,6 +196,12 @@ class DeadLetter(BaseModel):
     )
     key_truncated: bool = False
     key_sha256: str | None = None
+    last_offset: int | None = Field(
+        default=None,
+        description="For records skipped by an operator (ml-analytics skip): the last offset "
+        "skipped; `offset` is the first. Their bytes stay in the source topic until its "
+        "retention ends.",
+    )
 
     @classmethod
     def for_record(

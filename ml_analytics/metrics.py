@@ -34,6 +34,17 @@ CONSUMER_LAG = Gauge(
     "Records of an owned input partition not yet committed, as of the last fetch.",
     ["topic", "partition"],
 )
+CONSUMER_ERRORS = Counter(
+    "ml_analytics_consumer_errors",
+    "Record batches the consumer could not decode (its partition is paused until skipped), "
+    "by topic, partition and error.",
+    ["topic", "partition", "reason"],
+)
+KEY_MISMATCHES = Counter(
+    "ml_analytics_key_mismatches",
+    "Valid events whose Kafka key is not their product_id (counted for the value's product).",
+    ["topic"],
+)
 FITS = Counter(
     "ml_analytics_model_fits_total",
     "Model fits, by result (started, succeeded, failed).",

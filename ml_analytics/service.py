@@ -91,6 +91,7 @@ def build_app(settings: Settings, engine: AsyncEngine, broker: KafkaBroker) -> F
     )
     app.state.trainer = trainer
     app.state.risk = risk
+    app.state.ingestion = ingestion
     return app
 
 

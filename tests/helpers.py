@@ -51,6 +51,37 @@ async def publish(
     return len(futures)
 
 
+async def publish_to_partition(
+    settings: Settings,
+    topic: str,
+    partition: int,
+    events: Iterable[tuple[bytes | None, bytes]],
+    *,
+    compression: str | None = None,
+    one_batch: bool = False,
+) -> None:
+    """Publish (key, value) pairs to one partition, in order, waiting for every ack;
+    with `one_batch`, as a single record batch (compressed as one, if at all)."""
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        enable_idempotence=settings.kafka_enable_idempotence,
+        acks="all",
+        compression_type=compression,
+    )
+    await producer.start()
+    try:
+        if one_batch:
+            batch = producer.create_batch()
+            for key, value in events:
+                assert batch.append(key=key, value=value, timestamp=None) is not None
+            await (await producer.send_batch(batch, topic, partition=partition))
+        else:
+            for key, value in events:
+                await producer.send_and_wait(topic, value, key=key, partition=partition)
+    finally:
+        await producer.stop()
+
+
 def keyed(events: Iterable[dict[str, Any]]) -> list[tuple[bytes | None, dict[str, Any] | bytes]]:
     return [(str(event["product_id"]).encode(), event) for event in events]
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -28,6 +29,8 @@ from faststream.message import StreamMessage
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ml_analytics import metrics
+from ml_analytics.consumers.skipping import StallSkipper
+from ml_analytics.consumers.stalls import PartitionStalls
 from ml_analytics.events import DeadLetter
 from ml_analytics.kafka import kafka_security
 from ml_analytics.lifecycle import RetryPolicy, cancel_and_wait
@@ -67,8 +70,15 @@ async def _raw_values(message: StreamMessage[Any]) -> Any:
     return message.body
 
 
+Job = Callable[[], Awaitable[None]]
+
+
 class IngestionPipeline:
-    """One worker that writes handed-over batches in order and commits their offsets."""
+    """One worker that writes handed-over batches in order and commits their offsets.
+
+    Other work that must not overtake a batch's commit (skipping a bad batch moves
+    a committed offset) runs through the same worker (`run_in_order`).
+    """
 
     def __init__(
         self,
@@ -83,23 +93,78 @@ class IngestionPipeline:
         self._on_batch = on_batch
         self._retry = RetryPolicy(max_delay_seconds=settings.ingest_retry_max_seconds)
         # One batch waiting while one is written: backpressure on the fetch loop.
-        self._queue: asyncio.Queue[tuple[Sequence[KafkaRecord], AIOKafkaConsumer]] = asyncio.Queue(
-            maxsize=1
-        )
+        self._queue: asyncio.Queue[Job] = asyncio.Queue(maxsize=1)
         self._worker: asyncio.Task[None] | None = None
         self._closed = False
+        # Since when (monotonic) the batch in hand keeps failing, and why: for /ready.
+        self._failing: tuple[float, str] | None = None
+        self._consumer: Callable[[], AIOKafkaConsumer | None] = lambda: None
+        self.stalls = PartitionStalls(lambda: self._consumer(), on_stall=self._stalled)
+        self._skipper = StallSkipper(
+            self.stalls,
+            lambda: self._consumer(),
+            engine,
+            self.run_in_order,
+            lambda letters: _publish_dead_letters(broker, settings, letters),
+        )
+
+    def attach(self, consumer: Callable[[], AIOKafkaConsumer | None]) -> None:
+        """Where to find the consumer (FastStream creates it when the broker starts);
+        from now on its undecodable batches are claimed here."""
+        self._consumer = consumer
+        self.stalls.start()
+
+    def _stalled(self) -> None:
+        self._skipper.wake()
 
     async def submit(self, records: Sequence[KafkaRecord], consumer: AIOKafkaConsumer) -> None:
         """Hand a fetched batch over; waits while the previous one is still queued."""
+        await self._put(functools.partial(self._process, records, consumer))
+
+    async def run_in_order(self, job: Job) -> bool:
+        """Run `job` in the worker after the batches handed over before it; False when
+        the pipeline is shutting down (the job did not run)."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        async def tracked() -> None:
+            try:
+                await job()
+            except BaseException as error:
+                done.set_exception(error)
+                raise
+            done.set_result(None)
+
+        if not await self._put(tracked):
+            return False
+        await done
+        return True
+
+    async def _put(self, job: Job) -> bool:
         if self._closed:
-            return  # shutting down: not taken, not committed, delivered again later
+            return False  # shutting down: not taken, not committed, delivered again later
         if self._worker is None or self._worker.done():
             self._worker = asyncio.create_task(self._run(), name="ingestion-worker")
-        await self._queue.put((records, consumer))
+        await self._queue.put(job)
+        return True
+
+    def problems(self, after_seconds: float = 10.0) -> list[str]:
+        """Why ingestion is not making progress, for /ready: a stalled partition, or a
+        batch failing for longer than `after_seconds`."""
+        found = [f"{stall.describe()}; see `ml-analytics skip`" for stall in self.stalls.current()]
+        if self._failing is not None:
+            since, error = self._failing
+            failing_for = time.monotonic() - since
+            if failing_for >= after_seconds:
+                found.append(
+                    f"a consumed batch has failed for {failing_for:.0f} s (retrying): {error}"
+                )
+        return found
 
     async def drain(self, timeout_seconds: float) -> None:
         """Finish and commit the batches handed over, take no more, stop the worker."""
         self._closed = True
+        self.stalls.stop()
+        await self._skipper.stop()
         if self._worker is None:
             return
         try:
@@ -113,9 +178,11 @@ class IngestionPipeline:
 
     async def _run(self) -> None:
         while True:
-            records, consumer = await self._queue.get()
+            job = await self._queue.get()
             try:
-                await self._process(records, consumer)
+                await job()
+            except Exception:
+                logger.exception("an ingestion job failed")
             finally:
                 self._queue.task_done()
 
@@ -138,10 +205,13 @@ class IngestionPipeline:
                     retry=self._retry,
                 )
                 await _publish_dead_letters(self._broker, self._settings, result.dead_letters)
+                self._failing = None
                 break
             except Exception as error:
                 # Not a database outage (ingest_records waits those out): for
                 # example the broker refusing dead letters. Keep the batch.
+                if self._failing is None:
+                    self._failing = (time.monotonic(), repr(error)[:300])
                 delay = next(pauses)
                 metrics.BATCHES.labels("failed").inc()
                 logger.exception(
@@ -167,8 +237,7 @@ def add_ingestion(
     Call the returned pipeline's `drain()` before stopping the broker.
     """
     pipeline = IngestionPipeline(broker, settings, engine, on_batch)
-
-    @broker.subscriber(
+    subscriber = broker.subscriber(
         Topic(settings.transactions_topic, declare=False),
         Topic(settings.stock_levels_topic, declare=False),
         batch=True,
@@ -180,10 +249,17 @@ def add_ingestion(
         # Offsets are committed by the pipeline, per batch, after the writes.
         ack_policy=AckPolicy.MANUAL,
         decoder=_raw_values,
-        listener=_AssignmentListener((settings.transactions_topic, settings.stock_levels_topic)),
+        # A transactional producer's aborted events are never counted.
+        isolation_level="read_committed",
+        listener=_AssignmentListener(
+            (settings.transactions_topic, settings.stock_levels_topic), pipeline.stalls
+        ),
         title="ingest",
         description="Transactions and stock levels into the daily aggregates.",
     )
+    pipeline.attach(lambda: subscriber.consumer)
+
+    @subscriber
     async def ingest(values: Any, message: KafkaMessage) -> None:
         records = message.raw_message
         if not isinstance(records, tuple):
@@ -196,8 +272,9 @@ def add_ingestion(
 class _AssignmentListener(ConsumerRebalanceListener):  # type: ignore[misc]
     """Logs and exposes which partitions (and so which products) this replica owns."""
 
-    def __init__(self, topics: tuple[str, ...]) -> None:
+    def __init__(self, topics: tuple[str, ...], stalls: PartitionStalls) -> None:
         self._topics = topics
+        self._stalls = stalls
         self._owned: set[TopicPartition] = set()
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
@@ -205,6 +282,7 @@ class _AssignmentListener(ConsumerRebalanceListener):  # type: ignore[misc]
         for partition in revoked:  # another replica reports these now
             with contextlib.suppress(KeyError):
                 metrics.CONSUMER_LAG.remove(partition.topic, str(partition.partition))
+            self._stalls.resolved(partition)  # its new owner meets the bad batch again
         self._publish("partitions revoked", revoked)
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
@@ -305,6 +383,8 @@ def _observe(result: IngestResult, settings: Settings, started: float) -> None:
     )
     for letter in result.dead_letters:
         metrics.DEAD_LETTERS.labels(letter.source_topic).inc()
+    for topic, count in result.key_mismatches.items():
+        metrics.KEY_MISMATCHES.labels(topic).inc(count)
     metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
     logger.debug(
         "batch committed",

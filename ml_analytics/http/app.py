@@ -233,13 +233,18 @@ def create_app(
     @app.head(
         "/ready", tags=["operations"], responses=readiness_responses, operation_id="ready_head"
     )
-    async def ready(engine: Engine, broker: Broker) -> JSONResponse:
-        """200 when PostgreSQL and the broker answer; 503 naming the part that does not."""
+    async def ready(engine: Engine, broker: Broker, request: Request) -> JSONResponse:
+        """200 when PostgreSQL and the broker answer and ingestion makes progress; 503
+        naming the part that does not (a partition stuck on a batch that cannot be
+        decoded, a batch that keeps failing)."""
         checks = await asyncio.gather(
             _check("postgresql", database_answers(engine)),
             _check("kafka", _broker_answers(broker)),
         )
         failing = {name: problem for name, problem in checks if problem}
+        ingestion = getattr(request.app.state, "ingestion", None)
+        if ingestion is not None and (stuck := ingestion.problems()):
+            failing["ingestion"] = "; ".join(stuck)
         if failing:
             detail = "; ".join(f"{name}: {problem}" for name, problem in failing.items())
             return JSONResponse(
@@ -250,9 +255,8 @@ def create_app(
                     "failing": sorted(failing),
                 },
             )
-        return JSONResponse(
-            content={"status": "ready", "checks": {"postgresql": "ok", "kafka": "ok"}}
-        )
+        checked = ("postgresql", "kafka", "ingestion") if ingestion else ("postgresql", "kafka")
+        return JSONResponse(content={"status": "ready", "checks": dict.fromkeys(checked, "ok")})
 
     @app.get("/metrics", response_class=PlainTextResponse, tags=["operations"])
     async def metrics_text() -> PlainTextResponse:

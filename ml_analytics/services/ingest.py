@@ -56,6 +56,13 @@ class SortedBatch:
     stock_snapshots: list[StockSnapshotRow] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
     repeated_in_batch: int = 0
+    # Valid events keyed other than by their product_id, per topic. Counted all the
+    # same, for the value's product: every write is per product and commutes, so the
+    # partition an event arrives on does not change what is stored.
+    key_mismatches: dict[str, int] = field(default_factory=dict)
+
+    def count_key_mismatch(self, topic: str) -> None:
+        self.key_mismatches[topic] = self.key_mismatches.get(topic, 0) + 1
 
     @property
     def valid_events(self) -> int:
@@ -82,6 +89,8 @@ def sort_records(
         try:
             if record.topic == transactions_topic:
                 transaction = decode_event(Transaction, record.value)
+                if record.key is not None and record.key != transaction.product_id.encode():
+                    batch.count_key_mismatch(record.topic)
                 if transaction.event_id in seen_transactions:
                     batch.repeated_in_batch += 1
                     continue
@@ -103,6 +112,8 @@ def sort_records(
                 )
             elif record.topic == stock_levels_topic:
                 level = decode_event(StockLevel, record.value)
+                if record.key is not None and record.key != level.product_id.encode():
+                    batch.count_key_mismatch(record.topic)
                 if level.event_id in seen_snapshots:
                     batch.repeated_in_batch += 1
                     continue
@@ -189,6 +200,7 @@ class IngestResult:
     dead_letters: list[DeadLetter]
     repeated_in_batch: int
     database_retries: int
+    key_mismatches: dict[str, int] = field(default_factory=dict)
 
 
 async def ingest_records(
@@ -219,6 +231,7 @@ async def ingest_records(
     total = BatchOutcome()
     dead_letters: list[DeadLetter] = []
     repeated = 0
+    key_mismatches: dict[str, int] = {}
     in_flight: list[asyncio.Task[BatchOutcome]] = []
     try:
         for number, start in enumerate(range(0, len(records), chunk_size)):
@@ -232,6 +245,8 @@ async def ingest_records(
             )
             dead_letters.extend(batch.dead_letters)
             repeated += batch.repeated_in_batch
+            for topic, count in batch.key_mismatches.items():
+                key_mismatches[topic] = key_mismatches.get(topic, 0) + count
             if len(in_flight) == len(writers):
                 total += await in_flight.pop(0)
             writer = writers[number % len(writers)]
@@ -244,7 +259,9 @@ async def ingest_records(
             await cancel_and_wait(task)
         for writer in writers:
             await writer.close()
-    return IngestResult(total, dead_letters, repeated, sum(w.retries for w in writers))
+    return IngestResult(
+        total, dead_letters, repeated, sum(w.retries for w in writers), key_mismatches
+    )
 
 
 class _ChunkWriter:

@@ -12,6 +12,7 @@ from sqlalchemy import (
     Date,
     DateTime,
     Float,
+    Identity,
     Index,
     Integer,
     LargeBinary,
@@ -142,4 +143,25 @@ prediction_cache = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("expires_at", DateTime(timezone=True), nullable=False),
     Index("ix_prediction_cache_expires_at", "expires_at"),
+)
+
+# Operators' requests to skip a record batch the consumer cannot decode (ml-analytics
+# skip); the replica that owns the partition carries them out.
+partition_skips = Table(
+    "partition_skips",
+    metadata,
+    Column("request_id", BigInteger, Identity(), primary_key=True),
+    Column("topic", Text, nullable=False),
+    Column("partition", Integer, nullable=False),
+    Column("offset", BigInteger, nullable=False),
+    Column("reason", Text, nullable=True),
+    Column("requested_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("status", Text, nullable=False, server_default="pending"),
+    Column("outcome", Text, nullable=True),
+    Column("skipped_from", BigInteger, nullable=True),
+    Column("skipped_to", BigInteger, nullable=True),
+    Column("done_at", DateTime(timezone=True), nullable=True),
+    Index(
+        "ix_partition_skips_pending", "requested_at", postgresql_where=text("status = 'pending'")
+    ),
 )

@@ -1,0 +1,157 @@
+"""Carrying out operators' skip requests (`ml-analytics skip`) for stalled partitions.
+
+An offset commit from outside an active consumer group is refused by Kafka, so the
+command does not commit: it queues a request in PostgreSQL, and the replica whose
+consumer is stuck on that partition carries it out. While a replica has a stalled
+partition it looks for requests every second. A request is carried out only when
+its offset lies in the batch the partition is stuck on (a typo cannot skip good
+records); otherwise it is refused with the reason. Carrying it out, in the
+ingestion worker after the batches before it:
+1. a dead letter records what is skipped (topic, partition, first and last offset,
+   the decoding error, the request); the records stay in the topic until its
+   retention ends, for whoever wants to recover them;
+2. the consumer seeks past the batch, commits that offset and resumes the partition;
+3. the request is marked done with the range skipped.
+A crash between 1 and 2 publishes the dead letter again on the next attempt; no
+record is skipped without one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from aiokafka import TopicPartition
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from ml_analytics.consumers.stalls import PartitionStalls, Stall
+from ml_analytics.events import DeadLetter
+from ml_analytics.lifecycle import cancel_and_wait
+from ml_analytics.storage.skips import SkipRequest, finish_skip, pending_skips
+
+logger = logging.getLogger(__name__)
+
+POLL_SECONDS = 1.0
+
+RunInOrder = Callable[[Callable[[], Awaitable[None]]], Awaitable[bool]]
+PublishDeadLetters = Callable[[list[DeadLetter]], Awaitable[None]]
+
+
+class StallSkipper:
+    """Watches for skip requests while this replica has a stalled partition."""
+
+    def __init__(
+        self,
+        stalls: PartitionStalls,
+        consumer: Callable[[], Any],
+        engine: AsyncEngine,
+        run_in_order: RunInOrder,
+        publish_dead_letters: PublishDeadLetters,
+    ) -> None:
+        self._stalls = stalls
+        self._consumer = consumer
+        self._engine = engine
+        self._run_in_order = run_in_order
+        self._publish = publish_dead_letters
+        self._task: asyncio.Task[None] | None = None
+
+    def wake(self) -> None:
+        """A partition stalled: look for requests until none is stalled any more."""
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._watch(), name="skip-requests")
+
+    async def stop(self) -> None:
+        await cancel_and_wait(self._task)
+        self._task = None
+
+    async def _watch(self) -> None:
+        while self._stalls.current():
+            try:
+                await self.handle_requests()
+            except Exception as error:
+                logger.warning("reading skip requests failed", extra={"error": repr(error)[:300]})
+            await asyncio.sleep(POLL_SECONDS)
+
+    async def handle_requests(self) -> None:
+        async with self._engine.connect() as connection:
+            requests = await pending_skips(connection)
+        for request in requests:
+            partition = TopicPartition(request.topic, request.partition)
+            stall = self._stalls.get(partition)
+            if stall is None:
+                continue  # not stuck here: another replica's, or not stuck (yet)
+            if _covers(stall, request.offset):
+                await self._run_in_order(functools.partial(self._skip, request, stall))
+            else:
+                await self._finish(
+                    request,
+                    "refused",
+                    f"{stall.describe()}; offset {request.offset} is not in that batch: "
+                    f"ask to skip offset {stall.offset}",
+                )
+
+    async def _skip(self, request: SkipRequest, stall: Stall) -> None:
+        consumer = self._consumer()
+        partition = stall.partition
+        if (
+            consumer is None
+            or self._stalls.get(partition) is not stall
+            or partition not in consumer.assignment()
+        ):
+            return  # it moved to another replica meanwhile: the request stays pending
+        past = stall.batch_next_offset if stall.batch_next_offset is not None else stall.offset + 1
+        note = f" ({request.reason})" if request.reason else ""
+        letter = DeadLetter(
+            source_topic=partition.topic,
+            partition=partition.partition,
+            offset=stall.offset,
+            last_offset=past - 1,
+            key=None,
+            value=None,
+            error=(
+                f"skipped by an operator (ml-analytics skip, request {request.request_id}{note}): "
+                f"the records at offsets {stall.offset}..{past - 1} could not be decoded "
+                f"({stall.error}); they stay in the topic until its retention ends"
+            ),
+            failed_at=datetime.now(UTC),
+        )
+        await self._publish([letter])
+        consumer.seek(partition, past)
+        await consumer.commit({partition: past})
+        consumer.resume(partition)
+        self._stalls.resolved(partition)
+        logger.warning(
+            "skipped an undecodable record batch on an operator's request",
+            extra={
+                "topic": partition.topic,
+                "partition": partition.partition,
+                "first_offset": stall.offset,
+                "last_offset": past - 1,
+                "request_id": request.request_id,
+            },
+        )
+        await self._finish(
+            request,
+            "skipped",
+            f"skipped offsets {stall.offset}..{past - 1} of {stall.label}; a dead letter says so",
+            (stall.offset, past - 1),
+        )
+
+    async def _finish(
+        self,
+        request: SkipRequest,
+        status: Any,
+        outcome: str,
+        skipped: tuple[int, int] | None = None,
+    ) -> None:
+        async with self._engine.begin() as connection:
+            await finish_skip(connection, request.request_id, status, outcome, skipped)
+
+
+def _covers(stall: Stall, offset: int) -> bool:
+    end = stall.batch_next_offset if stall.batch_next_offset is not None else stall.offset + 1
+    return stall.offset <= offset < end

@@ -1,0 +1,196 @@
+"""Record batches the consumer cannot decode: found per partition, made loud, and
+skipped only when an operator says so.
+
+aiokafka decodes a fetched batch while `getmany()` hands out records. A batch it
+cannot decode (a corrupt batch, a compression it cannot undo) raises there, on
+every fetch of that partition, forever; the records already drained from the
+other partitions in that call are dropped with the exception, and FastStream's
+consume loop logs and tries again. So one bad batch stalled its partition
+silently and could lose the other partitions' records.
+
+Here aiokafka's per-partition record iterator is replaced (`install_guard`) by one
+that, on such an error, reports a `Stall` with the batch's offsets (its header is
+readable even when its records are not) and ends that partition's records instead
+of raising: `getmany()` returns the other partitions' records and this one's
+records before the bad batch, and the consumer's position stays on it. The
+ingestion consumer claims the stall (`PartitionStalls`): it pauses just that
+partition, logs an ERROR once, counts it in
+`ml_analytics_consumer_errors_total{topic,partition,reason}` and `GET /ready`
+answers 503 naming it, while the other partitions keep flowing. `ml-analytics
+skip` moves past it (see `skip_stalled_batch` in consumers/ingestion.py). A
+consumer that does not claim a stall (a test's reader, `watch`) gets aiokafka's
+error as before.
+
+This replaces a class inside aiokafka's fetcher, so aiokafka is pinned to 0.14.x
+and tests/unit/test_stalls.py checks the replacement against real batches.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import aiokafka.consumer.fetcher as aiokafka_fetcher
+from aiokafka import TopicPartition
+
+from ml_analytics import metrics
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Stall:
+    """A partition whose records from `offset` on cannot be decoded."""
+
+    partition: TopicPartition
+    offset: int  # the consumer's position: the first record not delivered
+    batch_next_offset: int | None  # just past the bad batch (None: its header was unreadable)
+    error: str  # the error, as "ClassName: message"
+    reason: str  # the error's class name, the metric's label
+    detected_at: datetime
+
+    @property
+    def label(self) -> str:
+        return f"{self.partition.topic}[{self.partition.partition}]"
+
+    def describe(self) -> str:
+        end = (
+            f" (the batch ends at offset {self.batch_next_offset - 1})"
+            if self.batch_next_offset is not None
+            else ""
+        )
+        return f"{self.label} stuck at offset {self.offset}{end}: {self.error}"
+
+
+StallHandler = Callable[[Stall], bool]
+_handlers: list[StallHandler] = []
+_install_lock = threading.Lock()
+
+
+class _BatchTracker:
+    """Stands in for aiokafka's MemoryRecords, remembering the last batch handed out."""
+
+    __slots__ = ("_inner", "last")
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+        self.last: Any = None
+
+    def has_next(self) -> bool:
+        return bool(self._inner.has_next())
+
+    def next_batch(self) -> Any:
+        self.last = None  # if reading the header itself fails, no batch is known
+        self.last = self._inner.next_batch()
+        return self.last
+
+    def size_in_bytes(self) -> int:
+        return int(self._inner.size_in_bytes())
+
+
+class _GuardedPartitionRecords(aiokafka_fetcher.PartitionRecords):  # type: ignore[misc]
+    def _unpack_records(self) -> Iterator[Any]:
+        tracker = _BatchTracker(self._records)  # type: ignore[has-type]
+        self._records = tracker
+        try:
+            yield from super()._unpack_records()
+        except Exception as error:  # CorruptRecordException, UnsupportedCodecError, cramjam's
+            batch = tracker.last
+            stall = Stall(
+                partition=self._tp,
+                offset=self.next_fetch_offset,
+                batch_next_offset=batch.next_offset if batch is not None else None,
+                error=_describe(error),
+                reason=type(error).__name__,
+                detected_at=datetime.now(UTC),
+            )
+            if not any(_claimed_by(handler, stall) for handler in list(_handlers)):
+                raise  # no consumer of ours: aiokafka's own behaviour
+            # Claimed: this partition's records end here; getmany() returns normally.
+
+
+def _describe(error: Exception) -> str:
+    """The error as one line that names its class (aiokafka's own messages often do)."""
+    name, message = type(error).__name__, str(error)
+    return (message if name in message else f"{name}: {message}")[:500]
+
+
+def _claimed_by(handler: StallHandler, stall: Stall) -> bool:
+    try:
+        return handler(stall)
+    except Exception:
+        logger.exception("a stall handler failed", extra={"partition": stall.label})
+        return False
+
+
+def install_guard() -> None:
+    """Make every aiokafka consumer of this process report undecodable batches (once)."""
+    with _install_lock:
+        if aiokafka_fetcher.PartitionRecords is not _GuardedPartitionRecords:
+            aiokafka_fetcher.PartitionRecords = _GuardedPartitionRecords
+
+
+class PartitionStalls:
+    """The stalled partitions of one consumer: paused, reported, until skipped or revoked.
+
+    `consumer` is a callable giving the consumer (FastStream creates it on start);
+    `on_stall` is called, inside the consumer's fetch, whenever a stall is claimed.
+    """
+
+    def __init__(
+        self, consumer: Callable[[], Any], on_stall: Callable[[], None] | None = None
+    ) -> None:
+        self._consumer = consumer
+        self._on_stall = on_stall
+        self._stalls: dict[TopicPartition, Stall] = {}
+
+    def start(self) -> None:
+        install_guard()
+        _handlers.append(self._claim)
+
+    def stop(self) -> None:
+        if self._claim in _handlers:
+            _handlers.remove(self._claim)
+
+    def _claim(self, stall: Stall) -> bool:
+        consumer = self._consumer()
+        if consumer is None or stall.partition not in consumer.assignment():
+            return False
+        # Pause only this partition: the others keep flowing, and this one is not
+        # fetched again in a tight loop. Its position stays on the bad batch.
+        consumer.pause(stall.partition)
+        if stall.partition not in self._stalls:
+            metrics.CONSUMER_ERRORS.labels(
+                stall.partition.topic, str(stall.partition.partition), stall.reason
+            ).inc()
+            logger.error(
+                "a record batch cannot be decoded: its partition is paused until an operator "
+                "skips it (ml-analytics skip); the other partitions go on",
+                extra={
+                    "topic": stall.partition.topic,
+                    "partition": stall.partition.partition,
+                    "offset": stall.offset,
+                    "batch_next_offset": stall.batch_next_offset,
+                    "error": stall.error,
+                },
+            )
+        self._stalls[stall.partition] = stall
+        if self._on_stall is not None:
+            self._on_stall()
+        return True
+
+    def get(self, partition: TopicPartition) -> Stall | None:
+        return self._stalls.get(partition)
+
+    def resolved(self, partition: TopicPartition) -> None:
+        """The partition moved past its bad batch (or left this consumer)."""
+        self._stalls.pop(partition, None)
+
+    def current(self) -> list[Stall]:
+        return sorted(
+            self._stalls.values(), key=lambda s: (s.partition.topic, s.partition.partition)
+        )
