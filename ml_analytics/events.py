@@ -126,16 +126,20 @@ class StockLevel(BaseModel):
 
     def as_of_instant(self, zone: tzinfo) -> datetime:
         """`as_of` as an aware datetime; a plain date is the start of that business day."""
-        value = self.as_of
-        if isinstance(value, datetime):
-            return value
-        return datetime(value.year, value.month, value.day, tzinfo=zone)
+        return event_instant(self.as_of, zone)
 
 
 def business_day(moment: datetime | date, zone: tzinfo) -> date:
     if isinstance(moment, datetime):
         return moment.astimezone(zone).date()
     return moment
+
+
+def event_instant(moment: datetime | date, zone: tzinfo) -> datetime:
+    """An event time as an instant; a plain date is the start of that business day."""
+    if isinstance(moment, datetime):
+        return moment
+    return datetime(moment.year, moment.month, moment.day, tzinfo=zone)
 
 
 class ModelInfo(BaseModel):

@@ -61,6 +61,8 @@ def build_app(settings: Settings, engine: AsyncEngine, broker: KafkaBroker) -> F
     async def batch_recorded(outcome: BatchOutcome) -> None:
         if settings.training_enabled:
             trainer.notify(outcome.products_with_new_demand)
+            if outcome.clock_moved_to is not None:
+                trainer.clock_moved()
         if outcome.products_with_new_stock:
             # A stock level re-evaluates risk with the current model, no refit.
             await risk.reassess(outcome.products_with_new_stock)

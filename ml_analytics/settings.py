@@ -152,6 +152,13 @@ class Settings(BaseSettings):
         description="Days past today (wall clock) an event may fall on; later ones are dead "
         "letters.",
     )
+    clock_allowed_lateness_seconds: float = Field(
+        default=0.0,
+        ge=0,
+        le=7 * 86400,
+        description="The stream's clock is the newest occurred_at seen less this; days before "
+        "its day are complete (zero demand where nothing was sold).",
+    )
     ingest_batch_max_records: int = Field(
         default=20000, ge=1, description="Most records one consumed batch holds."
     )

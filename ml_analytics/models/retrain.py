@@ -1,12 +1,16 @@
-"""When to (re)train a product's model. Pure, and in event time: the days the data
-covers, not the wall clock, so a fast replay of history retrains as living through
-it would (coalesced: a product waiting for a fit is fitted once, on its newest data).
+"""When to (re)train a product's model. Pure, and on the stream's event-time clock:
+the days the clock has completed, not the wall clock, so a fast replay of history
+retrains as living through it would (coalesced: a product waiting for a fit is
+fitted once, on its newest data), and a product whose sales stop is retrained too.
 
-Rules:
-- no model yet: train once the history spans `min_training_days`;
-- then retrain when the data reaches `min_new_days` days past what the model saw,
-  or when the units added since reach `min_new_units_ratio` of the units it saw
-  (late data, a sudden surge) and at least `cooldown_days` new days have passed.
+Rules, with `through` the clock's last complete day:
+- no model yet: train once the history (first sale .. `through`) spans
+  `min_training_days`;
+- then retrain when the clock is `min_new_days` days past what the model saw;
+- or when the units on the days since reach `min_new_units_ratio` of the units it
+  saw (a sudden surge), at least `cooldown_days` clock days after it;
+- or when late events changed days the model saw (they count exactly once, and
+  the model should see them): the units on its window now differ from its own.
 """
 
 from __future__ import annotations
@@ -25,15 +29,23 @@ class RetrainPolicy:
 
 @dataclass(frozen=True)
 class DataState:
+    """A product's data as the clock stands.
+
+    `units_after_model`: units on the complete days after the model's last day;
+    `units_in_model_window`: units now stored on the days the model was fitted on
+    (both None without a model).
+    """
+
     first_day: date | None
-    last_day: date | None
-    total_units: float
+    through: date | None  # the clock's last complete day
+    units_after_model: float | None = None
+    units_in_model_window: float | None = None
 
 
 @dataclass(frozen=True)
 class ModelState:
     trained_through: date  # the last history day the model saw
-    units_seen: float
+    units_seen: float  # the units on the days it was fitted on
 
 
 @dataclass(frozen=True)
@@ -45,25 +57,25 @@ class RetrainDecision:
 def retrain_decision(
     data: DataState, model: ModelState | None, policy: RetrainPolicy
 ) -> RetrainDecision:
-    if data.first_day is None or data.last_day is None:
-        return RetrainDecision(False, "no demand yet")
-    span = (data.last_day - data.first_day).days + 1
+    if data.first_day is None or data.through is None or data.first_day > data.through:
+        return RetrainDecision(False, "no complete day of demand yet")
+    span = (data.through - data.first_day).days + 1
     if model is None:
         if span >= policy.min_training_days:
             return RetrainDecision(True, f"first model: history spans {span} days")
         return RetrainDecision(
             False, f"history spans {span} days, fewer than {policy.min_training_days}"
         )
-    new_days = (data.last_day - model.trained_through).days
+    new_days = (data.through - model.trained_through).days
     if new_days >= policy.min_new_days:
-        return RetrainDecision(True, f"{new_days} new days")
-    new_units = data.total_units - model.units_seen
-    if (
-        new_days >= policy.cooldown_days
-        and model.units_seen > 0
-        and new_units >= policy.min_new_units_ratio * model.units_seen
-    ):
-        return RetrainDecision(True, f"{new_units:g} new units on {model.units_seen:g} seen")
-    if model.units_seen == 0 and new_units > 0 and new_days >= policy.cooldown_days:
-        return RetrainDecision(True, "first demand after an all-zero history")
+        return RetrainDecision(True, f"{new_days} new days on the clock")
+    late = (data.units_in_model_window or 0.0) - model.units_seen
+    if abs(late) > 1e-9 * max(1.0, model.units_seen):
+        return RetrainDecision(True, f"{late:g} units arrived late, on days the model saw")
+    new_units = data.units_after_model or 0.0
+    if new_days >= policy.cooldown_days and new_units > 0:
+        if model.units_seen == 0:
+            return RetrainDecision(True, "first demand after an all-zero history")
+        if new_units >= policy.min_new_units_ratio * model.units_seen:
+            return RetrainDecision(True, f"{new_units:g} new units on {model.units_seen:g} seen")
     return RetrainDecision(False, f"{new_days} new days, {new_units:g} new units: not enough")

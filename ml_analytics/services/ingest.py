@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, tzinfo
+from datetime import date, datetime, tzinfo
 from typing import Protocol
 
 import asyncpg
@@ -27,8 +28,10 @@ from ml_analytics.events import (
     StockLevel,
     Transaction,
     decode_event,
+    event_instant,
 )
 from ml_analytics.lifecycle import RetryPolicy, cancel_and_wait
+from ml_analytics.storage.clock import advance_clock
 from ml_analytics.storage.database import is_transient
 from ml_analytics.storage.queries import (
     StockSnapshotRow,
@@ -60,6 +63,8 @@ class SortedBatch:
     # same, for the value's product: every write is per product and commutes, so the
     # partition an event arrives on does not change what is stored.
     key_mismatches: dict[str, int] = field(default_factory=dict)
+    # The newest occurred_at among the valid transactions: the stream's clock.
+    newest_event_at: datetime | None = None
 
     def count_key_mismatch(self, topic: str) -> None:
         self.key_mismatches[topic] = self.key_mismatches.get(topic, 0) + 1
@@ -85,6 +90,8 @@ def sort_records(
     batch = SortedBatch()
     seen_transactions: set[str] = set()
     seen_snapshots: set[str] = set()
+    newest_moment: datetime | None = None  # among events with a time
+    newest_day: date | None = None  # among events with a plain date
     for record in records:
         try:
             if record.topic == transactions_topic:
@@ -96,11 +103,17 @@ def sort_records(
                     continue
                 occurred = transaction.occurred_at
                 # business_day(), inlined: this loop runs once per event
-                day = (
-                    occurred.astimezone(zone).date() if isinstance(occurred, datetime) else occurred
-                )
+                if isinstance(occurred, datetime):
+                    day = occurred.astimezone(zone).date()
+                else:
+                    day = occurred
                 if window is not None and (problem := window.problem("occurred_at", day)):
                     raise InvalidEvent(problem)
+                if isinstance(occurred, datetime):
+                    if newest_moment is None or occurred > newest_moment:
+                        newest_moment = occurred
+                elif newest_day is None or occurred > newest_day:
+                    newest_day = occurred
                 seen_transactions.add(transaction.event_id)
                 batch.transactions.append(
                     TransactionRow(
@@ -151,6 +164,10 @@ def sort_records(
                     failed_at=failed_at,
                 )
             )
+    candidates = [newest_moment] if newest_moment is not None else []
+    if newest_day is not None:
+        candidates.append(event_instant(newest_day, zone))
+    batch.newest_event_at = max(candidates, default=None)
     return batch
 
 
@@ -162,6 +179,8 @@ class BatchOutcome:
     stock_snapshots_seen_before: int = 0
     products_with_new_stock: frozenset[str] = frozenset()
     products_with_new_demand: frozenset[str] = frozenset()
+    # Set when this batch moved the stream's clock: the newest occurred_at now.
+    clock_moved_to: datetime | None = None
 
     def __add__(self, other: BatchOutcome) -> BatchOutcome:
         return BatchOutcome(
@@ -171,6 +190,10 @@ class BatchOutcome:
             self.stock_snapshots_seen_before + other.stock_snapshots_seen_before,
             self.products_with_new_stock | other.products_with_new_stock,
             self.products_with_new_demand | other.products_with_new_demand,
+            max(
+                (m for m in (self.clock_moved_to, other.clock_moved_to) if m is not None),
+                default=None,
+            ),
         )
 
 
@@ -232,6 +255,7 @@ async def ingest_records(
     dead_letters: list[DeadLetter] = []
     repeated = 0
     key_mismatches: dict[str, int] = {}
+    newest: datetime | None = None
     in_flight: list[asyncio.Task[BatchOutcome]] = []
     try:
         for number, start in enumerate(range(0, len(records), chunk_size)):
@@ -245,6 +269,10 @@ async def ingest_records(
             )
             dead_letters.extend(batch.dead_letters)
             repeated += batch.repeated_in_batch
+            if batch.newest_event_at is not None and (
+                newest is None or batch.newest_event_at > newest
+            ):
+                newest = batch.newest_event_at
             for topic, count in batch.key_mismatches.items():
                 key_mismatches[topic] = key_mismatches.get(topic, 0) + count
             if len(in_flight) == len(writers):
@@ -254,6 +282,8 @@ async def ingest_records(
             await asyncio.sleep(0)  # let the write send its statement before the next sort
         while in_flight:
             total += await in_flight.pop(0)
+        if newest is not None and await writers[0].advance_clock(newest):
+            total = dataclasses.replace(total, clock_moved_to=newest)
     finally:
         for task in in_flight:  # left only when cancelled: the caller gave up
             await cancel_and_wait(task)
@@ -295,6 +325,22 @@ class _ChunkWriter:
                     exc_info=not transient,
                 )
                 await self._discard_connection()
+                await asyncio.sleep(delay)
+
+    async def advance_clock(self, newest_event_at: datetime) -> bool:
+        """Move the stream's clock (after the batch's events are stored), retrying."""
+        pauses = self._retry.delays()
+        while True:
+            try:
+                async with self._engine.begin() as connection:
+                    return await advance_clock(connection, newest_event_at)
+            except Exception as error:
+                delay = next(pauses)
+                self.retries += 1
+                logger.warning(
+                    "moving the stream clock failed; retrying",
+                    extra={"error": repr(error)[:500], "retry_in_seconds": delay},
+                )
                 await asyncio.sleep(delay)
 
     async def _driver(self) -> asyncpg.Connection:

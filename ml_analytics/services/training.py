@@ -20,15 +20,16 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import numpy as np
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from ml_analytics import metrics
 from ml_analytics.lifecycle import cancel_and_wait
+from ml_analytics.models.clock import complete_through
 from ml_analytics.models.forecast import (
     Forecast,
     ForecastConfig,
@@ -41,18 +42,20 @@ from ml_analytics.models.forecast import (
 )
 from ml_analytics.models.retrain import DataState, ModelState, RetrainPolicy, retrain_decision
 from ml_analytics.settings import Settings
+from ml_analytics.storage.clock import read_clock
 from ml_analytics.storage.models_queries import (
     StoredModel,
     model_state,
     products_to_consider,
     save_model,
 )
-from ml_analytics.storage.queries import daily_demand_series, product_summary
+from ml_analytics.storage.queries import daily_demand_series, product_summary, units_between
 
 logger = logging.getLogger(__name__)
 
 ModelListener = Callable[[str], Awaitable[None]]
 BUSY_RETRY_SECONDS = 2.0
+CLOCK_POLL_SECONDS = 2.0
 MAX_FAILURE_BACKOFF_SECONDS = 3600.0
 
 
@@ -199,6 +202,9 @@ class ModelTrainer:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._fits: set[asyncio.Task[None]] = set()
+        self._clock_task: asyncio.Task[None] | None = None
+        self._clock_wake = asyncio.Event()
+        self._through: date | None = None  # the clock's last complete day, as last seen
 
     def notify(self, product_ids: set[str] | frozenset[str] | list[str]) -> None:
         """These products got new data: consider them for (re)training."""
@@ -208,14 +214,21 @@ class ModelTrainer:
             self._wake.set()
 
     async def start(self) -> None:
-        """Start training; first consider every product whose data outgrew its model
-        (data that arrived while the service was down, or a fit a crash cut short)."""
+        """Start training; first consider every product that is due on the clock or
+        whose data changed after its model (data that arrived while the service was
+        down, or a fit a crash cut short)."""
         if self._task is None:
-            async with self._engine.connect() as connection:
-                self.notify(await products_to_consider(connection))
+            await self._look_at_clock(changed_since_model=True)
             self._task = asyncio.create_task(self._run(), name="model-trainer")
+            self._clock_task = asyncio.create_task(self._follow_clock(), name="clock-watch")
+
+    def clock_moved(self) -> None:
+        """This replica's ingestion moved the stream's clock: look at it now."""
+        self._clock_wake.set()
 
     async def stop(self) -> None:
+        await cancel_and_wait(self._clock_task)
+        self._clock_task = None
         await cancel_and_wait(self._task)
         self._task = None
         for fit in list(self._fits):
@@ -238,6 +251,42 @@ class ModelTrainer:
                 delay = max(0.0, min(self._not_before.values()) - time.monotonic())
                 loop = asyncio.get_running_loop()
                 loop.call_later(delay + 0.01, self._wake.set)
+
+    async def _follow_clock(self) -> None:
+        """Products come due as the clock moves, whichever replica's events move it:
+        look when told, and every CLOCK_POLL_SECONDS."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._clock_wake.wait(), CLOCK_POLL_SECONDS)
+            self._clock_wake.clear()
+            try:
+                await self._look_at_clock()
+            except Exception as error:
+                logger.warning("reading the stream clock failed", extra={"error": repr(error)})
+
+    async def _look_at_clock(self, *, changed_since_model: bool = False) -> None:
+        async with self._engine.connect() as connection:
+            through = await self._complete_through(connection)
+            if through == self._through and not changed_since_model:
+                return
+            self._through = through
+            self.notify(
+                await products_to_consider(
+                    connection,
+                    through,
+                    self._policy.min_training_days,
+                    self._policy.min_new_days,
+                    changed_since_model=changed_since_model,
+                )
+            )
+
+    async def _complete_through(self, connection: AsyncConnection) -> date | None:
+        return complete_through(
+            await read_clock(connection),
+            datetime.now(UTC),
+            timedelta(seconds=self._settings.clock_allowed_lateness_seconds),
+            self._settings.timezone,
+        )
 
     def _next_ready(self) -> str | None:
         now = time.monotonic()
@@ -338,20 +387,36 @@ class ModelTrainer:
 
     async def _train_locked(self, product_id: str, force: bool) -> tuple[StoredModel, str] | None:
         async with self._engine.connect() as connection:
+            through = await self._complete_through(connection)
             summary = await product_summary(connection, product_id)
-            if summary is None:
+            if summary is None or through is None:
                 return None
             seen = await model_state(connection, product_id)
-            current = ModelState(*seen) if seen else None
-            decision = retrain_decision(
-                DataState(summary.first_day, summary.last_day, summary.total_units),
-                current,
-                self._policy,
-            )
+            current, data = None, DataState(summary.first_day, through)
+            if seen is not None:
+                trained_through, units_seen, training_days = seen
+                current = ModelState(trained_through, units_seen)
+                data = DataState(
+                    summary.first_day,
+                    through,
+                    units_after_model=await units_between(
+                        connection, product_id, trained_through + timedelta(days=1), through
+                    ),
+                    units_in_model_window=await units_between(
+                        connection,
+                        product_id,
+                        trained_through - timedelta(days=training_days - 1),
+                        trained_through,
+                    ),
+                )
+            decision = retrain_decision(data, current, self._policy)
             if not (decision.retrain or force):
                 return None
             series = await daily_demand_series(
-                connection, product_id, max_days=self._settings.training_max_history_days
+                connection,
+                product_id,
+                max_days=self._settings.training_max_history_days,
+                through=through,
             )
         if not series:
             return None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -72,27 +72,53 @@ WHERE product_models.trained_through <= EXCLUDED.trained_through
     )
 
 
-async def model_state(connection: AsyncConnection, product_id: str) -> tuple[date, float] | None:
-    """What the product's model saw: (last history day, units), without the forecast."""
+async def model_state(
+    connection: AsyncConnection, product_id: str
+) -> tuple[date, float, int] | None:
+    """What the product's model saw: (last history day, units, days), without the forecast."""
     row = (
         await connection.execute(
-            text("SELECT trained_through, units_seen FROM product_models WHERE product_id = :p"),
+            text(
+                "SELECT trained_through, units_seen, training_days FROM product_models "
+                "WHERE product_id = :p"
+            ),
             {"p": product_id},
         )
     ).one_or_none()
-    return None if row is None else (row.trained_through, float(row.units_seen))
+    if row is None:
+        return None
+    return row.trained_through, float(row.units_seen), int(row.training_days)
 
 
-async def products_to_consider(connection: AsyncConnection) -> list[str]:
-    """Products whose demand went past what their model saw, or that have no model."""
+async def products_to_consider(
+    connection: AsyncConnection,
+    through: date | None,
+    min_training_days: int,
+    min_new_days: int,
+    *,
+    changed_since_model: bool = False,
+) -> list[str]:
+    """Products that may be due for a fit as the clock stands at `through` (its last
+    complete day): no model and enough history, or a model `min_new_days` behind the
+    clock; with `changed_since_model`, also those whose data changed after their
+    model was trained (events that arrived while the service was down; the retrain
+    policy decides on them)."""
+    if through is None:
+        return []
+    changed = "OR p.data_updated_at > m.trained_at" if changed_since_model else ""
     rows = await connection.execute(
         text(
             "SELECT p.product_id FROM products p "
             "LEFT JOIN product_models m ON m.product_id = p.product_id "
-            "WHERE p.first_day IS NOT NULL AND (m.product_id IS NULL "
-            "OR p.last_day > m.trained_through OR p.total_units <> m.units_seen) "
+            "WHERE p.first_day IS NOT NULL AND ("
+            "  (m.product_id IS NULL AND p.first_day <= CAST(:first_by AS date))"
+            f"  OR m.trained_through <= CAST(:due_by AS date) {changed}) "
             "ORDER BY p.product_id"
-        )
+        ),
+        {
+            "first_by": through - timedelta(days=min_training_days - 1),
+            "due_by": through - timedelta(days=min_new_days),
+        },
     )
     return [row.product_id for row in rows]
 

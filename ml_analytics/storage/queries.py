@@ -253,19 +253,23 @@ async def daily_demand_series(
     first_day: date | None = None,
     last_day: date | None = None,
     max_days: int = MAX_SERIES_DAYS,
+    through: date | None = None,
 ) -> list[DemandDay]:
     """A product's daily demand, days without transactions as zero, in day order.
 
     The series runs from the first to the last day with data, narrowed to
-    [first_day, last_day] when given, and to its latest `max_days` days. Empty for
-    a product without transactions.
+    [first_day, last_day] when given, and to its latest `max_days` days. With
+    `through` (the clock's last complete day) it runs to that day instead of the
+    last day with data: zeros after a product's last sale are demand too, and data
+    after it is not complete yet. Empty for a product without transactions.
     """
     result = await connection.execute(
         text(
             """
 WITH span AS (
     SELECT GREATEST(first_day, COALESCE(CAST(:first_day AS date), first_day)) AS lo,
-           LEAST(last_day, COALESCE(CAST(:last_day AS date), last_day)) AS hi
+           COALESCE(CAST(:through AS date),
+                    LEAST(last_day, COALESCE(CAST(:last_day AS date), last_day))) AS hi
     FROM products WHERE product_id = :product_id AND first_day IS NOT NULL
 ),
 bounds AS (SELECT GREATEST(lo, hi - CAST(:max_days AS integer) + 1) AS lo, hi FROM span)
@@ -282,6 +286,7 @@ ORDER BY day
             "product_id": product_id,
             "first_day": first_day,
             "last_day": last_day,
+            "through": through,
             "max_days": min(max_days, MAX_SERIES_DAYS),
         },
     )
@@ -291,6 +296,22 @@ ORDER BY day
         )
         for row in result
     ]
+
+
+async def units_between(
+    connection: AsyncConnection, product_id: str, first_day: date, last_day: date
+) -> float:
+    """The product's units on the days from `first_day` to `last_day`, inclusive."""
+    value = (
+        await connection.execute(
+            text(
+                "SELECT COALESCE(sum(quantity_units), 0) FROM daily_demand "
+                "WHERE product_id = :p AND business_day BETWEEN :first AND :last"
+            ),
+            {"p": product_id, "first": first_day, "last": last_day},
+        )
+    ).scalar_one()
+    return float(value)
 
 
 async def latest_stock_snapshot(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from sqlalchemy import (
     BigInteger,
+    CheckConstraint,
     Column,
     Date,
     DateTime,
@@ -18,6 +19,7 @@ from sqlalchemy import (
     LargeBinary,
     MetaData,
     Numeric,
+    SmallInteger,
     Table,
     Text,
     func,
@@ -164,4 +166,15 @@ partition_skips = Table(
     Index(
         "ix_partition_skips_pending", "requested_at", postgresql_where=text("status = 'pending'")
     ),
+)
+
+# The stream's event-time clock (one row): the newest occurred_at of a transaction
+# seen. Days before the watermark's day are complete (see models/clock.py).
+stream_clock = Table(
+    "stream_clock",
+    metadata,
+    Column("clock_id", SmallInteger, primary_key=True),
+    Column("newest_event_at", DateTime(timezone=True), nullable=True),
+    Column("updated_at", DateTime(timezone=True), nullable=True),
+    CheckConstraint("clock_id = 1", name="ck_stream_clock_one_row"),
 )

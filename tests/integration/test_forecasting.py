@@ -103,7 +103,8 @@ async def test_steady_demand_with_little_stock_raises_high_risk_and_a_refill_cle
             LAST_DAY + timedelta(days=high["days_until_stockout"])
         )
         assert 0 <= high["confidence"] <= 1
-        assert high["model"]["name"] == "prophet" and high["model"]["training_days"] == DAYS
+        # The last day is the clock's own day, still open: the model sees the days before.
+        assert high["model"]["training_days"] == DAYS - 1
         assert (
             by_product[plenty]["risk_level"] == "low"
         )  # first assessment: published whatever it is
@@ -140,8 +141,9 @@ async def test_steady_demand_with_little_stock_raises_high_risk_and_a_refill_cle
             no_model = await http.get("/products/nobody/forecast")
     assert latest["current_stock_units"] == 4_990 and latest["risk_level"] == "low"
     assert missing.status_code == 404 and "nobody" in missing.json()["detail"]
-    assert stored["training_days"] == DAYS and stored["trained_through"] == str(LAST_DAY)
-    assert stored["days"][0]["date"] == str(LAST_DAY + timedelta(days=1))
+    through = LAST_DAY - timedelta(days=1)  # the clock's last complete day
+    assert stored["training_days"] == DAYS - 1 and stored["trained_through"] == str(through)
+    assert stored["days"][0]["date"] == str(LAST_DAY)
     assert len(stored["days"]) == settings.forecast_horizon_days
     assert all(0 <= d["yhat_lower"] <= d["yhat"] <= d["yhat_upper"] for d in stored["days"])
     assert 15 <= sum(d["expected"] for d in stored["days"][:7]) / 7 <= 25  # ~20 a day
@@ -171,3 +173,48 @@ async def test_no_event_without_a_model_and_first_model_publishes_the_level(
     assert event["product_id"] == product
     assert event["risk_window_days"] == settings.default_risk_window_days  # no lead time given
     assert event["risk_level"] == "high"  # 50 units at ~10 a day over 14 days
+
+
+async def test_a_product_that_stops_selling_is_retrained_and_reassessed_as_the_clock_moves(
+    settings: Settings, engine: AsyncEngine
+) -> None:
+    seller, stopped = unique("seller"), unique("stopped")
+    both = steady_demand(seller, 20, seed=3) + steady_demand(stopped, 20, seed=4)
+    first_half = [e for e in both if e["occurred_at"] < f"{FIRST_DAY + timedelta(days=60)}"]
+    # Only the seller sells in the second half: the stopped product gets no event at all.
+    second_half = [e for e in both if e not in first_half and e["product_id"] == seller]
+
+    async def trained_through(product_id: str) -> str | None:
+        async with engine.connect() as connection:
+            value = (
+                await connection.execute(
+                    text("SELECT trained_through FROM product_models WHERE product_id = :p"),
+                    {"p": product_id},
+                )
+            ).scalar_one_or_none()
+        return None if value is None else str(value)
+
+    async with running_service(settings, engine):
+        await publish(settings, settings.transactions_topic, keyed(first_half))
+        day_59 = str(FIRST_DAY + timedelta(days=59))
+        await wait_until(lambda: trained_through(stopped), bool, timeout=90, what="a model")
+        await publish(
+            settings,
+            settings.stock_levels_topic,
+            keyed([stock_level(stopped, "st-1", f"{day_59}T18:00:00Z", 150, lead=10)]),
+        )
+        (before,) = await risk_events(settings, 1)
+        assert before["risk_level"] == "high"  # ~20 a day for 10 days against 150
+
+        await publish(settings, settings.transactions_topic, keyed(second_half))
+        last_complete = str(LAST_DAY - timedelta(days=1))
+        await wait_until(
+            lambda: trained_through(stopped),
+            lambda day: day == last_complete,
+            timeout=120,
+            what="the stopped product retrained on the clock",
+        )
+        events = await risk_events(settings, 2, timeout=60)
+    after = [e for e in events if e["product_id"] == stopped][-1]
+    assert after["risk_level"] == "low" and after["stockout_probability"] < 0.3
+    assert after["model"]["training_days"] == DAYS - 1  # zeros to the clock, not its last sale
