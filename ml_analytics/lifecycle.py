@@ -4,6 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import os
+import signal
+import sys
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -32,3 +38,31 @@ async def cancel_and_wait(task: asyncio.Task[Any] | None) -> None:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
+
+
+PARENT_WATCH_SECONDS = 1.0
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Make this (worker) process end when `parent_pid` does, however the parent dies
+    (SIGKILL, an OOM kill): a worker left behind holds its memory for nothing.
+
+    On Linux the kernel sends SIGKILL on the parent's death (PR_SET_PDEATHSIG); a
+    daemon thread also checks the parent every second, for other systems and for a
+    parent that died before the signal was armed. Called as a pool's initializer.
+    """
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            libc = ctypes.CDLL("libc.so.6", use_errno=True)
+            pr_set_pdeathsig = 1
+            libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent_pid:
+        os._exit(1)
+
+    def watch() -> None:
+        while True:
+            time.sleep(PARENT_WATCH_SECONDS)
+            if os.getppid() != parent_pid:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()

@@ -238,6 +238,12 @@ class Settings(BaseSettings):
         default=7, ge=0, description="Days a published risk event stays in the outbox table."
     )
 
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _log_level_in_any_case(cls, value: object) -> object:
+        # The original service's .env and compose file write `info`.
+        return value.strip().upper() if isinstance(value, str) else value
+
     @field_validator("business_timezone")
     @classmethod
     def _known_timezone(cls, value: str) -> str:

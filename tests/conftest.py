@@ -3,6 +3,11 @@ database and fresh topics per test, so tests never see each other's data."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import time
+import uuid
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
@@ -11,7 +16,35 @@ from ml_analytics.consumers.admin import ensure_topics
 from ml_analytics.settings import Settings
 from ml_analytics.storage.database import create_engine, migrate
 from tests.helpers import unique
+from tests.processes import MARK, marked_processes
 from tests.services import StackServices, open_services
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    # Every process the session starts inherits this mark, so any left behind is found.
+    os.environ.setdefault(MARK, uuid.uuid4().hex)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Fail the session if a process it started is still alive at its end (after a
+    grace for ones that are stopping), and end them."""
+    token = os.environ.get(MARK)
+    if not token or hasattr(session.config, "workerinput"):
+        return
+    deadline = time.monotonic() + 15
+    while (left := marked_processes(token)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if not left:
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    lines = [f"  {pid}: {command}" for pid, command in sorted(left.items())]
+    message = "processes started by the tests are still running:\n" + "\n".join(lines)
+    if reporter is not None:
+        reporter.write_line(message, red=True)
+    for pid in left:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @pytest.fixture(scope="session")

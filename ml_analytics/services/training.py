@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import multiprocessing
+import os
 import time
 import zlib
 from collections.abc import Awaitable, Callable
@@ -28,7 +29,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from ml_analytics import metrics
-from ml_analytics.lifecycle import cancel_and_wait
+from ml_analytics.lifecycle import cancel_and_wait, die_with_parent
 from ml_analytics.models.clock import complete_through
 from ml_analytics.models.forecast import (
     Forecast,
@@ -113,6 +114,8 @@ class FitPool:
             max_workers=self._workers,
             mp_context=multiprocessing.get_context("spawn"),
             max_tasks_per_child=self._max_fits,
+            initializer=die_with_parent,
+            initargs=(os.getpid(),),
         )
 
     async def fit(

@@ -20,6 +20,7 @@ from ml_analytics.devstack import free_port
 from ml_analytics.settings import Settings
 from tests.e2e.process import ServiceProcess
 from tests.helpers import keyed, publish, unique, wait_until
+from tests.processes import children_of
 
 pytestmark = pytest.mark.integration
 
@@ -301,3 +302,61 @@ def _poll_demand(url: str, process: subprocess.Popen[bytes], tmp_path: Path) -> 
     raise AssertionError(
         f"no demand series within 90 s; last: {last}\n" + (tmp_path / "dev.log").read_text()[-3000:]
     )
+
+
+async def test_fit_workers_end_with_a_service_killed_mid_fit(
+    settings: Settings, engine: AsyncEngine, tmp_path: Path
+) -> None:
+    service = ServiceProcess(settings, tmp_path / "service.log", MIN_TRAINING_DAYS="14").start()
+    tag = unique("orphans")
+    events = [
+        {
+            "event_id": f"{tag}-{product}-{day}",
+            "product_id": f"{tag}-P{product}",
+            "occurred_at": f"2026-{9 + day // 28:02d}-{1 + day % 28:02d}T12:00:00Z",
+            "quantity_units": 1 + (product + day) % 5,
+        }
+        for product in range(40)
+        for day in range(56)
+    ]
+    try:
+        await asyncio.to_thread(service.wait_healthy)
+        await publish(settings, settings.transactions_topic, keyed(events))
+        await wait_until(
+            lambda: asyncio.to_thread(
+                service.metric, "ml_analytics_model_fits_total", result="started"
+            ),
+            lambda n: n >= 1,
+            timeout=90,
+            what="fits under way",
+        )
+        assert service.process is not None
+        workers = {
+            pid: command
+            for pid, command in children_of(service.process.pid).items()
+            if "multiprocessing" in command
+        }
+        assert workers, "the service should have fit workers"
+        service.signal(signal.SIGKILL)
+        service.wait(10)
+
+        await wait_until(
+            lambda: asyncio.to_thread(_alive, list(workers)),
+            lambda left: not left,
+            timeout=5,
+            what="the fit workers gone",
+        )
+    finally:
+        service.stop()
+
+
+def _alive(pids: list[int]) -> list[int]:
+    """Those of `pids` still running (not ended, nor ended and waiting to be reaped)."""
+    alive = []
+    for pid in pids:
+        try:
+            if ") Z" not in Path(f"/proc/{pid}/stat").read_text():
+                alive.append(pid)
+        except OSError:
+            pass
+    return alive
