@@ -148,6 +148,11 @@ class ModelInfo(BaseModel):
     training_days: int
     mape: float | None = None
     rmse: float | None = None
+    # Additions: 0.18 is "18% better than the 28-day moving average" on the error of
+    # 28-day totals, over `skill_backtests` backtests; a combination's members.
+    skill_vs_moving_average: float | None = None
+    skill_backtests: int = 0
+    weights: dict[str, float] | None = None
 
 
 class StockoutRisk(BaseModel):

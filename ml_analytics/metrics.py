@@ -55,6 +55,10 @@ FIT_SECONDS = Histogram(
     "Time one model fit takes in its worker process (holdout fit and final fit).",
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300),
 )
+GLOBAL_TRAININGS = Counter(
+    "ml_analytics_global_model_trainings",
+    "Global models trained (with their backtest) by this replica.",
+)
 RISK_EVENTS = Counter(
     "ml_analytics_risk_events_total",
     "Stockout-risk events published, by risk level.",

@@ -20,6 +20,7 @@ from ml_analytics.consumers.ingestion import add_ingestion, build_broker
 from ml_analytics.http.app import create_app
 from ml_analytics.http.server import uvicorn_config
 from ml_analytics.logs import configure_logging
+from ml_analytics.services.global_model import GlobalModelService
 from ml_analytics.services.ingest import BatchOutcome
 from ml_analytics.services.predictions import PredictionService
 from ml_analytics.services.risk import RiskService
@@ -56,7 +57,12 @@ def build_app(settings: Settings, engine: AsyncEngine, broker: KafkaBroker) -> F
     async def model_trained(product_id: str) -> None:
         await risk.reassess([product_id])
 
-    trainer = ModelTrainer(engine, settings, on_model=model_trained)
+    global_models = GlobalModelService(
+        engine,
+        settings,
+        train=settings.training_enabled and settings.forecast_model == "combination",
+    )
+    trainer = ModelTrainer(engine, settings, on_model=model_trained, global_models=global_models)
 
     async def batch_recorded(outcome: BatchOutcome) -> None:
         if settings.training_enabled:
@@ -69,18 +75,20 @@ def build_app(settings: Settings, engine: AsyncEngine, broker: KafkaBroker) -> F
 
     ingestion = add_ingestion(broker, settings, engine, on_batch=batch_recorded)
 
-    predictions = PredictionService(engine, settings)
+    predictions = PredictionService(engine, settings, global_models=global_models)
 
     async def started() -> None:
         # The prediction API's fit workers start with its first fit: a replica that
         # never serves one does not hold their memory.
         risk.start()
+        await global_models.start()
         if settings.training_enabled:
             await trainer.start()
 
     async def stopping() -> None:
         await ingestion.drain(settings.shutdown_grace_seconds)
         await trainer.stop()
+        await global_models.stop()
         await risk.stop()
 
     app = create_app(
@@ -92,6 +100,7 @@ def build_app(settings: Settings, engine: AsyncEngine, broker: KafkaBroker) -> F
         before_broker_stop=stopping,
     )
     app.state.trainer = trainer
+    app.state.global_models = global_models
     app.state.risk = risk
     app.state.ingestion = ingestion
     return app

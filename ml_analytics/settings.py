@@ -96,7 +96,7 @@ class Settings(BaseSettings):
 
     # Connections
     database_url: str = "postgresql://ml_analytics:ml_analytics@localhost:5432/ml_analytics"
-    database_pool_size: int = Field(default=5, ge=1)
+    database_pool_size: int = Field(default=10, ge=1)
     database_statement_timeout_seconds: float = Field(
         default=60.0,
         gt=0,
@@ -178,6 +178,20 @@ class Settings(BaseSettings):
     training_enabled: bool = Field(
         default=True,
         description="false: this replica ingests and assesses risk but fits no models.",
+    )
+    forecast_model: Literal["combination", "prophet"] = Field(
+        default="combination",
+        description="The consumers' forecaster: the combination of the global model and local "
+        "members chosen by backtest, or Prophet per product.",
+    )
+    global_model_retrain_days: int = Field(
+        default=7, ge=1, description="Clock days between trainings of the global model."
+    )
+    global_model_history_days: int = Field(
+        default=800, ge=120, le=3660, description="Latest days the global model learns from."
+    )
+    global_model_timeout_seconds: float = Field(
+        default=1800.0, gt=0, description="Longest one training of the global model may take."
     )
     prophet_seasonality_mode: Literal["additive", "multiplicative"] = "additive"
     prophet_interval_width: float = Field(default=0.95, gt=0, lt=1)

@@ -31,8 +31,14 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     token = os.environ.get(MARK)
     if not token or hasattr(session.config, "workerinput"):
         return
+    # This process's own multiprocessing resource tracker ends with it, after this hook.
+    from multiprocessing import resource_tracker
+
+    own_tracker = getattr(resource_tracker._resource_tracker, "_pid", None)
     deadline = time.monotonic() + 15
-    while (left := marked_processes(token)) and time.monotonic() < deadline:
+    while (left := marked_processes(token, exclude={own_tracker})) and (
+        time.monotonic() < deadline
+    ):
         time.sleep(0.2)
     if not left:
         return

@@ -16,12 +16,15 @@ def _read(path: Path) -> bytes:
         return b""
 
 
-def marked_processes(token: str) -> dict[int, str]:
-    """pid -> command line of every live process whose environment carries `token`."""
+def marked_processes(token: str, exclude: set[int | None] | None = None) -> dict[int, str]:
+    """pid -> command line of every live process whose environment carries `token`
+    (but those in `exclude`)."""
     wanted = f"{MARK}={token}".encode()
     found: dict[int, str] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        if exclude and int(entry.name) in exclude:
             continue
         if wanted not in _read(entry / "environ").split(b"\0"):
             continue

@@ -4,7 +4,7 @@ response shapes (extra response fields are additions, never changes)."""
 from __future__ import annotations
 
 from datetime import UTC, date, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
@@ -53,11 +53,22 @@ TransactionData = Annotated[
 HorizonDays = Annotated[int, Field(description="Days to forecast, 1 to 365.")]
 
 
+ModelChoice = Annotated[
+    Literal["combination", "prophet"] | None,
+    Field(
+        description="The forecaster (an addition to the contract): the combination of the "
+        "global model and local members the service chose by backtest, or Prophet. Default: "
+        "the service's FORECAST_MODEL."
+    ),
+]
+
+
 class ForecastRequest(BaseModel):
     product_id: Identifier
     horizon_days: HorizonDays = 30
     transaction_data: TransactionData = None
     cache_bypass: bool = Field(False, description="true: compute afresh, ignoring the cache")
+    model: ModelChoice = None
 
 
 class StockoutRequest(BaseModel):
@@ -77,6 +88,7 @@ class StockoutRequest(BaseModel):
         "level's lead time, else DEFAULT_RISK_WINDOW_DAYS.",
     )
     cache_bypass: bool = False
+    model: ModelChoice = None
 
 
 class PredictionPoint(BaseModel):
@@ -107,7 +119,13 @@ class ModelMetrics(BaseModel):
     mase: float | None
     holdout_days: int
     seasonality: Seasonality
-    model: str
+    model: str = Field(description="The forecaster that made the forecast")
+    skill_vs_moving_average: float | None = Field(
+        description="0.18: the error of 28-day totals is 18% below a 28-day moving average's, "
+        "over `skill_backtests` backtests (or the holdout); null while unknown"
+    )
+    skill_backtests: int
+    weights: dict[str, float] | None = Field(description="A combination's members and weights")
 
 
 class ForecastResponse(BaseModel):
@@ -122,8 +140,9 @@ class ForecastResponse(BaseModel):
 class StockoutResponse(BaseModel):
     productId: str  # the contract spells it so
     predicted_stockout_date: date | None = Field(
-        description="First day on which expected cumulative demand reaches the stock; null "
-        "when not within the horizon"
+        description="The day by which a stockout is more likely than not: the median over "
+        "the sample paths of the first day cumulative demand exceeds the stock; null when "
+        "fewer than half run out within the horizon"
     )
     days_until_stockout: int | None = Field(description="Days from the stock's day to that date")
     confidence: float = Field(
@@ -194,6 +213,7 @@ def prediction_router() -> APIRouter:
                 body.horizon_days,
                 _points(body.transaction_data, request),
                 body.cache_bypass,
+                body.model,
             ),
             media_type="application/json",
         )
@@ -215,6 +235,7 @@ def prediction_router() -> APIRouter:
                 body.current_stock_units,
                 body.lead_time_days,
                 body.cache_bypass,
+                body.model,
             ),
             media_type="application/json",
         )

@@ -52,6 +52,7 @@ class ModelState:
 class RetrainDecision:
     retrain: bool
     reason: str
+    on_the_clock: bool = False  # due only because the clock moved (no new data needed)
 
 
 def retrain_decision(
@@ -68,7 +69,7 @@ def retrain_decision(
         )
     new_days = (data.through - model.trained_through).days
     if new_days >= policy.min_new_days:
-        return RetrainDecision(True, f"{new_days} new days on the clock")
+        return RetrainDecision(True, f"{new_days} new days on the clock", on_the_clock=True)
     late = (data.units_in_model_window or 0.0) - model.units_seen
     if abs(late) > 1e-9 * max(1.0, model.units_seen):
         return RetrainDecision(True, f"{late:g} units arrived late, on days the model saw")

@@ -7,9 +7,13 @@ Conventions (documented in the README):
 - `stockout_probability`: the share of sample paths whose cumulative demand over
   the risk window (D+1 .. D+window) exceeds the stock. Sample paths, not summed
   interval bounds: the sum of daily 95% bounds is not a 95% bound of the sum.
-- `predicted_stockout_date`: the first day on which the expected (mean over the
-  paths) cumulative demand since D reaches the stock; None when that does not
-  happen within the forecast horizon. `days_until_stockout` counts from D.
+  No stock left (zero, or less than the demand seen since D) is a stockout now.
+- `predicted_stockout_date`: the day by which a stockout is more likely than not:
+  the median over the paths of the first day their cumulative demand since D
+  exceeds the stock (the first day a customer cannot be served); None when fewer
+  than half run out within the forecast horizon. `days_until_stockout` counts from
+  D. The same rule as the probability, so a date inside the risk window means
+  `stockout_probability` >= 0.5, and the other way round.
 - `confidence`: the share of paths that themselves run out within ±2 days of the
   predicted date; when no stockout is predicted, the share of paths that do not
   run out within the horizon either. Always in [0, 1].
@@ -50,6 +54,11 @@ class RiskAssessment:
     risk_window_days: int
 
 
+def risk_window_days(lead_time_days: int | None, default_days: int) -> int:
+    """The contract's rule: the stock level's lead time, else the default window."""
+    return lead_time_days if lead_time_days is not None else default_days
+
+
 class NotAssessable(ValueError):
     """The forecast does not cover the days after the snapshot."""
 
@@ -84,8 +93,8 @@ def assess_stockout_risk(
     cumulative = np.cumsum(ahead, axis=1)  # demand from first_day + gap_days onwards
 
     window_in_forecast = max(0, window_days - gap_days)
-    if remaining < 0:
-        probability = 1.0  # more demand since the snapshot than stock: it has run out
+    if remaining <= 0:
+        probability = 1.0  # nothing left on hand: it is out of stock now
     elif window_in_forecast == 0:
         probability = 0.0
     else:
@@ -93,19 +102,21 @@ def assess_stockout_risk(
         probability = float(np.mean(cumulative[:, index] > remaining))
 
     offset = gap_days + 1  # days from the snapshot day to the first column of `ahead`
+    # Each path's stockout day: the first day its cumulative demand exceeds the stock
+    # (days from the snapshot day; past the horizon when it never does).
+    ran_out_by = cumulative > max(remaining, 0)
+    ran_out = ran_out_by.any(axis=1)
+    never = np.iinfo(np.int64).max
+    path_days = np.where(ran_out, ran_out_by.argmax(axis=1) + offset, never)
     if remaining <= 0:
         days_until: int | None = 0
     else:
-        expected = cumulative.mean(axis=0)
-        reached = np.nonzero(expected >= remaining)[0]
-        days_until = int(reached[0]) + offset if reached.size else None
-
-    per_path_hit = cumulative >= max(remaining, 0)
-    ran_out = per_path_hit.any(axis=1)
-    path_days = np.where(ran_out, per_path_hit.argmax(axis=1) + offset, -(10**6))
+        # The median stockout day: the first day by which at least half the paths ran out.
+        median = int(np.sort(path_days)[(len(path_days) - 1) // 2])
+        days_until = None if median == never else median
     if days_until is None:
         confidence = float(np.mean(~ran_out))
-    elif remaining <= 0:
+    elif days_until == 0:
         confidence = 1.0
     else:
         confidence = float(

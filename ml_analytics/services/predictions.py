@@ -30,18 +30,32 @@ import numpy as np
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ml_analytics import metrics
-from ml_analytics.models.forecast import (
+from ml_analytics.models.forecasters.base import (
     MODEL_REVISION,
+    AccuracyMetrics,
     Forecast,
     ForecastConfig,
     InsufficientData,
     ModelFailure,
+    Seasonality,
+    check_history,
     ensure_enough_history,
 )
-from ml_analytics.models.risk import NotAssessable, RiskThresholds, assess_stockout_risk
-from ml_analytics.services.risk import risk_window_days
-from ml_analytics.services.training import FitPool, FitTimeout, forecast_config
+from ml_analytics.models.forecasters.combination import LOCAL_ONLY
+from ml_analytics.models.forecasters.prophet import assemble_forecast
+from ml_analytics.models.risk import NotAssessable, assess_stockout_risk, risk_window_days
+from ml_analytics.services.config import forecast_config, risk_thresholds
+from ml_analytics.services.fit_pool import FitPool, FitTimeout
+from ml_analytics.services.forecast_jobs import (
+    ForecastJob,
+    prophet_final,
+    prophet_holdout,
+    run_forecast,
+)
+from ml_analytics.services.global_model import GlobalModelService
 from ml_analytics.settings import Settings
+from ml_analytics.storage.global_models import shop_demand
+from ml_analytics.storage.models_queries import StoredModel, load_model
 from ml_analytics.storage.prediction_cache import cached_response, prune_expired, store_response
 from ml_analytics.storage.queries import (
     StockSnapshot,
@@ -132,13 +146,19 @@ class DemandHistory:
 
 
 class PredictionService:
-    def __init__(self, engine: AsyncEngine, settings: Settings, pool: FitPool | None = None):
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        settings: Settings,
+        pool: FitPool | None = None,
+        global_models: GlobalModelService | None = None,
+    ):
         self._engine = engine
         self._settings = settings
         self._pool = pool or FitPool(settings.http_fit_workers, settings.worker_max_fits)
-        self._thresholds = RiskThresholds(
-            high=settings.risk_high_probability, medium=settings.risk_medium_probability
-        )
+        # The consumers' global model; a service without consumers loads it itself.
+        self._global = global_models or GlobalModelService(engine, settings, train=False)
+        self._thresholds = risk_thresholds(settings)
         self._pending: dict[str, asyncio.Future[str]] = {}
         self._fits_in_flight = 0
         self._recent_fit_seconds = 5.0
@@ -146,6 +166,10 @@ class PredictionService:
 
     def stop(self) -> None:
         self._pool.shutdown()
+
+    def forecaster(self, requested: str | None) -> str:
+        """The forecaster a request asked for, else the service's (FORECAST_MODEL)."""
+        return requested or self._settings.forecast_model
 
     # -- use cases ---------------------------------------------------------------
 
@@ -155,16 +179,27 @@ class PredictionService:
         horizon_days: int,
         points: list[tuple[date, float]] | None,
         cache_bypass: bool = False,
+        model: str | None = None,
     ) -> bytes:
         """The contract's `POST /forecast/demand` response, as JSON."""
         _check_horizon(horizon_days)
+        forecaster = self.forecaster(model)
         history = await self._history(product_id, points)
         config = self._config(horizon_days)
         _check_enough(history, config)
-        key = _cache_key("forecast/demand", product_id, horizon_days, history.digest(), config)
+        current = await self._global.refresh()
+        key = _cache_key(
+            "forecast/demand",
+            product_id,
+            horizon_days,
+            history.digest(),
+            config,
+            forecaster,
+            current.version,
+        )
 
         async def compute() -> dict[str, Any]:
-            forecast = await self._fit(product_id, history, config)
+            forecast = await self._forecast(product_id, history, config, forecaster, points is None)
             return {
                 "productId": product_id,
                 "predictions": [
@@ -191,6 +226,7 @@ class PredictionService:
         current_stock_units: float | None,
         lead_time_days: int | None = None,
         cache_bypass: bool = False,
+        model: str | None = None,
     ) -> bytes:
         """The contract's `POST /predict/stockout` response, plus the risk fields, as JSON.
 
@@ -199,6 +235,7 @@ class PredictionService:
         demand in the history after its day is taken off it.
         """
         _check_horizon(horizon_days)
+        forecaster = self.forecaster(model)
         history = await self._history(product_id, points)
         stored_stock = await self._stored_stock(product_id)
         if current_stock_units is not None:
@@ -213,10 +250,11 @@ class PredictionService:
                 f"current_stock_units is required: no stock level is stored for product "
                 f"{product_id!r}"
             )
-        window = (
+        window = risk_window_days(
             lead_time_days
             if lead_time_days is not None
-            else risk_window_days(stored_stock, self._settings)
+            else (stored_stock.lead_time_days if stored_stock else None),
+            self._settings.default_risk_window_days,
         )
         forecast_start = history.last_day + timedelta(days=1)
         skip = max(0, (snapshot_day - history.last_day).days)  # stock newer than the history
@@ -228,12 +266,15 @@ class PredictionService:
         config = self._config(max(horizon_days, skip + window, 1))
         _check_enough(history, config)
         observed = history.units_after(snapshot_day)
+        current = await self._global.refresh()
         key = _cache_key(
             "predict/stockout",
             product_id,
             horizon_days,
             history.digest(),
             config,
+            forecaster,
+            current.version,
             stock_units,
             snapshot_day.isoformat(),
             window,
@@ -242,7 +283,7 @@ class PredictionService:
         )
 
         async def compute() -> dict[str, Any]:
-            forecast = await self._fit(product_id, history, config)
+            forecast = await self._forecast(product_id, history, config, forecaster, points is None)
             try:
                 risk = assess_stockout_risk(
                     forecast_start=forecast.start,
@@ -290,8 +331,10 @@ class PredictionService:
     ) -> DemandHistory:
         if points is not None:
             return DemandHistory.from_points(points, self._settings.http_max_history_days)
+        through = await self._global.through()
         async with self._engine.connect() as connection:
-            series = await daily_demand_series(connection, product_id)
+            # Zero-filled to the clock's last complete day, as the consumers' forecasts.
+            series = await daily_demand_series(connection, product_id, through=through)
         if not series:
             raise UnknownProduct(
                 f"No stored demand for product {product_id!r}: send transaction_data, or "
@@ -372,9 +415,56 @@ class PredictionService:
                         logger.info("pruned expired predictions", extra={"entries": pruned})
         return response
 
-    async def _fit(
-        self, product_id: str, history: DemandHistory, config: ForecastConfig
+    async def _forecast(
+        self,
+        product_id: str,
+        history: DemandHistory,
+        config: ForecastConfig,
+        forecaster: str,
+        stored_history: bool,
     ) -> Forecast:
+        """The forecast of `history`: for a stored product's own history, its stored
+        forecast when that covers the request; else fitted here, in the pool."""
+        if stored_history:
+            async with self._engine.connect() as connection:
+                stored = await load_model(connection, product_id)
+            reused = _stored_forecast(stored, history, config, forecaster)
+            if reused is not None:
+                return reused
+        job = ForecastJob(
+            product_id=product_id,
+            first_day=history.first_day,
+            values=history.values,
+            config=config,
+            forecaster=forecaster,
+        )
+        if forecaster == "combination":
+            job = await self._with_global_model(job)
+        return await self._fit(product_id, job)
+
+    async def _with_global_model(self, job: ForecastJob) -> ForecastJob:
+        """The combination with the global model, the shop's demand and the calibration
+        when the stored data covers the history's last days (the shop-wide features come
+        from it); the local members alone otherwise (a service with no data yet, or a
+        history from another period)."""
+        current = await self._global.refresh()
+        through = await self._global.through()
+        combination = dataclasses.replace(job, calibration=current.calibration)
+        if current.reference is None or through is None or job.last_day > through:
+            return dataclasses.replace(combination, combination=tuple(LOCAL_ONLY.as_dict().items()))
+        async with self._engine.connect() as connection:
+            shop = await shop_demand(connection, job.first_day, job.last_day)
+        if not shop[-91:].any():
+            return dataclasses.replace(combination, combination=tuple(LOCAL_ONLY.as_dict().items()))
+        return dataclasses.replace(
+            combination,
+            combination=tuple(current.combination.items()),
+            global_model=current.reference,
+            shop_start=job.first_day,
+            shop=shop,
+        )
+
+    async def _fit(self, product_id: str, job: ForecastJob) -> Forecast:
         if self._fits_in_flight >= self._settings.http_max_fits_in_flight:
             retry_after = max(1, math.ceil(self._recent_fit_seconds))
             raise Busy(
@@ -385,10 +475,19 @@ class PredictionService:
         self._fits_in_flight += 1
         metrics.FITS.labels("started").inc()
         timeout = self._settings.worker_timeout
+        started = time.perf_counter()
         try:
-            forecast, seconds = await self._pool.fit_parallel(
-                history.values, history.first_day, config, timeout
-            )
+            if job.forecaster == "prophet":
+                # The holdout fit and the final fit side by side: best latency.
+                holdout, predicted = await self._pool.run_all(
+                    timeout, [(prophet_holdout, (job,)), (prophet_final, (job,))]
+                )
+                seasonality = check_history(job.values, job.first_day, job.config)
+                forecast = assemble_forecast(
+                    job.values, job.first_day, job.config, seasonality, holdout, predicted
+                )
+            else:
+                forecast, _ = await self._pool.run(timeout, run_forecast, job)
         except InsufficientData as error:
             raise BadRequest(str(error)) from error
         except ModelFailure as error:
@@ -407,6 +506,7 @@ class PredictionService:
             ) from error
         finally:
             self._fits_in_flight -= 1
+        seconds = time.perf_counter() - started
         metrics.FITS.labels("succeeded").inc()
         metrics.FIT_SECONDS.observe(seconds)
         self._recent_fit_seconds = 0.8 * self._recent_fit_seconds + 0.2 * seconds
@@ -414,12 +514,47 @@ class PredictionService:
             "request forecast fitted",
             extra={
                 "product_id": product_id,
-                "training_days": len(history.values),
-                "horizon_days": config.horizon_days,
+                "model": forecast.model_name,
+                "training_days": len(job.values),
+                "horizon_days": job.config.horizon_days,
                 "fit_seconds": round(seconds, 3),
             },
         )
         return forecast
+
+
+def _stored_forecast(
+    stored: StoredModel | None, history: DemandHistory, config: ForecastConfig, forecaster: str
+) -> Forecast | None:
+    """The consumers' stored forecast of this history, when it is one: made by the same
+    forecaster from the same last day, covering the horizon."""
+    if (
+        stored is None
+        or stored.trained_through != history.last_day
+        or len(stored.yhat) < config.horizon_days
+        or (stored.model_name == "prophet") != (forecaster == "prophet")
+    ):
+        return None
+    h = config.horizon_days
+    figures = {k: stored.metrics.get(k) for k in ("rmse", "mae", "wape", "mase", "mape")}
+    return Forecast(
+        start=stored.forecast_start,
+        yhat=np.asarray(stored.yhat[:h]),
+        yhat_lower=np.asarray(stored.yhat_lower[:h]),
+        yhat_upper=np.asarray(stored.yhat_upper[:h]),
+        sample_paths=stored.sample_paths[:, :h],
+        metrics=AccuracyMetrics(
+            holdout_days=int(stored.metrics.get("holdout_days") or 0),
+            skill_vs_moving_average=stored.metrics.get("skill_vs_moving_average"),
+            skill_backtests=int(stored.metrics.get("skill_backtests") or 0),
+            **figures,
+        ),
+        seasonality=Seasonality(**stored.seasonality),
+        training_days=stored.training_days,
+        units_seen=stored.units_seen,
+        model_name=stored.model_name,
+        weights=stored.weights or {},
+    )
 
 
 def _check_horizon(horizon_days: int) -> None:
@@ -462,4 +597,7 @@ def _model_metrics(forecast: Forecast) -> dict[str, Any]:
         "holdout_days": figures.holdout_days,
         "seasonality": dataclasses.asdict(forecast.seasonality),
         "model": forecast.model_name,
+        "skill_vs_moving_average": figures.skill_vs_moving_average,
+        "skill_backtests": figures.skill_backtests,
+        "weights": forecast.weights or None,
     }

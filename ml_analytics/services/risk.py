@@ -28,8 +28,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from ml_analytics import metrics
 from ml_analytics.events import ModelInfo, StockoutRisk
 from ml_analytics.lifecycle import RetryPolicy, cancel_and_wait
-from ml_analytics.models.risk import NotAssessable, RiskThresholds, assess_stockout_risk
+from ml_analytics.models.risk import NotAssessable, assess_stockout_risk, risk_window_days
+from ml_analytics.services.config import risk_thresholds
 from ml_analytics.settings import Settings
+from ml_analytics.storage.locks import RISK_RELAY_LOCK
 from ml_analytics.storage.models_queries import (
     demand_between,
     load_model,
@@ -38,21 +40,11 @@ from ml_analytics.storage.models_queries import (
     record_assessment,
     unpublished_outbox,
 )
-from ml_analytics.storage.queries import StockSnapshot, latest_stock_snapshot
+from ml_analytics.storage.queries import latest_stock_snapshot
 
 logger = logging.getLogger(__name__)
 
 OUTBOX_PRUNE_INTERVAL_SECONDS = 3600.0
-
-# One relay at a time across replicas, so events leave in the order they were queued.
-_RELAY_LOCK_ID = 7_411_562_020
-
-
-def risk_window_days(stock: StockSnapshot | None, settings: Settings) -> int:
-    """The stock level's lead time, else DEFAULT_RISK_WINDOW_DAYS (the contract's rule)."""
-    if stock is not None and stock.lead_time_days is not None:
-        return stock.lead_time_days
-    return settings.default_risk_window_days
 
 
 async def assess_product(
@@ -67,7 +59,7 @@ async def assess_product(
         return None
     snapshot_day = stock.as_of.astimezone(settings.timezone).date()
     observed = await demand_between(connection, product_id, snapshot_day, model.forecast_start)
-    window = risk_window_days(stock, settings)
+    window = risk_window_days(stock.lead_time_days, settings.default_risk_window_days)
     try:
         risk = assess_stockout_risk(
             forecast_start=model.forecast_start,
@@ -75,9 +67,7 @@ async def assess_product(
             stock_units=stock.stock_units,
             snapshot_day=snapshot_day,
             window_days=window,
-            thresholds=RiskThresholds(
-                high=settings.risk_high_probability, medium=settings.risk_medium_probability
-            ),
+            thresholds=risk_thresholds(settings),
             observed_since_snapshot_units=observed,
         )
     except NotAssessable as reason:
@@ -101,6 +91,9 @@ async def assess_product(
             training_days=model.training_days,
             mape=model.metrics.get("mape"),
             rmse=model.metrics.get("rmse"),
+            skill_vs_moving_average=model.metrics.get("skill_vs_moving_average"),
+            skill_backtests=model.metrics.get("skill_backtests", 0),
+            weights=model.weights,
         ),
     )
 
@@ -179,7 +172,9 @@ class RiskService:
         async with self._engine.begin() as connection:
             locked = (
                 await connection.execute(
-                    text("SELECT pg_try_advisory_xact_lock(:id)"), {"id": _RELAY_LOCK_ID}
+                    # One relay at a time across replicas: events leave in queue order.
+                    text("SELECT pg_try_advisory_xact_lock(:id)"),
+                    {"id": RISK_RELAY_LOCK},
                 )
             ).scalar_one()
             if not locked:

@@ -1,11 +1,13 @@
-"""Retrain product models off the event loop.
+"""Refresh product forecasts off the event loop, on the stream's clock.
 
-Ingestion tells the `ModelTrainer` which products got new demand. The trainer
-keeps them in a set (a product waiting for a fit is fitted once, on its newest
-data: a fast replay coalesces), asks the retrain policy, and runs at most one fit
-per product and `WORKER_COUNT` fits at once in a process pool. The consumers keep
-consuming while models train. A fit that fails or times out is logged and tried
-again later; it never stops the service.
+Ingestion tells the `ModelTrainer` which products got new demand; the clock and a
+new global model make others due. The trainer keeps them in a set (a product waiting
+for a fit is fitted once, on its newest data: a fast replay coalesces), asks the
+retrain policy, and runs at most one fit per product and `WORKER_COUNT` at once in
+a process pool. The forecaster is FORECAST_MODEL: the combination (the global model
+with local members; cheap per product, since the global model is trained apart) or
+Prophet. The consumers keep consuming while models train. A fit that fails or times
+out is logged and tried again later, backing off; it never stops the service.
 """
 
 from __future__ import annotations
@@ -13,40 +15,32 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import multiprocessing
-import os
 import time
-import zlib
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from datetime import UTC, date, datetime, timedelta
-from typing import Any
 
 import numpy as np
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from ml_analytics import metrics
-from ml_analytics.lifecycle import cancel_and_wait, die_with_parent
+from ml_analytics.lifecycle import cancel_and_wait
 from ml_analytics.models.clock import complete_through
-from ml_analytics.models.forecast import (
-    Forecast,
-    ForecastConfig,
-    ModelFailure,
-    assemble_forecast,
-    check_history,
-    fit_forecast,
-    future_forecast,
-    holdout_accuracy,
-)
-from ml_analytics.models.retrain import DataState, ModelState, RetrainPolicy, retrain_decision
+from ml_analytics.models.forecasters.base import ModelFailure
+from ml_analytics.models.retrain import DataState, ModelState, retrain_decision
+from ml_analytics.services.config import forecast_config, retrain_policy
+from ml_analytics.services.fit_pool import FitPool, FitTimeout
+from ml_analytics.services.forecast_jobs import ForecastJob, run_forecast
+from ml_analytics.services.global_model import NO_MODEL, CurrentModel, GlobalModelService
 from ml_analytics.settings import Settings
 from ml_analytics.storage.clock import read_clock
+from ml_analytics.storage.global_models import product_skill, shop_demand
+from ml_analytics.storage.locks import advisory_lock, product_lock
 from ml_analytics.storage.models_queries import (
     StoredModel,
     model_state,
+    products_on_older_global_model,
     products_to_consider,
     save_model,
 )
@@ -60,122 +54,8 @@ CLOCK_POLL_SECONDS = 2.0
 MAX_FAILURE_BACKOFF_SECONDS = 3600.0
 
 
-def forecast_config(settings: Settings) -> ForecastConfig:
-    return ForecastConfig(
-        horizon_days=settings.forecast_horizon_days,
-        seasonality_mode=settings.prophet_seasonality_mode,
-        interval_width=settings.prophet_interval_width,
-        min_training_days=settings.min_training_days,
-        sample_paths=settings.forecast_sample_paths,
-    )
-
-
-def retrain_policy(settings: Settings) -> RetrainPolicy:
-    return RetrainPolicy(
-        min_training_days=settings.min_training_days,
-        min_new_days=settings.retrain_min_new_days,
-        min_new_units_ratio=settings.retrain_min_new_units_ratio,
-        cooldown_days=settings.retrain_cooldown_days,
-    )
-
-
-def _fit_in_worker(
-    values: np.ndarray, first_day: Any, config: ForecastConfig
-) -> tuple[Forecast, float]:
-    """Runs in a worker process."""
-    started = time.perf_counter()
-    forecast = fit_forecast(values, first_day, config)
-    return forecast, time.perf_counter() - started
-
-
-class FitTimeout(TimeoutError):
-    pass
-
-
 class ProductBusy(RuntimeError):
     """Another replica is training this product now."""
-
-
-class FitPool:
-    """A process pool for model fits with a per-fit timeout and recycled workers.
-
-    A fit past its timeout cannot be cancelled inside a worker, so the pool's
-    processes are killed and a fresh pool started; fits that were running
-    alongside fail with BrokenProcessPool and are tried again later.
-    """
-
-    def __init__(self, workers: int, max_fits_per_worker: int) -> None:
-        self._workers = workers
-        self._max_fits = max_fits_per_worker
-        self._executor = self._new_executor()
-
-    def _new_executor(self) -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(
-            max_workers=self._workers,
-            mp_context=multiprocessing.get_context("spawn"),
-            max_tasks_per_child=self._max_fits,
-            initializer=die_with_parent,
-            initargs=(os.getpid(),),
-        )
-
-    async def fit(
-        self, values: np.ndarray, first_day: Any, config: ForecastConfig, timeout_seconds: float
-    ) -> tuple[Forecast, float]:
-        """One fit in one worker: the holdout fit, then the final fit (best throughput)."""
-        loop = asyncio.get_running_loop()
-        executor = self._executor
-        future = loop.run_in_executor(executor, _fit_in_worker, values, first_day, config)
-        return await self._within(executor, future, timeout_seconds)
-
-    async def fit_parallel(
-        self, values: np.ndarray, first_day: Any, config: ForecastConfig, timeout_seconds: float
-    ) -> tuple[Forecast, float]:
-        """The holdout fit and the final fit in two workers at once (best latency, for a
-        caller who waits). Raises InsufficientData before using the pool."""
-        values = np.asarray(values, dtype=float)
-        seasonality = check_history(values, first_day, config)
-        loop = asyncio.get_running_loop()
-        executor = self._executor
-        started = time.perf_counter()
-        both = asyncio.gather(
-            loop.run_in_executor(
-                executor, holdout_accuracy, values, first_day, config, seasonality
-            ),
-            loop.run_in_executor(executor, future_forecast, values, first_day, config, seasonality),
-        )
-        metrics, predicted = await self._within(executor, both, timeout_seconds)
-        forecast = assemble_forecast(values, first_day, config, seasonality, metrics, predicted)
-        return forecast, time.perf_counter() - started
-
-    async def _within(
-        self, executor: ProcessPoolExecutor, work: Awaitable[Any], timeout_seconds: float
-    ) -> Any:
-        try:
-            return await asyncio.wait_for(work, timeout_seconds)
-        except TimeoutError:
-            self._replace(executor)
-            raise FitTimeout(f"the fit took longer than {timeout_seconds:g} s") from None
-        except BrokenProcessPool:
-            self._replace(executor)
-            raise
-
-    def _replace(self, broken: ProcessPoolExecutor) -> None:
-        if broken is not self._executor:
-            return  # already replaced by another fit's failure
-        _kill(broken)
-        self._executor = self._new_executor()
-
-    def shutdown(self) -> None:
-        _kill(self._executor)
-
-
-def _kill(executor: ProcessPoolExecutor) -> None:
-    """Stop a pool now, fits in progress included. Python 3.11 has no public way
-    to stop a busy worker, hence the private `_processes`."""
-    for process in list((getattr(executor, "_processes", None) or {}).values()):
-        with contextlib.suppress(Exception):
-            process.kill()
-    executor.shutdown(wait=False, cancel_futures=True)
 
 
 class ModelTrainer:
@@ -188,6 +68,7 @@ class ModelTrainer:
         *,
         on_model: ModelListener | None = None,
         pool: FitPool | None = None,
+        global_models: GlobalModelService | None = None,
     ) -> None:
         self._engine = engine
         self._settings = settings
@@ -195,6 +76,10 @@ class ModelTrainer:
         self._policy = retrain_policy(settings)
         self._on_model = on_model
         self._pool = pool or FitPool(settings.worker_count, settings.worker_max_fits)
+        self._global_models = global_models
+        self._new_global_model = asyncio.Event()
+        if global_models is not None:
+            global_models.on_new_model(self._new_global_model)
         self._waiting: dict[str, None] = {}  # insertion-ordered set
         self._in_flight: set[str] = set()
         self._not_before: dict[str, float] = {}  # failed products wait (monotonic time)
@@ -208,6 +93,13 @@ class ModelTrainer:
         self._clock_task: asyncio.Task[None] | None = None
         self._clock_wake = asyncio.Event()
         self._through: date | None = None  # the clock's last complete day, as last seen
+        self._shop_cache: tuple[date, date, np.ndarray] | None = None  # (first, last, demand)
+
+    @property
+    def current_global(self) -> CurrentModel:
+        if self._settings.forecast_model != "combination" or self._global_models is None:
+            return NO_MODEL
+        return self._global_models.current
 
     def notify(self, product_ids: set[str] | frozenset[str] | list[str]) -> None:
         """These products got new data: consider them for (re)training."""
@@ -256,16 +148,26 @@ class ModelTrainer:
                 loop.call_later(delay + 0.01, self._wake.set)
 
     async def _follow_clock(self) -> None:
-        """Products come due as the clock moves, whichever replica's events move it:
-        look when told, and every CLOCK_POLL_SECONDS."""
+        """Products come due as the clock moves, whichever replica's events move it, and
+        when a new global model arrives: look when told, and every CLOCK_POLL_SECONDS."""
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._clock_wake.wait(), CLOCK_POLL_SECONDS)
             self._clock_wake.clear()
             try:
                 await self._look_at_clock()
+                if self._new_global_model.is_set():
+                    self._new_global_model.clear()
+                    await self._refresh_for_global_model()
             except Exception as error:
                 logger.warning("reading the stream clock failed", extra={"error": repr(error)})
+
+    async def _refresh_for_global_model(self) -> None:
+        version = self.current_global.version
+        if version is None:
+            return
+        async with self._engine.connect() as connection:
+            self.notify(await products_on_older_global_model(connection, version))
 
     async def _look_at_clock(self, *, changed_since_model: bool = False) -> None:
         async with self._engine.connect() as connection:
@@ -282,6 +184,8 @@ class ModelTrainer:
                     changed_since_model=changed_since_model,
                 )
             )
+        if self._global_models is not None and self._settings.forecast_model == "combination":
+            self._global_models.clock_moved()
 
     async def _complete_through(self, connection: AsyncConnection) -> date | None:
         return complete_through(
@@ -353,19 +257,14 @@ class ModelTrainer:
         stored, and an older fit never overwrites a newer model. Raises ProductBusy
         while another replica holds the product.
         """
-        key = zlib.crc32(product_id.encode()) - 2**31
-        async with self._engine.connect() as lock_connection:
-            acquired = (
-                await lock_connection.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": key})
-            ).scalar_one()
+        async with advisory_lock(self._engine, product_lock(product_id)) as (acquired, held):
             if not acquired:
                 raise ProductBusy(product_id)
             locked_at = time.time()
             try:
-                trained = await self._train_locked(product_id, force)
+                trained = await self._train_locked(held, product_id, force)
             finally:
                 unlocked_at = time.time()  # before the unlock: no one else holds it yet
-                await lock_connection.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
         if trained is None:
             return None
         stored, reason = trained
@@ -374,10 +273,11 @@ class ModelTrainer:
             extra={
                 "product_id": product_id,
                 "reason": reason,
+                "model": stored.model_name,
                 "training_days": stored.training_days,
                 "trained_through": str(stored.trained_through),
                 "fit_seconds": round(stored.fit_seconds, 3),
-                "mape": stored.metrics.get("mape"),
+                "skill_vs_moving_average": stored.metrics.get("skill_vs_moving_average"),
                 # When this replica held the product (epoch seconds): the scale-out
                 # test checks that no two replicas ever overlap.
                 "locked_at": round(locked_at, 6),
@@ -388,48 +288,84 @@ class ModelTrainer:
             await self._on_model(product_id)
         return stored
 
-    async def _train_locked(self, product_id: str, force: bool) -> tuple[StoredModel, str] | None:
-        async with self._engine.connect() as connection:
+    async def _train_locked(
+        self, connection: AsyncConnection, product_id: str, force: bool
+    ) -> tuple[StoredModel, str] | None:
+        """Decide and fit on the connection that holds the product's lock (one connection
+        per product in hand: fits are quick, and the pool is shared with ingestion)."""
+        current_global = self.current_global
+        try:
             through = await self._complete_through(connection)
             summary = await product_summary(connection, product_id)
             if summary is None or through is None:
+                await connection.commit()
                 return None
             seen = await model_state(connection, product_id)
             current, data = None, DataState(summary.first_day, through)
             if seen is not None:
-                trained_through, units_seen, training_days = seen
-                current = ModelState(trained_through, units_seen)
+                current = ModelState(seen.trained_through, seen.units_seen)
                 data = DataState(
                     summary.first_day,
                     through,
                     units_after_model=await units_between(
-                        connection, product_id, trained_through + timedelta(days=1), through
+                        connection, product_id, seen.trained_through + timedelta(days=1), through
                     ),
                     units_in_model_window=await units_between(
                         connection,
                         product_id,
-                        trained_through - timedelta(days=training_days - 1),
-                        trained_through,
+                        seen.trained_through - timedelta(days=seen.training_days - 1),
+                        seen.trained_through,
                     ),
                 )
             decision = retrain_decision(data, current, self._policy)
-            if not (decision.retrain or force):
+            if decision.on_the_clock and not force and self._global_model_coming(through):
+                return None  # refreshed with the week's global model, once it is trained
+            reason = decision.reason
+            if (
+                not decision.retrain
+                and seen is not None
+                and current_global.version is not None
+                and seen.global_version != current_global.version
+                and data.first_day is not None
+                and (through - data.first_day).days + 1 >= self._policy.min_training_days
+            ):
+                reason = f"a new global model (version {current_global.version})"
+            elif not (decision.retrain or force):
                 return None
+            if force:
+                reason = "forced"
             series = await daily_demand_series(
-                connection,
-                product_id,
-                max_days=self._settings.training_max_history_days,
-                through=through,
+                connection, product_id, max_days=self._config.history_days, through=through
             )
-        if not series:
-            return None
-        values = np.array([day.quantity_units for day in series], dtype=float)
+            if not series:
+                return None
+            job = ForecastJob(
+                product_id=product_id,
+                first_day=series[0].day,
+                values=np.array([day.quantity_units for day in series], dtype=float),
+                config=self._config,
+                forecaster=self._settings.forecast_model,
+                combination=tuple(current_global.combination.items()),
+                global_model=current_global.reference,
+                calibration=current_global.calibration,
+            )
+            if job.forecaster == "combination":
+                shop_start, shop = await self._shop(connection, series[0].day, through)
+                job = replace(job, shop_start=shop_start, shop=shop)
+            skill = await product_skill(connection, product_id)
+        except BaseException:
+            await connection.rollback()
+            raise
+        await connection.commit()  # not idle in a transaction through the fit
         metrics.FITS.labels("started").inc()
-        forecast, seconds = await self._pool.fit(
-            values, series[0].day, self._config, self._settings.worker_timeout
-        )
+        forecast, seconds = await self._pool.run(self._settings.worker_timeout, run_forecast, job)
         metrics.FITS.labels("succeeded").inc()
         metrics.FIT_SECONDS.observe(seconds)
+        figures = forecast.metrics_dict()
+        if skill is not None and skill.skill_vs_moving_average is not None:
+            # Backtests at earlier origins with models that saw nothing after them.
+            figures["skill_vs_moving_average"] = skill.skill_vs_moving_average
+            figures["skill_backtests"] = skill.backtests
         stored = StoredModel(
             product_id=product_id,
             model_name=forecast.model_name,
@@ -442,10 +378,36 @@ class ModelTrainer:
             yhat_lower=forecast.yhat_lower.tolist(),
             yhat_upper=forecast.yhat_upper.tolist(),
             sample_paths=forecast.sample_paths,
-            metrics=forecast.metrics_dict(),
+            metrics=figures,
             seasonality=asdict(forecast.seasonality),
             fit_seconds=seconds,
+            global_version=current_global.version if job.global_model is not None else None,
+            weights=forecast.weights,
         )
-        async with self._engine.begin() as connection:
-            await save_model(connection, stored)
-        return stored, "forced" if force else decision.reason
+        await save_model(connection, stored)
+        await connection.commit()
+        return stored, reason
+
+    def _global_model_coming(self, through: date) -> bool:
+        """A new global model is due for this clock day and not long overdue: a product
+        due only because the clock moved waits for it instead of being refreshed twice
+        (with the old model now, with the new one minutes later)."""
+        current = self.current_global
+        if current.trained_through is None:
+            return False
+        behind = (through - current.trained_through).days
+        retrain_days = self._settings.global_model_retrain_days
+        return retrain_days <= behind < 2 * retrain_days
+
+    async def _shop(
+        self, connection: AsyncConnection, first_day: date, through: date
+    ) -> tuple[date, np.ndarray]:
+        """The shop's daily demand from `first_day` to `through` (kept while the clock
+        stays on the same day)."""
+        cached = self._shop_cache
+        if cached is None or cached[1] != through or cached[0] > first_day:
+            start = min(first_day, through - timedelta(days=self._config.history_days - 1))
+            demand = await shop_demand(connection, start, through)
+            cached = self._shop_cache = (start, through, demand)
+        start, _, demand = cached
+        return first_day, demand[(first_day - start).days :]

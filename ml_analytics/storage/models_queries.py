@@ -28,6 +28,8 @@ class StoredModel:
     metrics: dict[str, Any]
     seasonality: dict[str, Any]
     fit_seconds: float
+    global_version: int | None = None  # the global model the forecast used (None: none)
+    weights: dict[str, float] | None = None  # a combination's members and weights
 
 
 async def save_model(connection: AsyncConnection, model: StoredModel) -> None:
@@ -37,10 +39,11 @@ async def save_model(connection: AsyncConnection, model: StoredModel) -> None:
             """
 INSERT INTO product_models (product_id, model_name, trained_at, trained_through, training_days,
     units_seen, forecast_start, yhat, yhat_lower, yhat_upper, sample_paths, path_count, metrics,
-    seasonality, fit_seconds)
+    seasonality, fit_seconds, global_version, weights)
 VALUES (:product_id, :model_name, :trained_at, :trained_through, :training_days, :units_seen,
     :forecast_start, :yhat, :yhat_lower, :yhat_upper, :sample_paths, :path_count,
-    CAST(:metrics AS jsonb), CAST(:seasonality AS jsonb), :fit_seconds)
+    CAST(:metrics AS jsonb), CAST(:seasonality AS jsonb), :fit_seconds, :global_version,
+    CAST(:weights AS jsonb))
 ON CONFLICT (product_id) DO UPDATE SET
     model_name = EXCLUDED.model_name, trained_at = EXCLUDED.trained_at,
     trained_through = EXCLUDED.trained_through, training_days = EXCLUDED.training_days,
@@ -48,7 +51,8 @@ ON CONFLICT (product_id) DO UPDATE SET
     yhat = EXCLUDED.yhat, yhat_lower = EXCLUDED.yhat_lower, yhat_upper = EXCLUDED.yhat_upper,
     sample_paths = EXCLUDED.sample_paths, path_count = EXCLUDED.path_count,
     metrics = EXCLUDED.metrics, seasonality = EXCLUDED.seasonality,
-    fit_seconds = EXCLUDED.fit_seconds
+    fit_seconds = EXCLUDED.fit_seconds, global_version = EXCLUDED.global_version,
+    weights = EXCLUDED.weights
 WHERE product_models.trained_through <= EXCLUDED.trained_through
 """
         ),
@@ -68,26 +72,49 @@ WHERE product_models.trained_through <= EXCLUDED.trained_through
             "metrics": json.dumps(model.metrics),
             "seasonality": json.dumps(model.seasonality),
             "fit_seconds": model.fit_seconds,
+            "global_version": model.global_version,
+            "weights": None if model.weights is None else json.dumps(model.weights),
         },
     )
 
 
-async def model_state(
-    connection: AsyncConnection, product_id: str
-) -> tuple[date, float, int] | None:
-    """What the product's model saw: (last history day, units, days), without the forecast."""
+@dataclass(frozen=True)
+class ModelSeen:
+    """What a product's model saw, without its forecast."""
+
+    trained_through: date
+    units_seen: float
+    training_days: int
+    global_version: int | None
+
+
+async def model_state(connection: AsyncConnection, product_id: str) -> ModelSeen | None:
     row = (
         await connection.execute(
             text(
-                "SELECT trained_through, units_seen, training_days FROM product_models "
-                "WHERE product_id = :p"
+                "SELECT trained_through, units_seen, training_days, global_version "
+                "FROM product_models WHERE product_id = :p"
             ),
             {"p": product_id},
         )
     ).one_or_none()
     if row is None:
         return None
-    return row.trained_through, float(row.units_seen), int(row.training_days)
+    return ModelSeen(
+        row.trained_through, float(row.units_seen), int(row.training_days), row.global_version
+    )
+
+
+async def products_on_older_global_model(connection: AsyncConnection, version: int) -> list[str]:
+    """Products whose forecast did not use global model `version` (due for a refresh)."""
+    rows = await connection.execute(
+        text(
+            "SELECT product_id FROM product_models WHERE global_version IS DISTINCT FROM :v "
+            "ORDER BY product_id"
+        ),
+        {"v": version},
+    )
+    return [row.product_id for row in rows]
 
 
 async def products_to_consider(
@@ -149,6 +176,8 @@ async def load_model(connection: AsyncConnection, product_id: str) -> StoredMode
         metrics=row.metrics,
         seasonality=row.seasonality,
         fit_seconds=row.fit_seconds,
+        global_version=row.global_version,
+        weights=row.weights,
     )
 
 

@@ -105,6 +105,8 @@ product_models = Table(
     Column("metrics", JSONB, nullable=False),
     Column("seasonality", JSONB, nullable=False),
     Column("fit_seconds", Float, nullable=False),
+    Column("global_version", BigInteger, nullable=True),
+    Column("weights", JSONB, nullable=True),
 )
 
 # The latest risk assessment per product, and the level last queued for publishing.
@@ -177,4 +179,38 @@ stream_clock = Table(
     Column("newest_event_at", DateTime(timezone=True), nullable=True),
     Column("updated_at", DateTime(timezone=True), nullable=True),
     CheckConstraint("clock_id = 1", name="ck_stream_clock_one_row"),
+)
+
+# Global models trained across products (the latest few), with the combination their
+# backtest chose and the calibration of the sample paths.
+global_models = Table(
+    "global_models",
+    metadata,
+    Column("version", BigInteger, Identity(), primary_key=True),
+    Column("trained_at", DateTime(timezone=True), nullable=False),
+    Column("trained_through", Date, nullable=False),
+    Column("model_text", Text, nullable=True),
+    Column("training_rows", Integer, nullable=False),
+    Column("products", Integer, nullable=False),
+    Column("combination", JSONB, nullable=False),
+    Column("selection", JSONB, nullable=False),
+    Column("calibration", JSONB, nullable=True),
+    Column("seconds", JSONB, nullable=False),
+    Column("note", Text, nullable=False, server_default=""),
+)
+
+# Each product's backtests: forecast at an origin with a model that saw nothing after it.
+product_backtests = Table(
+    "product_backtests",
+    metadata,
+    Column("product_id", Text, primary_key=True),
+    Column("origin", Date, primary_key=True),
+    Column("member_totals", JSONB, nullable=False),
+    Column("forecast_total", Float, nullable=False),
+    Column("actual_total", Float, nullable=False),
+    Column("actual_14", Float, nullable=False),
+    Column("pit_14", Float, nullable=True),
+    Column("rmse", Float, nullable=False),
+    Column("mape", Float, nullable=True),
+    Index("ix_product_backtests_origin", "origin"),
 )

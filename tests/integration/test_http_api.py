@@ -274,9 +274,10 @@ async def test_predict_stockout_from_120_days_at_11_a_day_and_500_units(
     assert 0 <= body["confidence"] <= 1
     assert len(body["daily_usage_forecast"]) == 90
     assert all(value >= 0 for value in body["daily_usage_forecast"])
-    # The daily usage adds up to the stock on the predicted day, not before.
+    # The date is the median stockout day over the paths; the expected usage (their
+    # mean) uses the stock up within a day or two of it.
     reached = np.cumsum(body["daily_usage_forecast"]) >= 500 - 1e-3
-    assert int(np.argmax(reached)) + 1 == body["days_until_stockout"]
+    assert abs(int(np.argmax(reached)) + 1 - body["days_until_stockout"]) <= 2
     # 14 days (the default window) of ~11 a day is ~154 units: far below 500.
     assert body["risk_window_days"] == 14
     assert body["stockout_probability"] == 0
@@ -351,7 +352,8 @@ async def test_predict_stockout_without_data_uses_stored_demand_and_stock(
 
     forecast = await api.post("/forecast/demand", json={"product_id": product, "horizon_days": 7})
     assert forecast.status_code == 200
-    assert forecast.json()["model_metrics"]["training_samples"] == 60
+    # The stored history runs to the clock's last complete day: the last day is still open.
+    assert forecast.json()["model_metrics"]["training_samples"] == 59
     assert all(9 <= p["yhat"] <= 11 for p in forecast.json()["predictions"])
 
     no_stock = await api.post(

@@ -1,4 +1,4 @@
-"""The Prophet forecaster on series with a known shape."""
+"""The Prophet forecaster on series with a known shape, and the accuracy figures."""
 
 from __future__ import annotations
 
@@ -7,13 +7,13 @@ from datetime import date, timedelta
 import numpy as np
 import pytest
 
-from ml_analytics.models.forecast import (
+from ml_analytics.models.forecasters.base import (
     ForecastConfig,
     InsufficientData,
     accuracy,
     detect_seasonality,
-    fit_forecast,
 )
+from ml_analytics.models.forecasters.prophet import fit_forecast
 
 CONFIG = ForecastConfig(horizon_days=30, min_training_days=30, sample_paths=100)
 START = date(2025, 1, 6)  # a Monday
@@ -79,34 +79,9 @@ def test_accuracy_metrics_on_a_known_case() -> None:
     assert metrics.mase == pytest.approx(1.25 / 2.0)  # seasonal-naive in-sample error is 2
 
 
-def test_bootstrap_paths_keep_the_weekday_pattern_and_the_recent_level() -> None:
-    from ml_analytics.models.forecast import bootstrap_paths
-
-    closed_on_day_6 = np.array([30, 30, 30, 30, 30, 0, 5] * 20, dtype=float)
-    history = closed_on_day_6[:-3]  # ends mid-week: the forecast starts on pattern day 4
-    paths = bootstrap_paths(history, horizon=14, paths=50, seed=1)
-    assert paths.shape == (50, 14)
-    expected_week = np.roll(closed_on_day_6[:7], -4)  # 30, 0, 5, 30, 30, 30, 30
-    assert np.all(paths[:, :7] == expected_week)
-
-
-def test_bootstrap_paths_follow_their_window_not_older_history() -> None:
-    from ml_analytics.models.forecast import bootstrap_paths
-
-    history = np.concatenate([np.full(200, 100.0), np.full(91, 2.0)])
-    assert np.all(bootstrap_paths(history, 30, 20, seed=0, window=91) == 2.0)
-
-
-def test_the_service_paths_mix_the_last_28_91_and_365_days_in_equal_shares() -> None:
-    from ml_analytics.models.forecast import mixed_bootstrap_paths
-
-    # A year ago demand was 100 a day; for the last 91 days it has been 2.
-    history = np.concatenate([np.full(274, 100.0), np.full(91, 2.0)])
-    paths = mixed_bootstrap_paths(history, horizon=7, paths=301, seed=3)
-    assert paths.shape == (301, 7)
-    recent = np.all(paths == 2.0, axis=1)
-    # The 28- and 91-day thirds (101 + 100) see only the recent level; the 365-day
-    # third draws 13 of its 52 weeks from the recent level, the rest from the old one.
-    assert np.all(recent[:201])
-    old_weeks = paths[201:].mean(axis=1) == 100.0
-    assert 0.6 < old_weeks.mean() < 0.9  # ~39/52 of the weeks
+def test_skill_against_the_moving_average() -> None:
+    actual = np.full(28, 10.0)
+    metrics = accuracy(actual, np.full(28, 9.0), np.full(60, 10.0), moving_average=5.0)
+    # totals: forecast 252, moving average 140, actual 280: errors 28 and 140
+    assert metrics.skill_vs_moving_average == pytest.approx(0.8)
+    assert metrics.skill_backtests == 1

@@ -29,10 +29,10 @@ def constant(per_day: float, paths: int = 200, horizon: int = 90) -> np.ndarray:
     return np.full((paths, horizon), per_day)
 
 
-def test_constant_demand_runs_out_on_the_day_cumulative_demand_reaches_the_stock() -> None:
+def test_constant_demand_runs_out_on_the_first_day_demand_exceeds_the_stock() -> None:
     risk = assess(constant(20), stock=100, window=10)
-    assert risk.days_until_stockout == 5
-    assert risk.predicted_stockout_date == date(2026, 11, 6)
+    assert risk.days_until_stockout == 6  # days 1-5 use the 100 up; day 6 goes unserved
+    assert risk.predicted_stockout_date == date(2026, 11, 7)
     assert risk.stockout_probability == 1.0
     assert risk.risk_level == "high"
     assert risk.confidence == 1.0
@@ -42,7 +42,7 @@ def test_stock_that_outlasts_the_window_is_low_risk_but_still_dated() -> None:
     risk = assess(constant(20), stock=500, window=10)
     assert risk.stockout_probability == 0.0
     assert risk.risk_level == "low"
-    assert risk.days_until_stockout == 25
+    assert risk.days_until_stockout == 26
 
 
 def test_zero_demand_never_runs_out() -> None:
@@ -72,8 +72,8 @@ def test_huge_stock_gives_no_date_within_the_horizon() -> None:
 def test_rising_trend_runs_out_sooner_than_the_current_rate_says() -> None:
     trend = np.tile(np.arange(1, 91, dtype=float) * 2, (100, 1))  # 2, 4, 6, ... units a day
     risk = assess(trend, stock=110, window=30)
-    # 2+4+...+2k >= 110  =>  k(k+1) >= 110  =>  k = 10
-    assert risk.days_until_stockout == 10
+    # 2+4+...+2k > 110  =>  k(k+1) > 110  =>  k = 11
+    assert risk.days_until_stockout == 11
     assert risk.stockout_probability == 1.0
 
 
@@ -93,7 +93,7 @@ def test_observed_demand_since_a_stale_snapshot_comes_off_the_stock() -> None:
         forecast_start=D + timedelta(days=4),
         observed_since_snapshot_units=45,
     )
-    # 55 left on day 3; 10 a day from day 4: reached on day 3 + 6 = 9
+    # 55 left on day 3; 10 a day from day 4: exceeded on day 3 + 6 = 9
     assert risk.days_until_stockout == 9
     assert risk.stockout_probability == 1.0  # by day 10 demand is 45 + 70 > 100
 
@@ -109,3 +109,24 @@ def test_probability_and_confidence_stay_within_zero_and_one(stock: float) -> No
     risk = assess(rng.gamma(2.0, 3.0, size=(200, 90)), stock=stock, window=14)
     assert 0 <= risk.stockout_probability <= 1
     assert 0 <= risk.confidence <= 1
+
+
+def test_the_date_is_the_median_stockout_day_over_the_paths() -> None:
+    # 60% of paths run out on day 3, 40% never: more likely than not by day 3.
+    paths = np.vstack([constant(50, paths=120), constant(0, paths=80)])
+    risk = assess(paths, stock=100, window=10)
+    assert risk.days_until_stockout == 3 and risk.stockout_probability == 0.6
+    # 40% on day 3, 60% never: a stockout is not more likely than not: no date.
+    paths = np.vstack([constant(50, paths=80), constant(0, paths=120)])
+    risk = assess(paths, stock=100, window=10)
+    assert risk.predicted_stockout_date is None and risk.stockout_probability == 0.4
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_a_date_inside_the_window_means_probability_at_least_one_half(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    lumpy = rng.poisson(0.3, size=(200, 90)) * rng.choice([1, 5, 20], size=(200, 90))
+    stock, window = float(rng.integers(0, 60)), int(rng.integers(1, 30))
+    risk = assess(lumpy.astype(float), stock=stock, window=window)
+    inside = risk.days_until_stockout is not None and risk.days_until_stockout <= window
+    assert inside == (risk.stockout_probability >= 0.5)

@@ -1,0 +1,165 @@
+"""A global training with its own backtest: what the service runs each time the clock
+has moved a week (services/global_model.py runs it in a worker process). Pure.
+
+1. Backtest at the origin four weeks before the clock: a global model trained only on
+   data before that origin forecasts every product; the members' and the
+   combination's 28-day totals are set beside what happened, and the probability
+   integral transform (PIT) of each product's actual 14-day demand under its raw
+   sample paths is kept. These rows are stored: each product's skill against the
+   moving average comes from its last backtests, the combination is chosen over the
+   last weeks' rows, and the sample paths are recalibrated with their PITs.
+2. The global model that forecasts from now on, trained on everything before the clock.
+
+The same stored data always gives the same result: a replay of history reaches the
+same models as living through it, at the same clock days.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ml_analytics.models.distribution import compound_poisson_paths, order_sizes, pit
+from ml_analytics.models.forecasters.combination import DEFAULT, GLOBAL, point_forecasts
+from ml_analytics.models.forecasters.global_gbm import (
+    GlobalModel,
+    NotEnoughData,
+    train_global,
+)
+from ml_analytics.models.forecasters.panel import Panel
+
+BACKTEST_DAYS = 28
+PIT_WINDOW_DAYS = 14
+PIT_PATHS = 200
+MEMBERS = ("gbm", "ma28", "adida")
+
+
+@dataclass(frozen=True)
+class BacktestCase:
+    """One product at one backtest origin: each member's 28-day total, the combination's
+    and what happened, and the PIT of the actual 14-day demand (None: not applicable)."""
+
+    product_id: str
+    member_totals: dict[str, float | None]
+    forecast_total: float
+    actual_total: float
+    actual_14: float
+    pit_14: float | None
+    rmse: float
+    mape: float | None
+
+
+@dataclass
+class GlobalTraining:
+    model: GlobalModel | None
+    backtest_origin_index: int | None
+    cases: list[BacktestCase] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
+    note: str = ""
+
+
+def backtest(panel: Panel, h: int, model: GlobalModel | None, seed: int = 11) -> list[BacktestCase]:
+    """Every product old enough at origin `h`, forecast from its data before `h` (the
+    default combination; `model` must have seen nothing from `h` on) and scored on the
+    BACKTEST_DAYS from `h`, which the panel must hold."""
+    rows = np.nonzero(panel.first <= h - 28)[0]
+    if len(rows) == 0:
+        return []
+    point = point_forecasts(panel, h, rows, DEFAULT, model, BACKTEST_DAYS)
+    rng = np.random.default_rng(seed)
+    cases = []
+    for position, row in enumerate(rows):
+        actual = np.nan_to_num(panel.Y[row, h : h + BACKTEST_DAYS])
+        forecast = point.yhat[position]
+        totals: dict[str, float | None] = {}
+        for member in MEMBERS:
+            level = point.weekly[member][position, :4]
+            totals[member] = None if np.isnan(level).any() else float(level.sum() * 7)
+        history = panel.history(int(row), h)
+        raw = compound_poisson_paths(
+            forecast[:PIT_WINDOW_DAYS], order_sizes(history), PIT_PATHS, rng
+        ).sum(1)
+        nonzero = actual > 0
+        cases.append(
+            BacktestCase(
+                product_id=panel.items[row],
+                member_totals=totals,
+                forecast_total=float(forecast.sum()),
+                actual_total=float(actual.sum()),
+                actual_14=float(actual[:PIT_WINDOW_DAYS].sum()),
+                pit_14=pit(raw, float(actual[:PIT_WINDOW_DAYS].sum()), rng)
+                if forecast[:PIT_WINDOW_DAYS].sum() > 0
+                else None,
+                rmse=float(np.sqrt(np.mean((forecast - actual) ** 2))),
+                mape=float(np.mean(np.abs(forecast[nonzero] - actual[nonzero]) / actual[nonzero]))
+                * 100
+                if nonzero.any()
+                else None,
+            )
+        )
+    return cases
+
+
+def train_with_backtest(panel: Panel, t: int) -> GlobalTraining:
+    """The backtest at `t - BACKTEST_DAYS`, then the global model on all data before `t`.
+
+    A panel too short for either gives what it can (no backtest; no model when there is
+    not enough to learn from, and the service then forecasts with local members)."""
+    seconds: dict[str, float] = {}
+    h = t - BACKTEST_DAYS
+    cases: list[BacktestCase] = []
+    note = ""
+    started = time.perf_counter()
+    try:
+        earlier = train_global(panel, h)
+    except NotEnoughData as reason:
+        earlier, note = None, f"no backtest model: {reason}"
+    seconds["backtest model"] = time.perf_counter() - started
+    if h > 28:
+        started = time.perf_counter()
+        cases = backtest(panel, h, earlier)
+        seconds["backtest"] = time.perf_counter() - started
+    started = time.perf_counter()
+    try:
+        model: GlobalModel | None = train_global(panel, t)
+    except NotEnoughData as reason:
+        model, note = None, f"no global model: {reason}"
+    seconds["global model"] = time.perf_counter() - started
+    return GlobalTraining(model, h if cases else None, cases, seconds, note)
+
+
+def member_totals_table(cases: list[BacktestCase]) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Members' totals (NaN where not applied) and actual totals, for choose_combination."""
+    totals = {
+        member: np.array(
+            [
+                np.nan if c.member_totals.get(member) is None else c.member_totals[member]
+                for c in cases
+            ],
+            dtype=float,
+        )
+        for member in MEMBERS
+    }
+    return totals, np.array([c.actual_total for c in cases], dtype=float)
+
+
+def summary(cases: list[BacktestCase]) -> dict[str, Any]:
+    """The pooled figures of a backtest: error of 28-day totals (WAPE) of the combination
+    and of the moving average."""
+    actual = sum(c.actual_total for c in cases)
+    if not cases or actual <= 0:
+        return {"cases": len(cases)}
+    ma = [c for c in cases if c.member_totals.get("ma28") is not None]
+    return {
+        "cases": len(cases),
+        "combination_wape_28": round(
+            sum(abs(c.forecast_total - c.actual_total) for c in cases) / actual, 4
+        ),
+        "moving_average_wape_28": round(
+            sum(abs((c.member_totals["ma28"] or 0.0) - c.actual_total) for c in ma) / actual, 4
+        ),
+        "with_global_model": sum(c.member_totals.get(GLOBAL) is not None for c in cases),
+    }

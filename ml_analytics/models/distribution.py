@@ -1,0 +1,104 @@
+"""The predictive distribution: daily sample paths around a point forecast.
+
+Stockout probabilities, stockout dates and order-up-to levels all come from these
+paths, and their mean is the point forecast itself: one forecast, not a second model.
+
+Compound Poisson: on each day a Poisson number of "order days" with rate
+`yhat / mean order size`, each of a size drawn from the product's own non-zero daily
+demands of its last year. Lumpy demand stays lumpy (a wholesale order arrives whole),
+a daily seller's days vary as its own days did.
+
+Recalibration: the raw paths are ranked by their sum over the first CAL_WINDOW_DAYS,
+and resampled with the density of the probability integral transforms (PIT) of
+actual 14-day demand measured in backtests (`pit_density`): where actual demand fell
+within the distribution at earlier origins. A uniform PIT changes nothing; one that
+piles up at the top (demand higher than the paths said) moves weight to the upper
+paths. Measured on the sample, it brings the deciles of stockout_probability within
+a few points of what happened (README, bench/evaluate). Pure: numpy.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+PATHS = 200
+CAL_WINDOW_DAYS = 14
+CAL_BINS = 20
+OVERSAMPLE = 4
+SIZE_WINDOW_DAYS = 365
+
+
+def order_sizes(history: np.ndarray, window: int = SIZE_WINDOW_DAYS) -> np.ndarray:
+    """The product's non-zero daily demands of its last `window` days (all its history
+    if none): the sizes its future order days are drawn from."""
+    history = np.asarray(history, dtype=float)
+    recent = history[-window:]
+    sizes = recent[recent > 0]
+    if sizes.size == 0:
+        sizes = history[history > 0]
+    return sizes if sizes.size else np.ones(1)
+
+
+def compound_poisson_paths(
+    yhat: np.ndarray, sizes: np.ndarray, paths: int, rng: np.random.Generator
+) -> np.ndarray:
+    """(paths, len(yhat)) non-negative daily demand whose expectation is `yhat`."""
+    yhat = np.clip(np.asarray(yhat, dtype=float), 0, None)
+    horizon = len(yhat)
+    mean_size = float(np.mean(sizes))
+    counts = rng.poisson(np.broadcast_to(yhat / mean_size, (paths, horizon)))
+    total = int(counts.sum())
+    if total == 0:
+        return np.zeros((paths, horizon))
+    draws = rng.choice(np.asarray(sizes, dtype=float), total)
+    cell = np.repeat(np.arange(paths * horizon), counts.ravel())
+    return np.bincount(cell, weights=draws, minlength=paths * horizon).reshape(paths, horizon)
+
+
+def sample_paths(
+    yhat: np.ndarray,
+    history: np.ndarray,
+    density: np.ndarray | None = None,
+    paths: int = PATHS,
+    seed: int = 0,
+) -> np.ndarray:
+    """Sample paths of future daily demand around `yhat`, recalibrated by `density`
+    (None: raw). Reproducible from the seed."""
+    rng = np.random.default_rng(seed)
+    sizes = order_sizes(history)
+    if density is None:
+        return compound_poisson_paths(yhat, sizes, paths, rng)
+    drawn = paths * OVERSAMPLE
+    raw = compound_poisson_paths(yhat, sizes, drawn, rng)
+    window = min(CAL_WINDOW_DAYS, raw.shape[1])
+    order = np.argsort(raw[:, :window].sum(1) + rng.random(drawn) * 1e-9)
+    quantile = (np.arange(drawn) + 0.5) / drawn
+    weight = density[np.minimum((quantile * len(density)).astype(int), len(density) - 1)]
+    cumulative = np.cumsum(weight) / weight.sum()
+    picks = np.searchsorted(cumulative, (rng.random() + np.arange(paths)) / paths)
+    chosen = raw[order[np.minimum(picks, drawn - 1)]]
+    return chosen[rng.permutation(paths)]
+
+
+def pit(sums: np.ndarray, actual: float, rng: np.random.Generator) -> float:
+    """Randomised probability integral transform of `actual` under the sample `sums`."""
+    sums = np.asarray(sums, dtype=float)
+    below = float(np.mean(sums < actual))
+    equal = float(np.mean(sums == actual))
+    return below + float(rng.random()) * equal
+
+
+def pit_density(pits: np.ndarray, bins: int = CAL_BINS) -> np.ndarray:
+    """Histogram density (mean 1) of PIT values, one pseudo-count per bin; uniform PIT
+    values give all ones (no change)."""
+    counts = np.histogram(np.clip(pits, 0, 1 - 1e-12), bins=bins, range=(0, 1))[0] + 1.0
+    return counts / counts.mean()
+
+
+def daily_interval(
+    paths: np.ndarray, yhat: np.ndarray, width: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Daily bounds holding `width` of the paths, widened to contain `yhat`."""
+    lower = np.quantile(paths, (1 - width) / 2, axis=0)
+    upper = np.quantile(paths, 1 - (1 - width) / 2, axis=0)
+    return np.minimum(lower, yhat), np.maximum(upper, yhat)

@@ -1,0 +1,92 @@
+"""What a worker process does for one product's forecast, whichever forecaster.
+
+A job carries the product's zero-filled history, the shop's daily demand over the
+same days (the global model's shop-wide features and the weekday profile), and a
+reference to the global model: a file the service wrote once per version, which a
+worker loads once and keeps, rather than a model pickled into every job.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import date, timedelta
+from pathlib import Path
+
+import numpy as np
+
+from ml_analytics.models.forecasters import prophet
+from ml_analytics.models.forecasters.base import Forecast, ForecastConfig, check_history
+from ml_analytics.models.forecasters.combination import Combination, forecast_products
+from ml_analytics.models.forecasters.global_gbm import GlobalModel
+from ml_analytics.models.forecasters.panel import panel_from_series
+
+_loaded: dict[Path, GlobalModel] = {}
+
+
+@dataclass(frozen=True)
+class GlobalModelRef:
+    version: int
+    path: Path  # LightGBM's text form, written by the service
+
+
+@dataclass(frozen=True)
+class ForecastJob:
+    product_id: str
+    first_day: date
+    values: np.ndarray  # zero-filled daily demand from first_day
+    config: ForecastConfig
+    forecaster: str = "combination"  # or "prophet"
+    combination: tuple[tuple[str, float], ...] = ()
+    global_model: GlobalModelRef | None = None
+    calibration: tuple[float, ...] | None = None
+    shop_start: date | None = None  # the shop's days end with the history's
+    shop: np.ndarray | None = None
+    holdout: bool = True
+
+    @property
+    def last_day(self) -> date:
+        return self.first_day + timedelta(days=len(self.values) - 1)
+
+
+def load_global_model(ref: GlobalModelRef) -> GlobalModel:
+    model = _loaded.get(ref.path)
+    if model is None:
+        _loaded.clear()  # one version at a time
+        model = _loaded[ref.path] = GlobalModel.from_text(ref.path.read_text())
+    return model
+
+
+def run_forecast(job: ForecastJob) -> tuple[Forecast, float]:
+    """The product's forecast and the seconds it took (runs in a worker process)."""
+    started = time.perf_counter()
+    values = np.asarray(job.values, dtype=float)
+    if job.forecaster == "prophet":
+        forecast = prophet.fit_forecast(values, job.first_day, job.config)
+        return forecast, time.perf_counter() - started
+    check_history(values, job.first_day, job.config)
+    if job.shop is not None and job.shop_start is not None:
+        shop_start, shop = job.shop_start, np.asarray(job.shop, dtype=float)
+    else:  # no stored data: the product's own days are its calendar
+        shop_start, shop = job.first_day, np.zeros(len(values))
+    panel = panel_from_series([(job.product_id, job.first_day, values)], shop_start, shop)
+    model = load_global_model(job.global_model) if job.global_model is not None else None
+    combination = Combination.from_dict(dict(job.combination))
+    calibration = None if job.calibration is None else np.asarray(job.calibration)
+    (forecast,) = forecast_products(
+        panel, panel.days, [0], combination, model, job.config, calibration, job.holdout
+    )
+    return forecast, time.perf_counter() - started
+
+
+def prophet_holdout(job: ForecastJob) -> object:
+    """Prophet's holdout fit alone (the HTTP API runs it beside the final fit)."""
+    values = np.asarray(job.values, dtype=float)
+    seasonality = check_history(values, job.first_day, job.config)
+    return prophet.holdout_accuracy(values, job.first_day, job.config, seasonality)
+
+
+def prophet_final(job: ForecastJob) -> object:
+    values = np.asarray(job.values, dtype=float)
+    seasonality = check_history(values, job.first_day, job.config)
+    return prophet.future_forecast(values, job.first_day, job.config, seasonality)

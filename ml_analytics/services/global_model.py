@@ -1,0 +1,277 @@
+"""Train the global model as the clock moves, one replica at a time, and hand it out.
+
+Whenever the clock's last complete day is GLOBAL_MODEL_RETRAIN_DAYS past the newest
+global model's (or there is none), one replica, the one that takes a PostgreSQL
+advisory lock, reads every product's stored demand, and in a worker process runs a
+backtest four weeks back and trains the model on everything (models/backtest.py).
+It stores the backtest rows, chooses the combination over the latest backtests,
+learns the calibration of the sample paths from their PITs, and stores the model as
+a new version. Every replica loads the newest version (`current`) and refreshes its
+products' forecasts with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from ml_analytics import metrics
+from ml_analytics.lifecycle import cancel_and_wait
+from ml_analytics.models.backtest import (
+    GlobalTraining,
+    member_totals_table,
+    summary,
+    train_with_backtest,
+)
+from ml_analytics.models.clock import complete_through
+from ml_analytics.models.distribution import pit_density
+from ml_analytics.models.forecasters.combination import DEFAULT, LOCAL_ONLY, choose_combination
+from ml_analytics.services.fit_pool import FitPool
+from ml_analytics.services.forecast_jobs import GlobalModelRef
+from ml_analytics.settings import Settings
+from ml_analytics.storage.clock import read_clock
+from ml_analytics.storage.global_models import (
+    PanelData,
+    StoredGlobalModel,
+    backtest_origins,
+    latest_global_model,
+    panel_data,
+    prune_backtests,
+    recent_backtests,
+    record_backtests,
+    save_global_model,
+)
+from ml_analytics.storage.locks import GLOBAL_MODEL_LOCK, advisory_lock
+
+logger = logging.getLogger(__name__)
+
+SELECTION_ORIGINS = 8  # backtest origins (weeks) the combination is chosen over
+MIN_SELECTION_ORIGINS = 6  # one origin decides nothing
+SELECTION_MARGIN = 0.05  # a candidate must beat the default by this much
+MIN_CALIBRATION_ORIGINS = 4
+MIN_CALIBRATION_CASES = 200
+KEEP_BACKTEST_ORIGINS = 12
+POLL_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class CurrentModel:
+    """What product forecasts use now: the newest global model (None: local members
+    only), the combination and the calibration."""
+
+    version: int | None
+    trained_through: date | None
+    reference: GlobalModelRef | None
+    combination: dict[str, float]
+    calibration: tuple[float, ...] | None
+
+
+NO_MODEL = CurrentModel(None, None, None, LOCAL_ONLY.as_dict(), None)
+
+
+def _train(data: PanelData) -> GlobalTraining:
+    """Runs in a worker process."""
+    panel = data.panel()
+    return train_with_backtest(panel, panel.days)
+
+
+class GlobalModelService:
+    def __init__(self, engine: AsyncEngine, settings: Settings, *, train: bool = True) -> None:
+        self._engine = engine
+        self._settings = settings
+        self._train_here = train
+        self._pool = FitPool(1, 1)  # a fresh process per training: its memory goes with it
+        self._directory = Path(tempfile.mkdtemp(prefix="ml-analytics-models-"))
+        self.current = NO_MODEL
+        self._task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        self._listeners: list[asyncio.Event] = []
+
+    def on_new_model(self, event: asyncio.Event) -> None:
+        """`event` is set whenever a newer global model is loaded."""
+        self._listeners.append(event)
+
+    async def start(self) -> None:
+        await self.refresh()
+        if self._task is None:
+            self._task = asyncio.create_task(self._follow(), name="global-model")
+
+    def clock_moved(self) -> None:
+        self._wake.set()
+
+    async def stop(self) -> None:
+        await cancel_and_wait(self._task)
+        self._task = None
+        self._pool.shutdown()
+        for path in self._directory.glob("*"):
+            path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            self._directory.rmdir()
+
+    async def _follow(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), POLL_SECONDS)
+            self._wake.clear()
+            try:
+                if self._train_here:
+                    await self.train_if_due()
+                await self.refresh()
+            except Exception:
+                logger.exception("global model: training or loading failed; trying again later")
+                await asyncio.sleep(POLL_SECONDS)
+
+    async def refresh(self) -> CurrentModel:
+        """Load the newest stored global model if it is newer than the one in hand."""
+        async with self._engine.connect() as connection:
+            meta = await latest_global_model(connection, with_model=False)
+            if meta is None or meta.version == self.current.version:
+                return self.current
+            stored = await latest_global_model(connection)
+        assert stored is not None
+        reference = None
+        if stored.model_text is not None:
+            path = self._directory / f"global-{stored.version}.txt"
+            path.write_text(stored.model_text)
+            reference = GlobalModelRef(stored.version, path)
+        self.current = CurrentModel(
+            version=stored.version,
+            trained_through=stored.trained_through,
+            reference=reference,
+            combination=stored.combination,
+            calibration=None if stored.calibration is None else tuple(stored.calibration),
+        )
+        logger.info(
+            "global model loaded",
+            extra={
+                "version": stored.version,
+                "trained_through": str(stored.trained_through),
+                "combination": stored.combination,
+            },
+        )
+        for event in self._listeners:
+            event.set()
+        return self.current
+
+    async def through(self) -> date | None:
+        async with self._engine.connect() as connection:
+            newest = await read_clock(connection)
+        return complete_through(
+            newest,
+            datetime.now(UTC),
+            timedelta(seconds=self._settings.clock_allowed_lateness_seconds),
+            self._settings.timezone,
+        )
+
+    async def train_if_due(self, *, force: bool = False) -> StoredGlobalModel | None:
+        """Train a new version if the clock moved far enough since the newest (or `force`);
+        None when not due, or when another replica is training."""
+        through = await self.through()
+        if through is None:
+            return None
+        async with self._engine.connect() as connection:
+            newest = await latest_global_model(connection, with_model=False)
+        if (
+            not force
+            and newest is not None
+            and ((through - newest.trained_through).days < self._settings.global_model_retrain_days)
+        ):
+            return None
+        async with advisory_lock(self._engine, GLOBAL_MODEL_LOCK) as (acquired, _):
+            if not acquired:
+                return None
+            async with self._engine.connect() as connection:  # decided again under the lock
+                newest = await latest_global_model(connection, with_model=False)
+            if (
+                not force
+                and newest is not None
+                and (
+                    (through - newest.trained_through).days
+                    < self._settings.global_model_retrain_days
+                )
+            ):
+                return None
+            return await self._train(through)
+
+    async def _train(self, through: date) -> StoredGlobalModel:
+        started = time.perf_counter()
+        first_day = through - timedelta(days=self._settings.global_model_history_days - 1)
+        async with self._engine.connect() as connection:
+            data = await panel_data(connection, first_day, through)
+        read_seconds = time.perf_counter() - started
+        training: GlobalTraining = await self._pool.run(
+            self._settings.global_model_timeout_seconds, _train, data
+        )
+        origin = (
+            None
+            if training.backtest_origin_index is None
+            else (first_day + timedelta(days=training.backtest_origin_index))
+        )
+        async with self._engine.begin() as connection:
+            if origin is not None:
+                await record_backtests(connection, origin, training.cases)
+                await prune_backtests(connection, KEEP_BACKTEST_ORIGINS)
+            cases = await recent_backtests(connection, SELECTION_ORIGINS)
+            origins = await backtest_origins(connection, SELECTION_ORIGINS)
+            default = DEFAULT if training.model is not None else LOCAL_ONLY
+            if origins >= MIN_SELECTION_ORIGINS:
+                totals, actual = member_totals_table(cases)
+                combination, selection = choose_combination(
+                    totals, actual, default, margin=SELECTION_MARGIN
+                )
+            else:
+                combination = default
+                selection = {
+                    "chosen": default.name,
+                    "why": f"{origins} backtest origins, fewer than {MIN_SELECTION_ORIGINS}",
+                }
+            selection["origins"] = origins
+            selection["backtest"] = summary(training.cases)
+            pits = np.array([c.pit_14 for c in cases if c.pit_14 is not None], dtype=float)
+            calibration = (
+                [round(float(x), 5) for x in pit_density(pits)]
+                if len(pits) >= MIN_CALIBRATION_CASES and origins >= MIN_CALIBRATION_ORIGINS
+                else None
+            )
+            stored = StoredGlobalModel(
+                version=0,
+                trained_at=datetime.now(UTC),
+                trained_through=through,
+                model_text=None if training.model is None else training.model.to_text(),
+                training_rows=0 if training.model is None else training.model.training_rows,
+                products=len(data.items),
+                combination=combination.as_dict(),
+                selection=selection,
+                calibration=calibration,
+                seconds={
+                    "read": round(read_seconds, 2),
+                    **{k: round(v, 2) for k, v in training.seconds.items()},
+                    "total": round(time.perf_counter() - started, 2),
+                },
+                note=training.note,
+            )
+            version = await save_global_model(connection, stored)
+        metrics.GLOBAL_TRAININGS.inc()
+        logger.info(
+            "global model trained",
+            extra={
+                "version": version,
+                "trained_through": str(through),
+                "products": len(data.items),
+                "combination": stored.combination,
+                "calibrated": calibration is not None,
+                "seconds": stored.seconds,
+                "note": training.note,
+            },
+        )
+        self._wake.set()  # load it
+        return stored

@@ -1,0 +1,168 @@
+"""The global model on the real PostgreSQL: trained once per week of clock whatever the
+number of replicas, stored with its backtest, loaded by every replica, and used by
+their product forecasts; Prophet still answers when a request asks for it."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, date, datetime, timedelta
+
+import httpx
+import numpy as np
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from ml_analytics.consumers.ingestion import build_broker
+from ml_analytics.http.app import create_app
+from ml_analytics.services.global_model import GlobalModelService
+from ml_analytics.services.training import ModelTrainer
+from ml_analytics.settings import Settings
+from ml_analytics.storage.models_queries import load_model
+from ml_analytics.storage.queries import TransactionRow, record_transactions
+from tests.helpers import unique
+
+pytestmark = pytest.mark.integration
+
+START = date(2025, 1, 6)
+DAYS = 240
+
+
+async def store_history(engine: AsyncEngine, tag: str, products: int = 40) -> list[str]:
+    """`products` products at levels from 0.5 to 20 a day over DAYS days."""
+    rng = np.random.default_rng(9)
+    levels = np.geomspace(0.5, 20, products)
+    rows = []
+    items = [f"{tag}-P{i:02d}" for i in range(products)]
+    for item, level in zip(items, levels, strict=True):
+        for offset, units in enumerate(rng.poisson(level, DAYS)):
+            if units:
+                rows.append(
+                    TransactionRow(
+                        f"{item}-{offset}", item, START + timedelta(days=offset), float(units)
+                    )
+                )
+    async with engine.connect() as connection:
+        driver = (await connection.get_raw_connection()).driver_connection
+        await record_transactions(driver, rows)
+    return items
+
+
+async def set_clock(engine: AsyncEngine, day: date) -> None:
+    async with engine.begin() as connection:
+        await connection.execute(
+            text("UPDATE stream_clock SET newest_event_at = :t WHERE clock_id = 1"),
+            {"t": datetime(day.year, day.month, day.day, tzinfo=UTC)},
+        )
+
+
+async def versions(engine: AsyncEngine) -> list[tuple[int, date]]:
+    async with engine.connect() as connection:
+        rows = await connection.execute(
+            text("SELECT version, trained_through FROM global_models ORDER BY version")
+        )
+        return [(row.version, row.trained_through) for row in rows]
+
+
+async def test_the_global_model_is_trained_once_per_week_of_clock_across_three_replicas(
+    settings: Settings, engine: AsyncEngine
+) -> None:
+    await store_history(engine, unique("g"))
+    replicas = [GlobalModelService(engine, settings) for _ in range(3)]
+    clock = START + timedelta(days=DAYS - 30)
+    try:
+        await set_clock(engine, clock)
+        trained = await asyncio.gather(*(r.train_if_due() for r in replicas))
+        assert sum(model is not None for model in trained) == 1
+        (first,) = [model for model in trained if model is not None]
+        assert first.model_text is not None and first.training_rows >= 500
+        assert first.selection["backtest"]["cases"] == 40  # every product, four weeks back
+        assert first.trained_through == clock - timedelta(days=1)
+
+        await set_clock(engine, clock + timedelta(days=6))  # six days: not due
+        assert not any(await asyncio.gather(*(r.train_if_due() for r in replicas)))
+        await set_clock(engine, clock + timedelta(days=7))
+        trained = await asyncio.gather(*(r.train_if_due() for r in replicas))
+        assert sum(model is not None for model in trained) == 1
+        stored = await versions(engine)
+        assert [day for _, day in stored] == [clock - timedelta(days=1), clock + timedelta(days=6)]
+
+        # Every replica loads the newest version.
+        loaded = await asyncio.gather(*(r.refresh() for r in replicas))
+        assert {model.version for model in loaded} == {stored[-1][0]}
+        assert all(model.reference is not None for model in loaded)
+        async with engine.connect() as connection:
+            origins = (
+                await connection.execute(
+                    text("SELECT count(DISTINCT origin) FROM product_backtests")
+                )
+            ).scalar_one()
+        assert origins == 2
+    finally:
+        for replica in replicas:
+            await replica.stop()
+
+
+async def test_products_are_forecast_with_the_global_model_and_prophet_on_request(
+    settings: Settings, engine: AsyncEngine
+) -> None:
+    items = await store_history(engine, unique("f"))
+    clock = START + timedelta(days=DAYS)
+    await set_clock(engine, clock)
+    global_models = GlobalModelService(engine, settings)
+    trainer = ModelTrainer(engine, settings, global_models=global_models)
+    app = create_app(settings, engine, build_broker(settings), manage_broker=False)
+    try:
+        assert await global_models.train_if_due() is not None
+        current = await global_models.refresh()
+        stored = await trainer.train_now(items[-1], force=True)
+        assert stored is not None
+        assert stored.model_name == "combination:gbm+ma28+adida"
+        assert stored.global_version == current.version
+        assert stored.forecast_start == clock and stored.trained_through == clock - timedelta(1)
+        assert 15 < float(np.mean(stored.yhat[:28])) < 25  # a level of 20 a day
+        assert stored.metrics["skill_backtests"] == 1  # the backtest four weeks back
+        async with engine.connect() as connection:
+            model = await load_model(connection, items[-1])
+        assert model is not None and model.weights == pytest.approx(
+            {"gbm": 1 / 3, "ma28": 1 / 3, "adida": 1 / 3}, abs=1e-5
+        )
+
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://api") as api:
+            stored_answer = await api.post(
+                "/forecast/demand", json={"product_id": items[-1], "horizon_days": 28}
+            )
+            assert stored_answer.status_code == 200, stored_answer.text
+            body = stored_answer.json()
+            assert body["model_metrics"]["model"] == "combination:gbm+ma28+adida"
+            # The stored forecast itself: no second model.
+            assert [p["yhat"] for p in body["predictions"]] == pytest.approx(
+                list(stored.yhat[:28]), abs=1e-3
+            )
+            prophet = await api.post(
+                "/forecast/demand",
+                json={"product_id": items[-1], "horizon_days": 28, "model": "prophet"},
+            )
+            assert prophet.status_code == 200, prophet.text
+            assert prophet.json()["model_metrics"]["model"] == "prophet"
+            assert 15 < np.mean([p["yhat"] for p in prophet.json()["predictions"]]) < 25
+            sent = await api.post(
+                "/forecast/demand",
+                json={
+                    "product_id": "new",
+                    "horizon_days": 14,
+                    "transaction_data": [
+                        {"date": (START + timedelta(days=d)).isoformat(), "quantity": 5}
+                        for d in range(DAYS)
+                    ],
+                },
+            )
+            assert sent.status_code == 200, sent.text
+            # History sent for days the stored data covers: the global model applies.
+            assert sent.json()["model_metrics"]["model"] == "combination:gbm+ma28+adida"
+            assert all(4 <= p["yhat"] <= 6.5 for p in sent.json()["predictions"] if p["yhat"] > 0.5)
+    finally:
+        app.state.predictions.stop()
+        await trainer.stop()
+        await global_models.stop()
