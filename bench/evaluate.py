@@ -79,11 +79,11 @@ def load_panel(path: Path) -> Panel:
     start = min(min(days) for days in sales.values())
     end = max(max(days) for days in sales.values())
     Y = np.full((len(items), (end - start).days + 1), np.nan)
-    for row, item in enumerate(items):
+    for index, item in enumerate(items):
         first = min(sales[item])
-        Y[row, (first - start).days :] = 0.0
-        for day, units in sales[item].items():
-            Y[row, (day - start).days] += units
+        Y[index, (first - start).days :] = 0.0
+        for sale_day, units in sales[item].items():
+            Y[index, (sale_day - start).days] += units
     return Panel(items, start, Y, np.nansum(Y, axis=0))
 
 
@@ -97,7 +97,7 @@ async def store_sample(settings: Settings, panel: Panel) -> None:
 
     engine = create_engine(settings)
     rows = [
-        TransactionRow(f"{item}-{day}", item, panel.day(day), float(panel.Y[i, day]))
+        TransactionRow(f"{item}-{day}", item, panel.day(int(day)), float(panel.Y[i, day]))
         for i, item in enumerate(panel.items)
         for day in np.nonzero(np.nan_to_num(panel.Y[i]) > 0)[0]
     ]
@@ -447,24 +447,22 @@ def main() -> None:
     methods = tuple(m for m in POINT_METHODS if args.prophet or m != "Prophet")
     pooled = Scores()
     for name, group in groups.items():
-        for origin in group:
-            day = date.fromisoformat(origin)
+        for label in group:
             if name in ORIGINS:
-                pooled.extend(by_origin[day])
-    per_origin = {}
+                pooled.extend(by_origin[date.fromisoformat(label)])
+    per_origin: dict[date, dict[str, float]] = {}
     for origin in origins:
-        ratios = point_table(f"Origin {origin}", by_origin[origin], methods)
-        per_origin[origin] = ratios
+        per_origin[origin] = point_table(f"Origin {origin}", by_origin[origin], methods)
     ratios = point_table("Pooled over the six 2011 origins", pooled, methods)
     probability = probability_tables(pooled)
     if args.robustness:
         robust = Scores()
-        for origin in ROBUSTNESS["2010"]:
-            robust.extend(by_origin[date.fromisoformat(origin)])
+        for label in ROBUSTNESS["2010"]:
+            robust.extend(by_origin[date.fromisoformat(label)])
         point_table("Robustness: pooled over the three 2010 origins", robust, methods)
         probability_tables(robust)
 
-    worst_origin = max(per_origin[o]["total28"] for o in origins if str(o) >= "2011")
+    worst_origin = max(per_origin[o]["total28"] for o in origins if o.year == 2011)
     print("\nGoals (pooled over the six 2011 origins):\n")
     print("| goal | figure | met |")
     print("|---|---:|---|")

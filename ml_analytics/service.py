@@ -22,6 +22,7 @@ from ml_analytics.http.server import uvicorn_config
 from ml_analytics.logs import configure_logging
 from ml_analytics.services.global_model import GlobalModelService
 from ml_analytics.services.ingest import BatchOutcome
+from ml_analytics.services.ledger import LedgerRetention
 from ml_analytics.services.predictions import PredictionService
 from ml_analytics.services.risk import RiskService
 from ml_analytics.services.training import ModelTrainer
@@ -76,11 +77,13 @@ def build_app(settings: Settings, engine: AsyncEngine, broker: KafkaBroker) -> F
     ingestion = add_ingestion(broker, settings, engine, on_batch=batch_recorded)
 
     predictions = PredictionService(engine, settings, global_models=global_models)
+    ledger = LedgerRetention(engine, settings)
 
     async def started() -> None:
         # The prediction API's fit workers start with its first fit: a replica that
         # never serves one does not hold their memory.
         risk.start()
+        ledger.start()
         await global_models.start()
         if settings.training_enabled:
             await trainer.start()
@@ -89,6 +92,7 @@ def build_app(settings: Settings, engine: AsyncEngine, broker: KafkaBroker) -> F
         await ingestion.drain(settings.shutdown_grace_seconds)
         await trainer.stop()
         await global_models.stop()
+        await ledger.stop()
         await risk.stop()
 
     app = create_app(

@@ -159,6 +159,16 @@ class Settings(BaseSettings):
         description="The stream's clock is the newest occurred_at seen less this; days before "
         "its day are complete (zero demand where nothing was sold).",
     )
+    dedup_window_days: int = Field(
+        default=35,
+        ge=8,
+        le=3660,
+        description="Days of event ids the ledger keeps (on the clock) to count a redelivered "
+        "event once; older events are dead letters.",
+    )
+    ledger_retention_interval_seconds: float = Field(
+        default=600.0, gt=0, description="Seconds between passes that drop old ledger weeks."
+    )
     ingest_batch_max_records: int = Field(
         default=20000, ge=1, description="Most records one consumed batch holds."
     )
@@ -209,7 +219,7 @@ class Settings(BaseSettings):
     worker_count: int = Field(default=2, ge=1, description="Processes that fit models.")
     worker_timeout: float = Field(default=300.0, gt=0, description="Seconds one fit may take.")
     worker_max_fits: int = Field(
-        default=200, ge=1, description="Fits after which a worker process is replaced."
+        default=2000, ge=1, description="Fits after which a worker process is replaced."
     )
     retrain_min_new_days: int = Field(default=7, ge=1)
     retrain_min_new_units_ratio: float = Field(default=0.25, gt=0)

@@ -15,6 +15,7 @@ from dataclasses import asdict
 from datetime import UTC, date, datetime, timedelta
 from typing import Annotated, Any, Literal
 
+import numpy as np
 from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
@@ -95,6 +96,11 @@ class ForecastDayOut(BaseModel):
     expected: float = Field(
         description="Mean of the sample paths: the daily demand stockout dates come from"
     )
+    cumulative_p10: float = Field(
+        description="10% quantile of the demand from forecast_start through this day"
+    )
+    cumulative_p50: float = Field(description="its median")
+    cumulative_p90: float = Field(description="its 90% quantile")
 
 
 class StoredForecast(BaseModel):
@@ -108,6 +114,7 @@ class StoredForecast(BaseModel):
     forecast_start: date
     metrics: dict[str, float | int | None]
     seasonality: dict[str, bool | float]
+    weights: dict[str, float] | None = Field(description="A combination's members and weights")
     days: list[ForecastDayOut]
 
 
@@ -137,6 +144,10 @@ class ProductItem(BaseModel):
     rmse: float | None
     wape: float | None
     mase: float | None
+    skill_vs_moving_average: float | None = Field(
+        description="0.18: 18% better than the 28-day moving average on 28-day totals"
+    )
+    skill_backtests: int
 
 
 class ProductPage(BaseModel):
@@ -359,7 +370,13 @@ def create_app(
             model = await load_model(connection, product_id)
         if model is None:
             raise HTTPException(404, f"No trained model for product {product_id!r} yet")
-        expected = model.sample_paths.mean(axis=0) if len(model.sample_paths) else model.yhat
+        paths = model.sample_paths
+        expected = paths.mean(axis=0) if len(paths) else np.asarray(model.yhat)
+        cumulative = (
+            np.quantile(np.cumsum(paths, axis=1), [0.1, 0.5, 0.9], axis=0)
+            if len(paths)
+            else np.tile(np.cumsum(model.yhat), (3, 1))
+        )
         return StoredForecast(
             product_id=product_id,
             model_name=model.model_name,
@@ -369,6 +386,7 @@ def create_app(
             forecast_start=model.forecast_start,
             metrics=model.metrics,
             seasonality=model.seasonality,
+            weights=model.weights,
             days=[
                 ForecastDayOut(
                     date=model.forecast_start + timedelta(days=i),
@@ -376,6 +394,9 @@ def create_app(
                     yhat_lower=model.yhat_lower[i],
                     yhat_upper=model.yhat_upper[i],
                     expected=round(float(expected[i]), 4),
+                    cumulative_p10=round(float(cumulative[0, i]), 4),
+                    cumulative_p50=round(float(cumulative[1, i]), 4),
+                    cumulative_p90=round(float(cumulative[2, i]), 4),
                 )
                 for i in range(len(model.yhat))
             ],
@@ -410,8 +431,9 @@ def _product_item(row: ProductOverview) -> ProductItem:
     fields: dict[str, Any] = asdict(row)
     metrics_of_model = fields.pop("metrics") or {}
     fields["transactions"] = fields.pop("transaction_count")
-    for name in ("mape", "rmse", "wape", "mase"):
+    for name in ("mape", "rmse", "wape", "mase", "skill_vs_moving_average"):
         fields[name] = metrics_of_model.get(name)
+    fields["skill_backtests"] = metrics_of_model.get("skill_backtests") or 0
     return ProductItem.model_validate(fields)
 
 

@@ -31,7 +31,8 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     504: {"model": ErrorBody, "description": "The fit took longer than WORKER_TIMEOUT"},
 }
 
-Quantity = Annotated[float, Field(ge=0, le=MAX_QUANTITY_UNITS, allow_inf_nan=False)]
+# Types are checked, not coerced: "5" is not a number, true is not 1 (422 naming the field).
+Quantity = Annotated[float, Field(strict=True, ge=0, le=MAX_QUANTITY_UNITS, allow_inf_nan=False)]
 
 
 class DemandPoint(TypedDict):
@@ -50,7 +51,10 @@ TransactionData = Annotated[
         "for the product."
     ),
 ]
-HorizonDays = Annotated[int, Field(description="Days to forecast, 1 to 365.")]
+HorizonDays = Annotated[int, Field(strict=True, description="Days to forecast, 1 to 365.")]
+CacheBypass = Annotated[
+    bool, Field(strict=True, description="true: compute afresh, ignoring the cache")
+]
 
 
 ModelChoice = Annotated[
@@ -67,14 +71,14 @@ class ForecastRequest(BaseModel):
     product_id: Identifier
     horizon_days: HorizonDays = 30
     transaction_data: TransactionData = None
-    cache_bypass: bool = Field(False, description="true: compute afresh, ignoring the cache")
+    cache_bypass: CacheBypass = False
     model: ModelChoice = None
 
 
 class StockoutRequest(BaseModel):
     product_id: Identifier
     current_stock_units: (
-        Annotated[float, Field(ge=0, le=MAX_STOCK_UNITS, allow_inf_nan=False)] | None
+        Annotated[float, Field(strict=True, ge=0, le=MAX_STOCK_UNITS, allow_inf_nan=False)] | None
     ) = Field(
         None,
         description="Units on hand at the end of the history's last day. Omit it to use the "
@@ -82,12 +86,12 @@ class StockoutRequest(BaseModel):
     )
     horizon_days: HorizonDays = 90
     transaction_data: TransactionData = None
-    lead_time_days: Annotated[int, Field(ge=0, le=365)] | None = Field(
+    lead_time_days: Annotated[int, Field(strict=True, ge=0, le=365)] | None = Field(
         None,
         description="The risk window (an addition to the contract). Default: the stored stock "
         "level's lead time, else DEFAULT_RISK_WINDOW_DAYS.",
     )
-    cache_bypass: bool = False
+    cache_bypass: CacheBypass = False
     model: ModelChoice = None
 
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from ml_analytics.models.distribution import compound_poisson_paths, order_sizes, pit
+from ml_analytics.models.distribution import order_sizes, pit, sale_day_paths
 from ml_analytics.models.forecasters.combination import DEFAULT, GLOBAL, point_forecasts
 from ml_analytics.models.forecasters.global_gbm import (
     GlobalModel,
@@ -79,9 +79,9 @@ def backtest(panel: Panel, h: int, model: GlobalModel | None, seed: int = 11) ->
             level = point.weekly[member][position, :4]
             totals[member] = None if np.isnan(level).any() else float(level.sum() * 7)
         history = panel.history(int(row), h)
-        raw = compound_poisson_paths(
-            forecast[:PIT_WINDOW_DAYS], order_sizes(history), PIT_PATHS, rng
-        ).sum(1)
+        raw = sale_day_paths(forecast[:PIT_WINDOW_DAYS], order_sizes(history), PIT_PATHS, rng).sum(
+            1
+        )
         nonzero = actual > 0
         cases.append(
             BacktestCase(

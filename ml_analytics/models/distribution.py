@@ -3,10 +3,12 @@
 Stockout probabilities, stockout dates and order-up-to levels all come from these
 paths, and their mean is the point forecast itself: one forecast, not a second model.
 
-Compound Poisson: on each day a Poisson number of "order days" with rate
-`yhat / mean order size`, each of a size drawn from the product's own non-zero daily
-demands of its last year. Lumpy demand stays lumpy (a wholesale order arrives whole),
-a daily seller's days vary as its own days did.
+Sale days: each day a sale or none, with probability `yhat / mean sale size` (at
+most 1), its size drawn from the product's own days with a sale in its last year.
+Lumpy demand stays lumpy (a wholesale order arrives whole), a daily seller's days
+vary as its own days did. (On the sample this scores the same Brier as a compound
+Poisson of order days, to three decimals, and does not invent empty days for a
+product that sells every day.)
 
 Recalibration: the raw paths are ranked by their sum over the first CAL_WINDOW_DAYS,
 and resampled with the density of the probability integral transforms (PIT) of
@@ -39,20 +41,20 @@ def order_sizes(history: np.ndarray, window: int = SIZE_WINDOW_DAYS) -> np.ndarr
     return sizes if sizes.size else np.ones(1)
 
 
-def compound_poisson_paths(
+def sale_day_paths(
     yhat: np.ndarray, sizes: np.ndarray, paths: int, rng: np.random.Generator
 ) -> np.ndarray:
-    """(paths, len(yhat)) non-negative daily demand whose expectation is `yhat`."""
+    """(paths, len(yhat)) non-negative daily demand whose expectation is `yhat`.
+
+    Each day has a sale with probability min(1, yhat / mean size), its size drawn from
+    `sizes` (the product's own days with a sale), scaled up when the forecast exceeds
+    the typical size (a product selling more than it used to)."""
     yhat = np.clip(np.asarray(yhat, dtype=float), 0, None)
-    horizon = len(yhat)
-    mean_size = float(np.mean(sizes))
-    counts = rng.poisson(np.broadcast_to(yhat / mean_size, (paths, horizon)))
-    total = int(counts.sum())
-    if total == 0:
-        return np.zeros((paths, horizon))
-    draws = rng.choice(np.asarray(sizes, dtype=float), total)
-    cell = np.repeat(np.arange(paths * horizon), counts.ravel())
-    return np.bincount(cell, weights=draws, minlength=paths * horizon).reshape(paths, horizon)
+    sizes = np.asarray(sizes, dtype=float)
+    rate = np.broadcast_to(yhat / float(np.mean(sizes)), (paths, len(yhat)))
+    sold = rng.random(rate.shape) < np.minimum(rate, 1.0)
+    drawn = rng.choice(sizes, rate.shape)
+    return np.where(sold, drawn * np.maximum(rate, 1.0), 0.0)
 
 
 def sample_paths(
@@ -67,9 +69,9 @@ def sample_paths(
     rng = np.random.default_rng(seed)
     sizes = order_sizes(history)
     if density is None:
-        return compound_poisson_paths(yhat, sizes, paths, rng)
+        return sale_day_paths(yhat, sizes, paths, rng)
     drawn = paths * OVERSAMPLE
-    raw = compound_poisson_paths(yhat, sizes, drawn, rng)
+    raw = sale_day_paths(yhat, sizes, drawn, rng)
     window = min(CAL_WINDOW_DAYS, raw.shape[1])
     order = np.argsort(raw[:, :window].sum(1) + rng.random(drawn) * 1e-9)
     quantile = (np.arange(drawn) + 0.5) / drawn

@@ -13,10 +13,10 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, tzinfo
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import asyncpg
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -34,13 +34,16 @@ from ml_analytics.lifecycle import RetryPolicy, cancel_and_wait
 from ml_analytics.storage.clock import advance_clock
 from ml_analytics.storage.database import is_transient
 from ml_analytics.storage.queries import (
+    LedgerFloorMoved,
     StockSnapshotRow,
     TransactionRow,
+    ledger_floor,
     record_stock_snapshots,
     record_transactions,
 )
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class KafkaRecord(Protocol):
@@ -82,10 +85,13 @@ def sort_records(
     zone: tzinfo,
     failed_at: datetime,
     window: EventTimeWindow | None = None,
+    ledger_floor: date | None = None,
 ) -> SortedBatch:
     """Validate each record; valid ones become rows (first of a repeated event_id wins).
 
-    An event whose business day falls outside `window` is a dead letter.
+    An event whose business day falls outside `window` is a dead letter, and so is a
+    transaction older than `ledger_floor`: the ledger no longer holds its day, so it
+    could not be counted exactly once.
     """
     batch = SortedBatch()
     seen_transactions: set[str] = set()
@@ -109,6 +115,12 @@ def sort_records(
                     day = occurred
                 if window is not None and (problem := window.problem("occurred_at", day)):
                     raise InvalidEvent(problem)
+                if ledger_floor is not None and day < ledger_floor:
+                    raise InvalidEvent(
+                        f"occurred_at: {day.isoformat()} is older than the dedup window: the "
+                        f"ledger of event ids keeps days from {ledger_floor.isoformat()} on "
+                        "(DEDUP_WINDOW_DAYS), so this event cannot be counted exactly once"
+                    )
                 if isinstance(occurred, datetime):
                     if newest_moment is None or occurred > newest_moment:
                         newest_moment = occurred
@@ -258,6 +270,9 @@ async def ingest_records(
     newest: datetime | None = None
     in_flight: list[asyncio.Task[BatchOutcome]] = []
     try:
+        # What the ledger still holds: older events are dead letters (read for every
+        # batch: the retention job moves it).
+        floor = await writers[0].ledger_floor()
         for number, start in enumerate(range(0, len(records), chunk_size)):
             batch = sort_records(
                 records[start : start + chunk_size],
@@ -266,6 +281,7 @@ async def ingest_records(
                 zone=zone,
                 failed_at=failed_at,
                 window=window,
+                ledger_floor=floor,
             )
             dead_letters.extend(batch.dead_letters)
             repeated += batch.repeated_in_batch
@@ -309,6 +325,8 @@ class _ChunkWriter:
             try:
                 driver = await self._driver()
                 return await record_batch(driver, batch)
+            except LedgerFloorMoved:
+                raise  # the whole batch is sorted again, against the new floor
             except Exception as error:
                 delay = next(pauses)
                 transient = is_transient(error)
@@ -329,16 +347,25 @@ class _ChunkWriter:
 
     async def advance_clock(self, newest_event_at: datetime) -> bool:
         """Move the stream's clock (after the batch's events are stored), retrying."""
+        return await self._retrying(
+            "moving the stream clock", lambda c: advance_clock(c, newest_event_at)
+        )
+
+    async def ledger_floor(self) -> date | None:
+        """The oldest day the ledger of event ids holds, retrying."""
+        return await self._retrying("reading the ledger's floor", ledger_floor)
+
+    async def _retrying(self, what: str, statement: Callable[[AsyncConnection], Awaitable[T]]) -> T:
         pauses = self._retry.delays()
         while True:
             try:
                 async with self._engine.begin() as connection:
-                    return await advance_clock(connection, newest_event_at)
+                    return await statement(connection)
             except Exception as error:
                 delay = next(pauses)
                 self.retries += 1
                 logger.warning(
-                    "moving the stream clock failed; retrying",
+                    f"{what} failed; retrying",
                     extra={"error": repr(error)[:500], "retry_in_seconds": delay},
                 )
                 await asyncio.sleep(delay)

@@ -19,6 +19,7 @@ def lock_key(kind: str, name: str = "") -> int:
 
 GLOBAL_MODEL_LOCK = lock_key("global-model")
 RISK_RELAY_LOCK = lock_key("risk-relay")
+LEDGER_RETENTION_LOCK = lock_key("ledger-retention")
 
 
 def product_lock(product_id: str) -> int:

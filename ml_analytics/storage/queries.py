@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -49,7 +49,7 @@ WITH incoming AS (
 new_events AS (
     INSERT INTO transaction_events (event_id, product_id, business_day, quantity_units)
     SELECT event_id, product_id, business_day, quantity_units::numeric FROM incoming
-    ON CONFLICT (event_id) DO NOTHING
+    ON CONFLICT (event_id, business_day) DO NOTHING
     RETURNING product_id, business_day, quantity_units
 ),
 per_day AS (
@@ -88,6 +88,30 @@ SELECT (SELECT count(*) FROM new_events) AS new_events,
 """
 
 
+class LedgerFloorMoved(RuntimeError):
+    """The ledger dropped weeks while a batch holding events of them was being written."""
+
+
+def week_start(day: date) -> date:
+    """The Monday of `day`'s week: the ledger partition it belongs to."""
+    return day - timedelta(days=day.weekday())
+
+
+async def ensure_ledger_partitions(connection: asyncpg.Connection, weeks: set[date]) -> None:
+    """Create the ledger's partitions for these weeks where missing (through a function
+    owned by the migrating role: the service's own role may not create tables)."""
+    if weeks:
+        await connection.execute("SELECT ensure_ledger_partitions($1::date[])", sorted(weeks))
+
+
+async def ledger_floor(connection: AsyncConnection) -> date | None:
+    """The oldest day the ledger holds (None: everything is kept)."""
+    value: date | None = (
+        await connection.execute(text("SELECT floor FROM ledger_retention WHERE retention_id = 1"))
+    ).scalar_one_or_none()
+    return value
+
+
 @dataclass(frozen=True, slots=True)
 class TransactionsRecorded:
     new_events: int
@@ -103,13 +127,28 @@ async def record_transactions(
     """
     if not rows:
         return TransactionsRecorded(0, [])
-    record = await connection.fetchrow(
-        _INSERT_TRANSACTIONS,
+    arguments = (
         [row.event_id for row in rows],
         [row.product_id for row in rows],
         [row.business_day for row in rows],
         [row.quantity_units for row in rows],
     )
+    try:
+        record = await connection.fetchrow(_INSERT_TRANSACTIONS, *arguments)
+    except asyncpg.CheckViolationError as error:
+        if "no partition" not in str(error):
+            raise
+        # A week the ledger has no partition for yet: create it, then write again.
+        await ensure_ledger_partitions(connection, {week_start(row.business_day) for row in rows})
+        try:
+            record = await connection.fetchrow(_INSERT_TRANSACTIONS, *arguments)
+        except asyncpg.CheckViolationError as again:
+            if "no partition" not in str(again):
+                raise
+            raise LedgerFloorMoved(
+                "events older than the dedup window reached the ledger; their batch is sorted "
+                "again against its new floor"
+            ) from again
     assert record is not None
     return TransactionsRecorded(int(record["new_events"]), list(record["products"]))
 

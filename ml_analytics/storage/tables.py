@@ -29,16 +29,29 @@ from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 
 metadata = MetaData()
 
-# The ledger of transactions counted: one row per event_id, so a redelivered or
-# re-published event is recognised and counted once.
+# The ledger of transactions counted: one row per event, so a redelivered or
+# re-published event is recognised and counted once. Partitioned by the event's week
+# (transaction_events_YYYYMMDD, created on demand by ensure_ledger_partitions) so
+# that weeks older than the dedup window are dropped whole.
 transaction_events = Table(
     "transaction_events",
     metadata,
     Column("event_id", Text, primary_key=True),
     Column("product_id", Text, nullable=False),
-    Column("business_day", Date, nullable=False),
+    Column("business_day", Date, primary_key=True),
     Column("quantity_units", Numeric, nullable=False),
     Column("ingested_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    postgresql_partition_by="RANGE (business_day)",
+)
+
+# The oldest day the ledger still holds (one row): older events are dead letters.
+ledger_retention = Table(
+    "ledger_retention",
+    metadata,
+    Column("retention_id", SmallInteger, primary_key=True),
+    Column("floor", Date, nullable=True),
+    Column("updated_at", DateTime(timezone=True), nullable=True),
+    CheckConstraint("retention_id = 1"),
 )
 
 daily_demand = Table(

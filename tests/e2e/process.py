@@ -44,8 +44,11 @@ def service_environment(settings: Settings, port: int, **extra: str) -> dict[str
 class ServiceProcess:
     """`python -m ml_analytics run` in a child process, its output in a log file."""
 
-    def __init__(self, settings: Settings, log_path: Path, **extra_env: str) -> None:
+    def __init__(
+        self, settings: Settings, log_path: Path, cwd: Path | None = None, **extra_env: str
+    ) -> None:
         self.port = free_port()
+        self.cwd = cwd
         self.log_path = log_path
         self.env = service_environment(settings, self.port, **extra_env)
         self.process: subprocess.Popen[bytes] | None = None
@@ -62,6 +65,7 @@ class ServiceProcess:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
+                cwd=self.cwd,
             )
         return self
 

@@ -510,3 +510,46 @@ async def test_asyncapi_document_names_the_topics(
     assert document["asyncapi"].startswith("3.")
     assert api_settings.transactions_topic in text
     assert api_settings.stock_levels_topic in text
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "body", "detail"),
+    [
+        (
+            "/forecast/demand",
+            {"horizon_days": "7"},
+            "horizon_days: Input should be a valid integer (got '7')",
+        ),
+        (
+            "/predict/stockout",
+            {"current_stock_units": "5"},
+            "current_stock_units: Input should be a valid number (got '5')",
+        ),
+        (
+            "/predict/stockout",
+            {"lead_time_days": 7.5},
+            "lead_time_days: Input should be a valid integer (got 7.5)",
+        ),
+        (
+            "/forecast/demand",
+            {"cache_bypass": "true"},
+            "cache_bypass: Input should be a valid boolean (got 'true')",
+        ),
+        (
+            "/forecast/demand",
+            {"transaction_data": [{"date": "2024-01-01", "quantity": True}]},
+            "transaction_data.0.quantity: Input should be a valid number (got True)",
+        ),
+        (
+            "/forecast/demand",
+            {"model": "arima"},
+            "model: Input should be 'combination' or 'prophet' (got 'arima')",
+        ),
+    ],
+)
+async def test_types_are_checked_not_coerced(
+    api: httpx.AsyncClient, endpoint: str, body: dict[str, Any], detail: str
+) -> None:
+    response = await api.post(endpoint, json={"product_id": "SKU-T", **body})
+    assert response.status_code == 422
+    assert response.json() == {"detail": detail}

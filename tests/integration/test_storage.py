@@ -139,8 +139,13 @@ async def test_migrations_and_table_definitions_agree(engine: AsyncEngine) -> No
 
     from ml_analytics.storage.tables import metadata
 
+    def ours(obj, name, type_, reflected, compare_to):  # type: ignore[no-untyped-def]
+        # The ledger's weekly partitions are created at run time, not declared.
+        return not (type_ == "table" and name and name.startswith("transaction_events_"))
+
     def differences(connection):  # type: ignore[no-untyped-def]
-        return compare_metadata(MigrationContext.configure(connection), metadata)
+        context = MigrationContext.configure(connection, opts={"include_object": ours})
+        return compare_metadata(context, metadata)
 
     async with engine.connect() as connection:
         found = await connection.run_sync(differences)

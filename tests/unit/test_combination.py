@@ -1,6 +1,6 @@
 """The default forecaster's parts on data with a known answer: the panel and its weekday
 profile, the global model (no look-ahead), the combination and its choice by backtest,
-the compound-Poisson paths and their recalibration."""
+the sale-day paths and their recalibration."""
 
 from __future__ import annotations
 
@@ -108,7 +108,7 @@ def test_a_candidate_replaces_the_default_only_when_clearly_better() -> None:
     assert chosen == DEFAULT and "fewer than 200" in report["why"]
 
 
-def test_compound_poisson_paths_keep_the_forecast_as_their_mean_and_lumps_whole() -> None:
+def test_sale_day_paths_keep_the_forecast_as_their_mean_and_lumps_whole() -> None:
     history = np.zeros(365)
     history[::10] = 24.0  # orders of 24 units
     yhat = np.full(56, 2.4)

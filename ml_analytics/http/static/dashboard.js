@@ -21,6 +21,20 @@ function day(value) {
   return value ? String(value).slice(0, 10) : "–";
 }
 
+function modelName(name) {
+  if (!name) return "–";
+  return name.replace("combination:", "").replaceAll("gbm", "global").replaceAll("+", " + ");
+}
+
+// "18% better" / "5% worse" than the 28-day moving average, on 28-day totals.
+function skill(value, backtests) {
+  if (value === null || value === undefined) return "–";
+  const percent = Math.round(Math.abs(value) * 100);
+  const word = value >= 0 ? "better" : "worse";
+  const over = backtests > 1 ? ` (${backtests} backtests)` : backtests === 1 ? " (1 backtest)" : "";
+  return `${percent}% ${word}${over}`;
+}
+
 function badge(level) {
   return el("span", level || "not assessed", "badge " + (level || "none"));
 }
@@ -105,9 +119,9 @@ function overview() {
       cell(item.stock_as_of ? item.stock_as_of.slice(0, 16).replace("T", " ") : "–"),
       cell(item.lead_time_days ?? "–", "number"),
       cell(item.trained_at ? item.trained_at.slice(0, 16).replace("T", " ") : "–"),
-      cell(number(item.mape, 1), "number"),
+      cell(modelName(item.model_name)),
+      cell(skill(item.skill_vs_moving_average, item.skill_backtests), "number"),
       cell(number(item.wape), "number"),
-      cell(number(item.mase), "number"),
     );
     return tr;
   }
@@ -165,49 +179,76 @@ function plot(id, traces, title, unit, extra = {}) {
   );
 }
 
+// A quantile of the values, for an axis that one wholesale order does not flatten.
+function quantile(values, q) {
+  const sorted = values.filter((v) => v > 0).sort((a, b) => a - b);
+  if (!sorted.length) return 0;
+  return sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))];
+}
+
 function demandChart(demand, forecast) {
   const days = demand.days.slice(-HISTORY_DAYS);
+  const quantities = days.map((d) => d.quantity_units);
   const traces = [
     {
       name: "demand",
       type: "bar",
       x: days.map((d) => d.date),
-      y: days.map((d) => d.quantity_units),
+      y: quantities,
       marker: { color: "#90a4ae" },
     },
   ];
+  let top = quantile(quantities, 0.95) * 1.6;
   if (forecast) {
     const x = forecast.days.map((d) => d.date);
+    const name = modelName(forecast.model_name);
     traces.push(
       { name: "interval (upper)", x, y: forecast.days.map((d) => d.yhat_upper), mode: "lines",
         line: { width: 0 }, showlegend: false, hoverinfo: "skip" },
-      { name: `${Math.round(100 * 0.95)}% interval`, x, y: forecast.days.map((d) => d.yhat_lower),
+      { name: "daily interval", x, y: forecast.days.map((d) => d.yhat_lower),
         mode: "lines", line: { width: 0 }, fill: "tonexty", fillcolor: "rgba(30,136,229,0.15)" },
-      { name: "forecast (Prophet)", x, y: forecast.days.map((d) => d.yhat), mode: "lines",
+      { name: `forecast (${name})`, x, y: forecast.days.map((d) => d.yhat), mode: "lines",
         line: { color: "#1e88e5" } },
-      { name: "expected (risk model)", x, y: forecast.days.map((d) => d.expected), mode: "lines",
-        line: { color: "#6a1b9a", dash: "dot" } },
     );
+    top = Math.max(top, ...forecast.days.map((d) => d.yhat * 1.5));
   }
-  plot("demand-chart", traces, "Daily demand and forecast", "units");
+  const above = quantities.filter((q) => q > top).length;
+  const extra = top > 0 ? { yaxis: { title: { text: "units" }, range: [0, top] } } : {};
+  if (above) {
+    extra.annotations = [{ xref: "paper", yref: "paper", x: 1, y: 1, xanchor: "right",
+      showarrow: false, text: `${above} day(s) above the axis (hover for their units)` }];
+  }
+  plot("demand-chart", traces, "Daily demand and forecast", "units", extra);
 }
 
 function stockChart(demand, forecast, risk) {
-  // Stock at the end of the snapshot's day, less the demand since (observed, then
-  // expected), to the predicted stockout date or the end of the forecast.
+  // Stock at the end of the snapshot's day, less the demand since: observed until the
+  // forecast starts, then the 10/50/90% quantiles of the forecast's cumulative demand
+  // (the fan: 10% of outcomes leave less stock than the lower edge).
   const stockDay = risk.as_of.slice(0, 10);
-  const observed = new Map(demand.days.map((d) => [d.date, d.quantity_units]));
-  const expected = new Map(forecast.days.map((d) => [d.date, d.expected]));
-  const last = forecast.days[forecast.days.length - 1].date;
-  const x = [stockDay];
-  const y = [risk.current_stock_units];
-  let stock = risk.current_stock_units;
-  for (let current = addDays(stockDay, 1); current <= last && stock > 0; current = addDays(current, 1)) {
-    stock -= expected.has(current) ? expected.get(current) : observed.get(current) || 0;
-    x.push(current);
-    y.push(Math.max(stock, 0));
-  }
+  const observed = demand.days
+    .filter((d) => d.date > stockDay && d.date < forecast.forecast_start)
+    .reduce((total, d) => total + d.quantity_units, 0);
+  const before = forecast.days.filter((d) => d.date <= stockDay);
+  const base = before.length ? before[before.length - 1] : null;
+  const start = risk.current_stock_units - observed;
   const windowEnd = addDays(stockDay, risk.risk_window_days);
+  // Until even the slowest 10% of outcomes have used the stock up (and the lead time
+  // has passed), a week more: not the whole horizon after the stock is gone.
+  const ahead = [];
+  for (const d of forecast.days.filter((day) => day.date > stockDay)) {
+    ahead.push(d);
+    const demandSince = d.cumulative_p10 - (base ? base.cumulative_p10 : 0);
+    if (demandSince >= start && d.date >= windowEnd) {
+      ahead.push(...forecast.days.filter((day) => day.date > d.date).slice(0, 7));
+      break;
+    }
+  }
+  const x = [stockDay, ...ahead.map((d) => d.date)];
+  const line = (key) => [
+    start,
+    ...ahead.map((d) => Math.max(start - d[key] + (base ? base[key] : 0), 0)),
+  ];
   const shapes = [
     { type: "rect", xref: "x", yref: "paper", x0: stockDay, x1: windowEnd, y0: 0, y1: 1,
       fillcolor: "rgba(239,108,0,0.12)", line: { width: 0 } },
@@ -217,8 +258,12 @@ function stockChart(demand, forecast, risk) {
       showarrow: false, xanchor: "right", yanchor: "top" },
   ];
   const traces = [
-    { name: "projected stock", x, y, mode: "lines+markers", line: { color: "#263238" },
-      marker: { size: 4 } },
+    { name: "90% of outcomes above", x, y: line("cumulative_p90"), mode: "lines",
+      line: { width: 0 }, showlegend: false, hoverinfo: "skip" },
+    { name: "10–90% of outcomes", x, y: line("cumulative_p10"), mode: "lines", line: { width: 0 },
+      fill: "tonexty", fillcolor: "rgba(38,50,56,0.15)" },
+    { name: "projected stock (median)", x, y: line("cumulative_p50"), mode: "lines+markers",
+      line: { color: "#263238" }, marker: { size: 4 } },
   ];
   if (risk.predicted_stockout_date) {
     shapes.push({ type: "line", xref: "x", yref: "paper", x0: risk.predicted_stockout_date,
@@ -235,7 +280,11 @@ function stockChart(demand, forecast, risk) {
 function metricsTable(forecast) {
   const body = document.querySelector("#metrics tbody");
   const rows = [
-    ["model", forecast.model_name],
+    ["model", modelName(forecast.model_name)],
+    ["weights", forecast.weights ? Object.entries(forecast.weights)
+      .map(([member, weight]) => `${modelName(member)} ${number(weight)}`).join(", ") : "–"],
+    ["against the 28-day moving average",
+      skill(forecast.metrics.skill_vs_moving_average, forecast.metrics.skill_backtests)],
     ["trained", forecast.trained_at.slice(0, 19).replace("T", " ")],
     ["trained on", `${forecast.training_days} days, through ${forecast.trained_through}`],
     ["holdout days", forecast.metrics.holdout_days],

@@ -3,7 +3,7 @@ and per request ("model": "prophet"). One model per product, fitted on its zero-
 daily series; accuracy from a holdout of the history's last 28 days, then refitted on
 all of it. Forecast values are clipped at zero.
 
-Its sample paths (what stockout risk is computed from) are compound Poisson around
+Its sample paths (what stockout risk is computed from) are sale-day paths around
 Prophet's own daily forecast (models/distribution.py), so the probability and the
 date come from the same forecast as `yhat`. On the sample Prophet is not better than
 a 28-day moving average (README); the default forecaster is the combination.
