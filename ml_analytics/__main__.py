@@ -265,7 +265,8 @@ def _dev(args: argparse.Namespace) -> int:
     try:
         run_async(ensure_topics(settings))
         if replays:
-            command = [sys.executable, "-m", "ml_analytics", "replay", *map(str, replays)]
+            command = [sys.executable, "-m", "ml_analytics", "replay", "--no-progress"]
+            command += list(map(str, replays))
             if args.replay_rate:
                 command += ["--rate", str(args.replay_rate)]
             if args.replay_speed:
@@ -276,7 +277,8 @@ def _dev(args: argparse.Namespace) -> int:
                 "KAFKA_ENABLE_IDEMPOTENCE": "false",
             }
             replay_process = subprocess.Popen(command, env=env)
-        run_async(run_service(settings))
+        print(f"  Log         {data_dir / 'service.log'} (JSON lines)\n", file=sys.stderr)
+        run_async(run_service(settings, log_file=data_dir / "service.log", progress_seconds=5.0))
     except KeyboardInterrupt:
         pass
     finally:

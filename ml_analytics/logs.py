@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 _STANDARD_ATTRIBUTES = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
@@ -26,8 +27,12 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str, ensure_ascii=False)
 
 
-def configure_logging(level: str) -> None:
-    handler = logging.StreamHandler()
+def configure_logging(level: str, file: Path | None = None) -> None:
+    """JSON lines to stderr, or appended to `file` (what `dev` does: its terminal shows
+    a progress summary instead)."""
+    handler: logging.Handler = (
+        logging.StreamHandler() if file is None else logging.FileHandler(file, encoding="utf-8")
+    )
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -3,22 +3,27 @@ in one process (model fits run in its worker processes)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import signal
+import sys
 import threading
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import uvicorn
 from fastapi import FastAPI
 from faststream.kafka import KafkaBroker
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from ml_analytics import __version__
+from ml_analytics import __version__, metrics
 from ml_analytics.consumers.admin import ensure_topics
 from ml_analytics.consumers.ingestion import add_ingestion, build_broker
 from ml_analytics.http.app import create_app
 from ml_analytics.http.server import uvicorn_config
+from ml_analytics.lifecycle import cancel_and_wait
 from ml_analytics.logs import configure_logging
 from ml_analytics.services.global_model import GlobalModelService
 from ml_analytics.services.ingest import BatchOutcome
@@ -110,9 +115,14 @@ def build_app(settings: Settings, engine: AsyncEngine, broker: KafkaBroker) -> F
     return app
 
 
-async def run_service(settings: Settings) -> None:
-    """Apply migrations, create missing topics, then consume and serve until SIGTERM/SIGINT."""
-    configure_logging(settings.log_level)
+async def run_service(
+    settings: Settings, *, log_file: Path | None = None, progress_seconds: float | None = None
+) -> None:
+    """Apply migrations, create missing topics, then consume and serve until SIGTERM/SIGINT.
+
+    With `log_file` the JSON log goes there; with `progress_seconds` a one-line summary
+    is printed that often (`dev`)."""
+    configure_logging(settings.log_level, log_file)
     logger.info(
         "starting ml-analytics",
         extra={
@@ -136,8 +146,64 @@ async def run_service(settings: Settings) -> None:
             timeout_graceful_shutdown=int(settings.shutdown_grace_seconds),
         )
     )
+    progress = (
+        asyncio.create_task(report_progress(engine, settings, progress_seconds))
+        if progress_seconds
+        else None
+    )
     try:
         await server.serve()  # returns after SIGTERM/SIGINT, once the lifespan has shut down
     finally:
+        await cancel_and_wait(progress)
         await engine.dispose()
         logger.info("stopped")
+
+
+def _total(counter: object, **labels: str) -> float:
+    """The sum of a counter's samples whose labels include `labels`."""
+    total = 0.0
+    for metric in counter.collect():  # type: ignore[attr-defined]
+        for sample in metric.samples:
+            if sample.name.endswith("_total") and all(
+                sample.labels.get(k) == v for k, v in labels.items()
+            ):
+                total += sample.value
+    return total
+
+
+async def report_progress(engine: AsyncEngine, settings: Settings, every_seconds: float) -> None:
+    """Every `every_seconds`: events counted (and their rate), products with a forecast,
+    risk events published by level, dead letters; and where the dashboard is."""
+    from sqlalchemy import text
+
+    dashboard = f"http://{settings.host}:{settings.ml_port}/dashboard"
+    last_count, last_time = 0.0, time.monotonic()
+    while True:
+        await asyncio.sleep(every_seconds)
+        counted = _total(metrics.EVENTS_INGESTED, outcome="counted")
+        now = time.monotonic()
+        rate = (counted - last_count) / (now - last_time)
+        last_count, last_time = counted, now
+        try:
+            async with engine.connect() as connection:
+                products, forecast = (
+                    await connection.execute(
+                        text(
+                            "SELECT (SELECT count(*) FROM products), "
+                            "(SELECT count(*) FROM product_models)"
+                        )
+                    )
+                ).one()
+        except Exception:
+            products = forecast = "?"
+        levels = ", ".join(
+            f"{level} {int(_total(metrics.RISK_EVENTS, risk_level=level))}"
+            for level in ("high", "medium", "low")
+        )
+        print(
+            f"{time.strftime('%H:%M:%S')}  events counted {int(counted):,} ({rate:,.0f}/s)  "
+            f"products forecast {forecast}/{products}  risk events: {levels}  "
+            f"dead letters {int(_total(metrics.DEAD_LETTERS))}  dashboard {dashboard}",
+            file=sys.stderr,
+            flush=True,
+        )

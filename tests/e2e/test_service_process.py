@@ -7,6 +7,7 @@ import random
 import signal
 import subprocess
 import sys
+import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -263,12 +264,18 @@ def test_dev_command_runs_the_embedded_stack_and_replays_a_file(tmp_path: Path) 
         assert (
             httpx.get(f"http://127.0.0.1:{port}/products/nope/demand", timeout=5).status_code == 404
         )
+        time.sleep(6)  # one progress summary
     finally:
         process.send_signal(signal.SIGTERM)
         code = process.wait(60)
         log.close()
-    assert code == 0, (tmp_path / "dev.log").read_text()[-3000:]
+    terminal = (tmp_path / "dev.log").read_text()
+    assert code == 0, terminal[-3000:]
     assert (tmp_path / "data" / "postgres" / "PG_VERSION").exists()  # kept for the next run
+    # The terminal shows a progress summary; the JSON log goes to a file in the data folder.
+    assert "events counted 4 " in terminal and f"dashboard http://127.0.0.1:{port}" in terminal
+    assert '"level":' not in terminal
+    assert '"message": "starting ml-analytics"' in (tmp_path / "data" / "service.log").read_text()
 
 
 def _clean_env() -> dict[str, str]:
