@@ -93,7 +93,7 @@ def load_panel(path: Path) -> Panel:
 async def store_sample(settings: Settings, panel: Panel) -> None:
     """Every product-day of the sample as one transaction, through the ingestion's write."""
     from ml_analytics.storage.database import create_engine
-    from ml_analytics.storage.queries import TransactionRow, record_transactions
+    from ml_analytics.storage.ingest_writes import TransactionRow, record_transactions
 
     engine = create_engine(settings)
     rows = [
@@ -134,7 +134,7 @@ async def run_service(panel: Panel, origins: list[date], warmup_weeks: int) -> S
     from ml_analytics.services.global_model import GlobalModelService
     from ml_analytics.services.training import ModelTrainer
     from ml_analytics.storage.database import create_engine, migrate
-    from ml_analytics.storage.models_queries import load_model
+    from ml_analytics.storage.models_store import load_model
 
     steps = sorted({o - timedelta(days=7 * k) for o in origins for k in range(warmup_weeks + 1)})
     result = ServiceRun()

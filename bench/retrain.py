@@ -40,7 +40,7 @@ from ml_analytics.consumers.admin import ensure_topics
 from ml_analytics.devstack import free_port, stop_process
 from ml_analytics.settings import Settings
 from ml_analytics.storage.database import create_engine, migrate
-from ml_analytics.storage.queries import TransactionRow, record_transactions
+from ml_analytics.storage.ingest_writes import TransactionRow, record_transactions
 
 LAST_DAY = date(2026, 6, 30)  # the last day of the stored history
 

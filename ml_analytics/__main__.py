@@ -165,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "run":
-        from ml_analytics.service import run_service
+        from ml_analytics.runner import run_service
 
         run_async(run_service(Settings()))
     elif args.command == "dev":
@@ -230,7 +230,7 @@ def _replay(args: argparse.Namespace) -> int:
 def _dev(args: argparse.Namespace) -> int:
     from ml_analytics.consumers.admin import ensure_topics
     from ml_analytics.devstack import EmbeddedBroker, EmbeddedPostgres, stop_process
-    from ml_analytics.service import run_service
+    from ml_analytics.runner import run_service
 
     replays: list[Path] = args.replay or []
     missing = [str(path) for path in replays if not path.is_file()]

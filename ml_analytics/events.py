@@ -284,7 +284,7 @@ def _as_text(raw: bytes | None) -> tuple[str | None, Literal["utf-8", "base64"]]
         return base64.b64encode(raw).decode("ascii"), "base64"
 
 
-EventT = TypeVar("EventT", Transaction, StockLevel)
+EventT = TypeVar("EventT", bound=BaseModel)
 
 
 class InvalidEvent(ValueError):

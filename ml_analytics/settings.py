@@ -32,7 +32,7 @@ class TopicsFile(BaseModel):
 
     group_id: str
     replication_factor: int = Field(default=1, ge=1)
-    topics: dict[Literal["transactions", "stock_levels", "stockout_risk", "dead_letter"], TopicSpec]
+    topics: dict[str, TopicSpec]
 
 
 def find_topics_file(explicit: Path | None = None) -> Path:
@@ -299,36 +299,35 @@ class Settings(BaseSettings):
 
     @cached_property
     def topics(self) -> TopicsFile:
-        """topics.yaml with the environment's overrides applied."""
+        """topics.yaml with the environment's overrides (TOPIC_<ROLE>) applied."""
         spec = load_topics_file(find_topics_file(self.topics_file))
-        overrides = {
-            "transactions": self.topic_transactions,
-            "stock_levels": self.topic_stock_levels,
-            "stockout_risk": self.topic_stockout_risk,
-            "dead_letter": self.topic_dead_letter,
-        }
-        for role, name in overrides.items():
-            if name:
-                spec.topics[role] = spec.topics[role].model_copy(update={"name": name})  # type: ignore[index]
+        for role, topic in list(spec.topics.items()):
+            override = getattr(self, f"topic_{role}", None)
+            if override:
+                spec.topics[role] = topic.model_copy(update={"name": override})
         if self.kafka_group_id:
             spec.group_id = self.kafka_group_id
         return spec
 
+    def topic_name(self, role: str) -> str:
+        """The name of the topic with this role in topics.yaml (e.g. "transactions")."""
+        return self.topics.topics[role].name
+
     @property
     def transactions_topic(self) -> str:
-        return self.topics.topics["transactions"].name
+        return self.topic_name("transactions")
 
     @property
     def stock_levels_topic(self) -> str:
-        return self.topics.topics["stock_levels"].name
+        return self.topic_name("stock_levels")
 
     @property
     def stockout_risk_topic(self) -> str:
-        return self.topics.topics["stockout_risk"].name
+        return self.topic_name("stockout_risk")
 
     @property
     def dead_letter_topic(self) -> str:
-        return self.topics.topics["dead_letter"].name
+        return self.topic_name("dead_letter")
 
     @property
     def group_id(self) -> str:

@@ -13,7 +13,8 @@ from typing import Any, TypeVar
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from ml_analytics.consumers.ingestion import add_ingestion, build_broker
+from ml_analytics.consumers.broker import build_broker
+from ml_analytics.consumers.subscriber import add_ingestion
 from ml_analytics.settings import Settings
 
 T = TypeVar("T")
@@ -207,7 +208,7 @@ def serving_http(app: Any, settings: Settings) -> Iterator[str]:
 @asynccontextmanager
 async def running_service(settings: Settings, engine: AsyncEngine):  # type: ignore[no-untyped-def]
     """The whole service (consumers, trainer, risk relay, HTTP app) in this process."""
-    from ml_analytics.service import build_app
+    from ml_analytics.runner import build_app
 
     broker = build_broker(settings)
     app = build_app(settings, engine, broker)
@@ -217,8 +218,9 @@ async def running_service(settings: Settings, engine: AsyncEngine):  # type: ign
 
 async def write_batch(engine: AsyncEngine, batch: Any) -> Any:
     """Write a SortedBatch the way ingestion does, on a pooled connection's driver."""
-    from ml_analytics.services.ingest import record_batch
+    from ml_analytics.services.ingestion.write import record_batch
+    from ml_analytics.topics import INPUT_TOPICS
 
     async with engine.connect() as connection:
         driver = (await connection.get_raw_connection()).driver_connection
-        return await record_batch(driver, batch)
+        return await record_batch(driver, batch, INPUT_TOPICS)

@@ -17,7 +17,7 @@ ingestion consumer claims the stall (`PartitionStalls`): it pauses just that
 partition, logs an ERROR once, counts it in
 `ml_analytics_consumer_errors_total{topic,partition,reason}` and `GET /ready`
 answers 503 naming it, while the other partitions keep flowing. `ml-analytics
-skip` moves past it (see `skip_stalled_batch` in consumers/ingestion.py). A
+skip` moves past it (see `skip_stalled_batch` in consumers/pipeline.py). A
 consumer that does not claim a stall (a test's reader, `watch`) gets aiokafka's
 error as before.
 

@@ -17,7 +17,6 @@ import contextlib
 import logging
 import tempfile
 import time
-from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -25,6 +24,7 @@ import numpy as np
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ml_analytics import metrics
+from ml_analytics.configs import clock_through
 from ml_analytics.lifecycle import cancel_and_wait
 from ml_analytics.models.backtest import (
     GlobalTraining,
@@ -32,13 +32,9 @@ from ml_analytics.models.backtest import (
     summary,
     train_with_backtest,
 )
-from ml_analytics.models.clock import complete_through
 from ml_analytics.models.distribution import pit_density
 from ml_analytics.models.forecasters.combination import DEFAULT, LOCAL_ONLY, choose_combination
-from ml_analytics.services.fit_pool import FitPool
-from ml_analytics.services.forecast_jobs import GlobalModelRef
 from ml_analytics.settings import Settings
-from ml_analytics.storage.clock import read_clock
 from ml_analytics.storage.global_models import (
     PanelData,
     StoredGlobalModel,
@@ -51,6 +47,8 @@ from ml_analytics.storage.global_models import (
     save_global_model,
 )
 from ml_analytics.storage.locks import GLOBAL_MODEL_LOCK, advisory_lock
+from ml_analytics.workers.jobs import NO_MODEL, CurrentModel, GlobalModelRef
+from ml_analytics.workers.pool import FitPool
 
 logger = logging.getLogger(__name__)
 
@@ -61,21 +59,6 @@ MIN_CALIBRATION_ORIGINS = 4
 MIN_CALIBRATION_CASES = 200
 KEEP_BACKTEST_ORIGINS = 12
 POLL_SECONDS = 5.0
-
-
-@dataclass(frozen=True)
-class CurrentModel:
-    """What product forecasts use now: the newest global model (None: local members
-    only), the combination and the calibration."""
-
-    version: int | None
-    trained_through: date | None
-    reference: GlobalModelRef | None
-    combination: dict[str, float]
-    calibration: tuple[float, ...] | None
-
-
-NO_MODEL = CurrentModel(None, None, None, LOCAL_ONLY.as_dict(), None)
 
 
 def _train(data: PanelData) -> GlobalTraining:
@@ -164,13 +147,7 @@ class GlobalModelService:
 
     async def through(self) -> date | None:
         async with self._engine.connect() as connection:
-            newest = await read_clock(connection)
-        return complete_through(
-            newest,
-            datetime.now(UTC),
-            timedelta(seconds=self._settings.clock_allowed_lateness_seconds),
-            self._settings.timezone,
-        )
+            return await clock_through(connection, self._settings)
 
     async def train_if_due(self, *, force: bool = False) -> StoredGlobalModel | None:
         """Train a new version if the clock moved far enough since the newest (or `force`);

@@ -16,17 +16,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, timedelta
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from ml_analytics.configs import clock_through
 from ml_analytics.lifecycle import cancel_and_wait
-from ml_analytics.models.clock import complete_through
 from ml_analytics.settings import Settings
-from ml_analytics.storage.clock import read_clock
+from ml_analytics.storage.ingest_writes import week_start
 from ml_analytics.storage.locks import LEDGER_RETENTION_LOCK, advisory_lock
-from ml_analytics.storage.queries import week_start
 
 logger = logging.getLogger(__name__)
 
@@ -61,12 +60,7 @@ class LedgerRetention:
         async with advisory_lock(self._engine, LEDGER_RETENTION_LOCK) as (acquired, connection):
             if not acquired:
                 return None, 0, 0
-            through = complete_through(
-                await read_clock(connection),
-                datetime.now(UTC),
-                timedelta(seconds=self._settings.clock_allowed_lateness_seconds),
-                self._settings.timezone,
-            )
+            through = await clock_through(connection, self._settings)
             if through is None:
                 await connection.commit()
                 return None, 0, 0

@@ -21,26 +21,20 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
-from faststream.kafka import KafkaBroker
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from ml_analytics import metrics
+from ml_analytics.configs import risk_thresholds
 from ml_analytics.events import ModelInfo, StockoutRisk
 from ml_analytics.lifecycle import RetryPolicy, cancel_and_wait
 from ml_analytics.models.risk import NotAssessable, assess_stockout_risk, risk_window_days
-from ml_analytics.services.config import risk_thresholds
 from ml_analytics.settings import Settings
+from ml_analytics.storage.assessments import demand_between, record_assessment
+from ml_analytics.storage.demand import latest_stock_snapshot
 from ml_analytics.storage.locks import RISK_RELAY_LOCK
-from ml_analytics.storage.models_queries import (
-    demand_between,
-    load_model,
-    mark_published,
-    prune_published_outbox,
-    record_assessment,
-    unpublished_outbox,
-)
-from ml_analytics.storage.queries import latest_stock_snapshot
+from ml_analytics.storage.models_store import load_model
+from ml_analytics.storage.outbox import mark_published, prune_published_outbox, unpublished_outbox
 
 logger = logging.getLogger(__name__)
 
@@ -101,9 +95,10 @@ async def assess_product(
 class RiskService:
     """Reassesses products and relays the outbox to the stockout-risk topic."""
 
-    def __init__(self, engine: AsyncEngine, broker: KafkaBroker, settings: Settings) -> None:
+    def __init__(self, engine: AsyncEngine, publisher: Any, settings: Settings) -> None:
+        """`publisher`: the stockout-risk topic's (consumers/broker.py declares it)."""
         self._engine = engine
-        self._broker = broker
+        self._publisher = publisher
         self._settings = settings
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -185,11 +180,9 @@ class RiskService:
             # Sent in queue order (the producer keeps order per partition), then
             # marked published only once the broker acknowledged them all.
             acks: list[Any] = [
-                await self._broker.publish(
+                await self._publisher.publish(
                     json.dumps(entry.payload).encode(),
-                    topic=self._settings.stockout_risk_topic,
                     key=entry.product_id.encode(),
-                    headers={"content-type": "application/json"},
                     no_confirm=True,
                 )
                 for entry in entries

@@ -25,26 +25,29 @@ import numpy as np
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from ml_analytics import metrics
+from ml_analytics.configs import clock_through, forecast_config, retrain_policy
 from ml_analytics.lifecycle import cancel_and_wait
-from ml_analytics.models.clock import complete_through
 from ml_analytics.models.forecasters.base import ModelFailure
 from ml_analytics.models.retrain import DataState, ModelState, retrain_decision
-from ml_analytics.services.config import forecast_config, retrain_policy
-from ml_analytics.services.fit_pool import FitPool, FitTimeout
-from ml_analytics.services.forecast_jobs import ForecastJob, run_forecast
-from ml_analytics.services.global_model import NO_MODEL, CurrentModel, GlobalModelService
 from ml_analytics.settings import Settings
-from ml_analytics.storage.clock import read_clock
+from ml_analytics.storage.demand import daily_demand_series, product_summary, units_between
 from ml_analytics.storage.global_models import product_skill, shop_demand
 from ml_analytics.storage.locks import advisory_lock, product_lock
-from ml_analytics.storage.models_queries import (
+from ml_analytics.storage.models_store import (
     StoredModel,
     model_state,
     products_on_older_global_model,
     products_to_consider,
     save_model,
 )
-from ml_analytics.storage.queries import daily_demand_series, product_summary, units_between
+from ml_analytics.workers.jobs import (
+    NO_MODEL,
+    CurrentModel,
+    ForecastJob,
+    GlobalModelSource,
+    run_forecast,
+)
+from ml_analytics.workers.pool import FitPool, FitTimeout
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +71,7 @@ class ModelTrainer:
         *,
         on_model: ModelListener | None = None,
         pool: FitPool | None = None,
-        global_models: GlobalModelService | None = None,
+        global_models: GlobalModelSource | None = None,
     ) -> None:
         self._engine = engine
         self._settings = settings
@@ -171,7 +174,7 @@ class ModelTrainer:
 
     async def _look_at_clock(self, *, changed_since_model: bool = False) -> None:
         async with self._engine.connect() as connection:
-            through = await self._complete_through(connection)
+            through = await clock_through(connection, self._settings)
             if through == self._through and not changed_since_model:
                 return
             self._through = through
@@ -186,14 +189,6 @@ class ModelTrainer:
             )
         if self._global_models is not None and self._settings.forecast_model == "combination":
             self._global_models.clock_moved()
-
-    async def _complete_through(self, connection: AsyncConnection) -> date | None:
-        return complete_through(
-            await read_clock(connection),
-            datetime.now(UTC),
-            timedelta(seconds=self._settings.clock_allowed_lateness_seconds),
-            self._settings.timezone,
-        )
 
     def _next_ready(self) -> str | None:
         now = time.monotonic()
@@ -295,7 +290,7 @@ class ModelTrainer:
         per product in hand: fits are quick, and the pool is shared with ingestion)."""
         current_global = self.current_global
         try:
-            through = await self._complete_through(connection)
+            through = await clock_through(connection, self._settings)
             summary = await product_summary(connection, product_id)
             if summary is None or through is None:
                 await connection.commit()

@@ -13,13 +13,13 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from ml_analytics.consumers.ingestion import build_broker
+from ml_analytics.consumers.broker import build_broker
 from ml_analytics.http.app import create_app
 from ml_analytics.services.global_model import GlobalModelService
 from ml_analytics.services.training import ModelTrainer
 from ml_analytics.settings import Settings
-from ml_analytics.storage.models_queries import load_model
-from ml_analytics.storage.queries import TransactionRow, record_transactions
+from ml_analytics.storage.ingest_writes import TransactionRow, record_transactions
+from ml_analytics.storage.models_store import load_model
 from tests.helpers import unique
 
 pytestmark = pytest.mark.integration

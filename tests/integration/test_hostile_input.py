@@ -20,7 +20,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from ml_analytics.consumers.ingestion import build_broker
+from ml_analytics.consumers.broker import build_broker
 from ml_analytics.devstack import free_port
 from ml_analytics.events import DEAD_LETTER_MAX_VALUE_BYTES
 from ml_analytics.http.app import create_app

@@ -16,13 +16,13 @@ import numpy as np
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from ml_analytics.consumers.ingestion import build_broker
+from ml_analytics.consumers.broker import build_broker
 from ml_analytics.http.app import create_app
-from ml_analytics.services.ingest import SortedBatch
+from ml_analytics.services.ingestion.sort import SortedBatch
 from ml_analytics.settings import Settings
+from ml_analytics.storage.assessments import record_assessment
 from ml_analytics.storage.database import create_engine
-from ml_analytics.storage.models_queries import record_assessment
-from ml_analytics.storage.queries import StockSnapshotRow, TransactionRow
+from ml_analytics.storage.ingest_writes import StockSnapshotRow, TransactionRow
 from tests.conftest import make_settings
 from tests.helpers import keyed, publish, running_ingestion, unique, wait_until, write_batch
 from tests.services import StackServices
@@ -378,7 +378,7 @@ async def test_fits_past_the_bound_answer_503_with_retry_after(
         )
 
         async def in_flight() -> int:
-            return int(app.state.predictions._fits_in_flight)
+            return int(app.state.predictions.fits_in_flight)
 
         await wait_until(in_flight, lambda n: n == 1, timeout=30, interval=0.01)
         refused = await api.post(
@@ -417,13 +417,13 @@ async def test_products_are_listed_most_urgent_first_and_paginated(
     }
     await write_batch(
         engine,
-        SortedBatch(
+        SortedBatch.of(
             transactions=[
                 TransactionRow(f"{name}-{i}", name, day + timedelta(days=i), 2.0)
                 for name in [*levels, "unassessed"]
                 for i in range(3)
             ],
-            stock_snapshots=[
+            stock_levels=[
                 StockSnapshotRow(f"{name}-s", name, datetime(2026, 3, 3, tzinfo=UTC), 40.0, 7)
                 for name in levels
             ],
@@ -494,7 +494,7 @@ async def test_products_are_listed_most_urgent_first_and_paginated(
 async def test_asyncapi_document_names_the_topics(
     api_settings: Settings, services: StackServices, database_url: str
 ) -> None:
-    from ml_analytics.service import build_app
+    from ml_analytics.runner import build_app
 
     engine = create_engine(api_settings)
     app = build_app(api_settings, engine, build_broker(api_settings))
@@ -506,10 +506,17 @@ async def test_asyncapi_document_names_the_topics(
     finally:
         app.state.predictions.stop()
         await engine.dispose()
-    text = str(document)
     assert document["asyncapi"].startswith("3.")
-    assert api_settings.transactions_topic in text
-    assert api_settings.stock_levels_topic in text
+    # The four topics, each a channel, from the topics table: consumed and published.
+    addresses = {channel["address"] for channel in document["channels"].values()}
+    assert addresses == {
+        api_settings.transactions_topic,
+        api_settings.stock_levels_topic,
+        api_settings.stockout_risk_topic,
+        api_settings.dead_letter_topic,
+    }
+    schemas = str(document["components"])
+    assert "StockoutRisk" in schemas and "DeadLetter" in schemas
 
 
 @pytest.mark.parametrize(

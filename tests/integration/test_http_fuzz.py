@@ -19,7 +19,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from ml_analytics import metrics
-from ml_analytics.consumers.ingestion import build_broker
+from ml_analytics.consumers.broker import build_broker
 from ml_analytics.devstack import free_port
 from ml_analytics.http.app import create_app
 from ml_analytics.storage.database import create_engine, migrate

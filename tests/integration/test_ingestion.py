@@ -17,7 +17,7 @@ from ml_analytics import metrics
 from ml_analytics.devstack import EmbeddedPostgres
 from ml_analytics.settings import Settings
 from ml_analytics.storage.database import create_engine, migrate
-from ml_analytics.storage.queries import daily_demand_series, latest_stock_snapshot
+from ml_analytics.storage.demand import daily_demand_series, latest_stock_snapshot
 from tests.conftest import make_settings
 from tests.helpers import keyed, publish, read_topic, running_ingestion, unique, wait_until
 from tests.services import StackServices

@@ -11,10 +11,11 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 
-from ml_analytics.services.ingest import SortedBatch
+from ml_analytics.services.ingestion.sort import SortedBatch
 from ml_analytics.settings import Settings
 from ml_analytics.storage.database import create_engine, migrate
-from ml_analytics.storage.queries import StockSnapshotRow, TransactionRow, product_summary
+from ml_analytics.storage.demand import product_summary
+from ml_analytics.storage.ingest_writes import StockSnapshotRow, TransactionRow
 from tests.helpers import write_batch
 from tests.services import StackServices, _libpq_url
 
@@ -50,9 +51,9 @@ async def test_least_privilege_roles_migrate_and_run(
         try:
             await write_batch(
                 engine,
-                SortedBatch(
+                SortedBatch.of(
                     transactions=[TransactionRow("e1", "P", date(2026, 11, 1), 3.0)],
-                    stock_snapshots=[
+                    stock_levels=[
                         StockSnapshotRow("s1", "P", datetime(2026, 11, 1, 18, tzinfo=UTC), 40, 7)
                     ],
                 ),

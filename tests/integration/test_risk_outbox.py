@@ -10,12 +10,12 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from ml_analytics.consumers.ingestion import build_broker
-from ml_analytics.services.ingest import SortedBatch
+from ml_analytics.consumers.broker import build_broker, declare_publishers
+from ml_analytics.services.ingestion.sort import SortedBatch
 from ml_analytics.services.risk import RiskService
 from ml_analytics.settings import Settings
-from ml_analytics.storage.models_queries import StoredModel, save_model
-from ml_analytics.storage.queries import StockSnapshotRow
+from ml_analytics.storage.ingest_writes import StockSnapshotRow
+from ml_analytics.storage.models_store import StoredModel, save_model
 from tests.helpers import unique, write_batch
 
 pytestmark = pytest.mark.integration
@@ -47,7 +47,7 @@ async def record_stock(
     engine: AsyncEngine, product: str, tag: str, as_of: datetime, units: float
 ) -> None:
     snapshot = StockSnapshotRow(f"{product}-{tag}", product, as_of, units, 10)
-    await write_batch(engine, SortedBatch(stock_snapshots=[snapshot]))
+    await write_batch(engine, SortedBatch.of(stock_levels=[snapshot]))
 
 
 async def outbox_levels(engine: AsyncEngine, product: str) -> list[str]:
@@ -66,7 +66,9 @@ async def test_concurrent_assessments_of_one_product_queue_its_first_event_once(
 ) -> None:
     product = unique("race")
     await store_model_and_stock(engine, product, stock=100)
-    risk = RiskService(engine, build_broker(settings), settings)
+    risk = RiskService(
+        engine, declare_publishers(build_broker(settings), settings)["stockout_risk"], settings
+    )
     queued = await asyncio.gather(*(risk.reassess([product]) for _ in range(5)))
     assert sum(queued) == 1
     assert await outbox_levels(engine, product) == ["high"]  # 20 a day against 100 over 10 days
@@ -77,7 +79,9 @@ async def test_same_level_again_queues_nothing_and_a_change_queues_one(
 ) -> None:
     product = unique("steady")
     await store_model_and_stock(engine, product, stock=100)
-    risk = RiskService(engine, build_broker(settings), settings)
+    risk = RiskService(
+        engine, declare_publishers(build_broker(settings), settings)["stockout_risk"], settings
+    )
     assert await risk.reassess([product]) == 1
     assert await risk.reassess([product]) == 0
     await record_stock(engine, product, "refill", datetime(2026, 9, 28, 20, tzinfo=UTC), 10_000)
@@ -89,7 +93,9 @@ async def test_published_events_are_pruned_after_the_retention_and_queued_ones_n
     settings: Settings, engine: AsyncEngine
 ) -> None:
     old, fresh, queued = unique("old"), unique("fresh"), unique("queued")
-    risk = RiskService(engine, build_broker(settings), settings)
+    risk = RiskService(
+        engine, declare_publishers(build_broker(settings), settings)["stockout_risk"], settings
+    )
     for product in (old, fresh, queued):
         await store_model_and_stock(engine, product, stock=100)
         assert await risk.reassess([product]) == 1

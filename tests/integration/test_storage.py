@@ -7,16 +7,15 @@ from datetime import UTC, date, datetime, timedelta
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from ml_analytics.services.ingest import SortedBatch
-from ml_analytics.storage.queries import (
-    StockSnapshotRow,
-    TransactionRow,
+from ml_analytics.services.ingestion.sort import SortedBatch
+from ml_analytics.storage.demand import (
     daily_demand_series,
     latest_stock_snapshot,
     product_summary,
     products_with_new_data,
     stock_history,
 )
+from ml_analytics.storage.ingest_writes import StockSnapshotRow, TransactionRow
 from tests.helpers import write_batch
 
 pytestmark = pytest.mark.integration
@@ -33,10 +32,10 @@ def snap(event_id: str, product: str, as_of: datetime, units: float, lead: int |
 async def test_redelivered_transactions_are_counted_once(engine: AsyncEngine) -> None:
     day = date(2026, 11, 1)
     first = await write_batch(
-        engine, SortedBatch(transactions=[tx("a", "P", day, 2), tx("b", "P", day, 3)])
+        engine, SortedBatch.of(transactions=[tx("a", "P", day, 2), tx("b", "P", day, 3)])
     )
     again = await write_batch(
-        engine, SortedBatch(transactions=[tx("b", "P", day, 3), tx("c", "P", day, 0.5)])
+        engine, SortedBatch.of(transactions=[tx("b", "P", day, 3), tx("c", "P", day, 0.5)])
     )
     assert (first.transactions_counted, first.transactions_seen_before) == (2, 0)
     assert first.products_with_new_demand == {"P"}
@@ -53,7 +52,7 @@ async def test_fractional_units_sum_exactly(engine: AsyncEngine) -> None:
     day = date(2026, 11, 1)
     rows = [tx(f"f{i}", "F", day, 0.1) for i in range(10)]
     for row in rows:
-        await write_batch(engine, SortedBatch(transactions=[row]))
+        await write_batch(engine, SortedBatch.of(transactions=[row]))
     async with engine.connect() as connection:
         (only_day,) = await daily_demand_series(connection, "F")
     assert only_day.quantity_units == 1.0  # 0.1 added ten times in floating point is not 1.0
@@ -63,7 +62,7 @@ async def test_daily_series_is_zero_filled_and_narrowed_by_range(engine: AsyncEn
     start = date(2026, 1, 30)
     await write_batch(
         engine,
-        SortedBatch(
+        SortedBatch.of(
             transactions=[
                 tx("1", "Z", start, 4),
                 tx("2", "Z", start + timedelta(days=3), 1),
@@ -90,14 +89,14 @@ async def test_daily_series_is_zero_filled_and_narrowed_by_range(engine: AsyncEn
 
 async def test_late_older_stock_snapshot_is_history_not_current(engine: AsyncEngine) -> None:
     t0 = datetime(2026, 11, 1, 18, tzinfo=UTC)
-    newer = await write_batch(engine, SortedBatch(stock_snapshots=[snap("s2", "S", t0, 480, 10)]))
+    newer = await write_batch(engine, SortedBatch.of(stock_levels=[snap("s2", "S", t0, 480, 10)]))
     late = await write_batch(
-        engine, SortedBatch(stock_snapshots=[snap("s1", "S", t0 - timedelta(days=1), 500, 7)])
+        engine, SortedBatch.of(stock_levels=[snap("s1", "S", t0 - timedelta(days=1), 500, 7)])
     )
-    repeat = await write_batch(engine, SortedBatch(stock_snapshots=[snap("s2", "S", t0, 480, 10)]))
+    repeat = await write_batch(engine, SortedBatch.of(stock_levels=[snap("s2", "S", t0, 480, 10)]))
     assert newer.products_with_new_stock == {"S"}
     assert late.products_with_new_stock == set() and late.stock_snapshots_recorded == 1
-    assert repeat.stock_snapshots_seen_before == 1
+    assert repeat.seen_before["stock_levels"] == 1
     async with engine.connect() as connection:
         current = await latest_stock_snapshot(connection, "S")
         history = await stock_history(connection, "S")
@@ -110,8 +109,8 @@ async def test_newest_snapshot_within_one_batch_wins(engine: AsyncEngine) -> Non
     t0 = datetime(2026, 11, 1, tzinfo=UTC)
     await write_batch(
         engine,
-        SortedBatch(
-            stock_snapshots=[
+        SortedBatch.of(
+            stock_levels=[
                 snap("b", "M", t0 + timedelta(hours=2), 7),
                 snap("a", "M", t0 + timedelta(hours=5), 3),
                 snap("c", "M", t0, 9),
@@ -125,7 +124,7 @@ async def test_newest_snapshot_within_one_batch_wins(engine: AsyncEngine) -> Non
 
 async def test_products_with_new_data_since_a_time(engine: AsyncEngine) -> None:
     before = datetime.now(UTC) - timedelta(seconds=1)
-    await write_batch(engine, SortedBatch(transactions=[tx("n1", "N", date(2026, 1, 1), 1)]))
+    await write_batch(engine, SortedBatch.of(transactions=[tx("n1", "N", date(2026, 1, 1), 1)]))
     async with engine.connect() as connection:
         changed = await products_with_new_data(connection, before)
         later = await products_with_new_data(connection, datetime.now(UTC) + timedelta(seconds=5))

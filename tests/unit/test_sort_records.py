@@ -6,9 +6,11 @@ import json
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 
-from ml_analytics.services.ingest import sort_records
+from ml_analytics.services.ingestion.sort import sort_records
+from ml_analytics.topics import INPUT_TOPICS
 
 TX, SL = "in.tx", "in.sl"
+ROUTES = {TX: INPUT_TOPICS[0], SL: INPUT_TOPICS[1]}
 NOW = datetime(2026, 11, 27, tzinfo=UTC)
 
 
@@ -33,9 +35,7 @@ def tx(event_id: str, quantity: float = 1, occurred_at: str = "2026-11-01T10:00:
 
 
 def sort(records: list[Record]):  # type: ignore[no-untyped-def]
-    return sort_records(
-        records, transactions_topic=TX, stock_levels_topic=SL, zone=UTC, failed_at=NOW
-    )
+    return sort_records(records, routes=ROUTES, zone=UTC, failed_at=NOW)
 
 
 def test_repeated_event_id_within_a_batch_is_kept_once() -> None:
@@ -85,8 +85,7 @@ def test_event_time_that_overflows_in_the_business_zone_is_a_dead_letter() -> No
     late = tx("edge", occurred_at="9999-12-31T23:30:00+00:00")  # valid in UTC, not in Tokyo
     batch = sort_records(
         [Record(TX, 0, 0, b"p", late), Record(TX, 0, 1, b"p", tx("fine"))],
-        transactions_topic=TX,
-        stock_levels_topic=SL,
+        routes=ROUTES,
         zone=ZoneInfo("Asia/Tokyo"),
         failed_at=NOW,
     )
@@ -107,8 +106,7 @@ def test_events_outside_the_accepted_dates_are_dead_letters_and_the_rest_counted
             Record(SL, 0, 0, b"p", level),
             Record(TX, 0, 3, b"p", tx("fine", occurred_at="2026-11-30T23:00:00Z")),
         ],
-        transactions_topic=TX,
-        stock_levels_topic=SL,
+        routes=ROUTES,
         zone=UTC,
         failed_at=NOW,
         window=window,

@@ -8,16 +8,22 @@ worker loads once and keeps, rather than a model pickled into every job.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
 from ml_analytics.models.forecasters import prophet
 from ml_analytics.models.forecasters.base import Forecast, ForecastConfig, check_history
-from ml_analytics.models.forecasters.combination import Combination, forecast_products
+from ml_analytics.models.forecasters.combination import (
+    LOCAL_ONLY,
+    Combination,
+    forecast_products,
+)
 from ml_analytics.models.forecasters.global_gbm import GlobalModel
 from ml_analytics.models.forecasters.panel import panel_from_series
 
@@ -28,6 +34,35 @@ _loaded: dict[Path, GlobalModel] = {}
 class GlobalModelRef:
     version: int
     path: Path  # LightGBM's text form, written by the service
+
+
+@dataclass(frozen=True)
+class CurrentModel:
+    """What product forecasts use now: the newest global model (None: local members
+    only), the combination and the calibration."""
+
+    version: int | None
+    trained_through: date | None
+    reference: GlobalModelRef | None
+    combination: dict[str, float]
+    calibration: tuple[float, ...] | None
+
+
+NO_MODEL = CurrentModel(None, None, None, LOCAL_ONLY.as_dict(), None)
+
+
+class GlobalModelSource(Protocol):
+    """Where the trainer and the prediction API get the current global model from
+    (services/global_model.py's GlobalModelService, wired in by the runner)."""
+
+    @property
+    def current(self) -> CurrentModel: ...
+
+    async def refresh(self) -> CurrentModel: ...
+
+    def on_new_model(self, event: asyncio.Event) -> None: ...
+
+    def clock_moved(self) -> None: ...
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,9 @@
-"""The ingestion subscriber: batches from both input topics into PostgreSQL.
+"""The ingestion pipeline: batches from the input topics into PostgreSQL, in order.
 
 Thin by design. FastStream's batch subscriber fetches; its handler hands each
 batch to one worker (`IngestionPipeline`) and returns, so the next batch is
 fetched and unpacked while the worker writes this one. The worker, one batch
-at a time and in order: validates and writes the events (services.ingest),
+at a time and in order: validates and writes the events (services/ingestion),
 publishes the dead letters, then commits exactly that batch's offsets. A batch
 is never skipped: a failed write or publish is retried until it succeeds or the
 service stops, and what was not committed is delivered again after a restart or
@@ -13,63 +13,31 @@ a rebalance, where the ledger of event ids makes it count once.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any
 
-from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
-from faststream import AckPolicy
-from faststream.kafka import KafkaBroker, KafkaMessage, Topic
-from faststream.message import StreamMessage
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ml_analytics import metrics
+from ml_analytics.consumers.broker import Publishers
 from ml_analytics.consumers.skipping import StallSkipper
 from ml_analytics.consumers.stalls import PartitionStalls
 from ml_analytics.events import DeadLetter
-from ml_analytics.kafka import kafka_security
 from ml_analytics.lifecycle import RetryPolicy, cancel_and_wait
-from ml_analytics.services.ingest import (
-    BatchOutcome,
-    IngestResult,
-    KafkaRecord,
-    ingest_records,
-)
+from ml_analytics.services.ingestion.sort import KafkaRecord
+from ml_analytics.services.ingestion.write import BatchOutcome, IngestResult, ingest_records
 from ml_analytics.settings import Settings
+from ml_analytics.topics import INPUT_TOPICS, input_routes
 
 logger = logging.getLogger(__name__)
 
 BatchListener = Callable[[BatchOutcome], Awaitable[None]]
-
-
-def build_broker(settings: Settings) -> KafkaBroker:
-    """The service's one broker connection (consumers and publishers)."""
-    return KafkaBroker(
-        settings.kafka_bootstrap_servers,
-        client_id=settings.kafka_client_id,
-        security=kafka_security(settings),
-        enable_idempotence=settings.kafka_enable_idempotence,
-        acks="all",
-        linger_ms=5,
-        max_batch_size=1024 * 1024,
-        graceful_timeout=settings.shutdown_grace_seconds,
-        logger=logging.getLogger("ml_analytics.broker"),
-        # FastStream's per-message "Received"/"Processed" lines: one per batch here.
-        log_level=logging.DEBUG,
-    )
-
-
-async def _raw_values(message: StreamMessage[Any]) -> Any:
-    # Keep the bytes: each record is validated on its own, so one bad message
-    # becomes one dead letter instead of failing the whole batch in a decoder.
-    return message.body
-
-
 Job = Callable[[], Awaitable[None]]
 
 
@@ -82,12 +50,13 @@ class IngestionPipeline:
 
     def __init__(
         self,
-        broker: KafkaBroker,
+        publishers: Publishers,
         settings: Settings,
         engine: AsyncEngine,
         on_batch: BatchListener | None = None,
     ) -> None:
-        self._broker = broker
+        self._dead_letters = publishers["dead_letter"]
+        self._routes = input_routes(settings)
         self._settings = settings
         self._engine = engine
         self._on_batch = on_batch
@@ -105,7 +74,7 @@ class IngestionPipeline:
             lambda: self._consumer(),
             engine,
             self.run_in_order,
-            lambda letters: _publish_dead_letters(broker, settings, letters),
+            lambda letters: _publish_dead_letters(self._dead_letters, letters),
         )
 
     def attach(self, consumer: Callable[[], AIOKafkaConsumer | None]) -> None:
@@ -195,8 +164,7 @@ class IngestionPipeline:
                 result = await ingest_records(
                     self._engine,
                     records,
-                    transactions_topic=self._settings.transactions_topic,
-                    stock_levels_topic=self._settings.stock_levels_topic,
+                    routes=self._routes,
                     zone=self._settings.timezone,
                     failed_at=now,
                     window=self._settings.event_time_window(now),
@@ -204,7 +172,7 @@ class IngestionPipeline:
                     parallel_writes=self._settings.ingest_parallel_writes,
                     retry=self._retry,
                 )
-                await _publish_dead_letters(self._broker, self._settings, result.dead_letters)
+                await _publish_dead_letters(self._dead_letters, result.dead_letters)
                 self._failing = None
                 break
             except Exception as error:
@@ -225,90 +193,9 @@ class IngestionPipeline:
             await self._on_batch(result.outcome)
 
 
-def add_ingestion(
-    broker: KafkaBroker,
-    settings: Settings,
-    engine: AsyncEngine,
-    *,
-    on_batch: BatchListener | None = None,
-) -> IngestionPipeline:
-    """Subscribe to the transactions and stock-levels topics in one consumer group.
-
-    Call the returned pipeline's `drain()` before stopping the broker.
-    """
-    pipeline = IngestionPipeline(broker, settings, engine, on_batch)
-    subscriber = broker.subscriber(
-        Topic(settings.transactions_topic, declare=False),
-        Topic(settings.stock_levels_topic, declare=False),
-        batch=True,
-        group_id=settings.group_id,
-        auto_offset_reset="earliest",
-        max_records=settings.ingest_batch_max_records,
-        batch_timeout_ms=settings.ingest_batch_timeout_ms,
-        max_partition_fetch_bytes=8 * 1024 * 1024,
-        # Offsets are committed by the pipeline, per batch, after the writes.
-        ack_policy=AckPolicy.MANUAL,
-        decoder=_raw_values,
-        # A transactional producer's aborted events are never counted.
-        isolation_level="read_committed",
-        listener=_AssignmentListener(
-            (settings.transactions_topic, settings.stock_levels_topic), pipeline.stalls
-        ),
-        title="ingest",
-        description="Transactions and stock levels into the daily aggregates.",
-    )
-    pipeline.attach(lambda: subscriber.consumer)
-
-    @subscriber
-    async def ingest(values: Any, message: KafkaMessage) -> None:
-        records = message.raw_message
-        if not isinstance(records, tuple):
-            records = (records,)
-        await pipeline.submit(records, cast(AIOKafkaConsumer, message.consumer))
-
-    return pipeline
-
-
-class _AssignmentListener(ConsumerRebalanceListener):  # type: ignore[misc]
-    """Logs and exposes which partitions (and so which products) this replica owns."""
-
-    def __init__(self, topics: tuple[str, ...], stalls: PartitionStalls) -> None:
-        self._topics = topics
-        self._stalls = stalls
-        self._owned: set[TopicPartition] = set()
-
-    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        self._owned -= set(revoked)
-        for partition in revoked:  # another replica reports these now
-            with contextlib.suppress(KeyError):
-                metrics.CONSUMER_LAG.remove(partition.topic, str(partition.partition))
-            self._stalls.resolved(partition)  # its new owner meets the bad batch again
-        self._publish("partitions revoked", revoked)
-
-    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        self._owned |= set(assigned)
-        self._publish("partitions assigned", assigned)
-
-    def _publish(self, message: str, changed: set[TopicPartition]) -> None:
-        for topic in self._topics:
-            metrics.ASSIGNED_PARTITIONS.labels(topic).set(
-                sum(1 for tp in self._owned if tp.topic == topic)
-            )
-        logger.info(
-            message,
-            extra={
-                "changed": sorted(f"{tp.topic}:{tp.partition}" for tp in changed),
-                "owned": sorted(f"{tp.topic}:{tp.partition}" for tp in self._owned),
-            },
-        )
-
-
-async def _publish_dead_letters(
-    broker: KafkaBroker, settings: Settings, dead_letters: list[DeadLetter]
-) -> None:
+async def _publish_dead_letters(publisher: Any, dead_letters: list[DeadLetter]) -> None:
     if not dead_letters:
         return
-    topic = settings.dead_letter_topic
     for letter in dead_letters:
         logger.warning(
             "message sent to the dead-letter topic",
@@ -322,12 +209,7 @@ async def _publish_dead_letters(
         )
     await asyncio.gather(
         *(
-            broker.publish(
-                letter.model_dump_json().encode(),
-                topic=topic,
-                key=letter.kafka_key(),
-                headers={"content-type": "application/json"},
-            )
+            publisher.publish(letter.model_dump_json().encode(), key=letter.kafka_key())
             for letter in dead_letters
         )
     )
@@ -365,34 +247,25 @@ async def _commit(consumer: AIOKafkaConsumer, records: Sequence[KafkaRecord]) ->
 
 def _observe(result: IngestResult, settings: Settings, started: float) -> None:
     outcome = result.outcome
-    transactions_topic, stock_levels_topic = (
-        settings.transactions_topic,
-        settings.stock_levels_topic,
-    )
     if result.database_retries:
         metrics.BATCHES.labels("retried").inc(result.database_retries)
-    metrics.EVENTS_INGESTED.labels(transactions_topic, "counted").inc(outcome.transactions_counted)
-    metrics.EVENTS_INGESTED.labels(transactions_topic, "seen_before").inc(
-        outcome.transactions_seen_before
-    )
-    metrics.EVENTS_INGESTED.labels(stock_levels_topic, "counted").inc(
-        outcome.stock_snapshots_recorded
-    )
-    metrics.EVENTS_INGESTED.labels(stock_levels_topic, "seen_before").inc(
-        outcome.stock_snapshots_seen_before
-    )
+    for topic in INPUT_TOPICS:
+        name = settings.topic_name(topic.role)
+        metrics.EVENTS_INGESTED.labels(name, "counted").inc(outcome.counted.get(topic.role, 0))
+        metrics.EVENTS_INGESTED.labels(name, "seen_before").inc(
+            outcome.seen_before.get(topic.role, 0)
+        )
     for letter in result.dead_letters:
         metrics.DEAD_LETTERS.labels(letter.source_topic).inc()
-    for topic, count in result.key_mismatches.items():
-        metrics.KEY_MISMATCHES.labels(topic).inc(count)
+    for name, count in result.key_mismatches.items():
+        metrics.KEY_MISMATCHES.labels(name).inc(count)
     metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
     logger.debug(
         "batch committed",
         extra={
-            "transactions_counted": outcome.transactions_counted,
-            "seen_before": outcome.transactions_seen_before + outcome.stock_snapshots_seen_before,
+            "counted": dict(outcome.counted),
+            "seen_before": dict(outcome.seen_before),
             "repeated_in_batch": result.repeated_in_batch,
-            "stock_snapshots": outcome.stock_snapshots_recorded,
             "dead_letters": len(result.dead_letters),
         },
     )

@@ -1,19 +1,16 @@
-"""`POST /forecast/demand` and `POST /predict/stockout`: the contract's request and
-response shapes (extra response fields are additions, never changes)."""
+"""The HTTP API's request and response shapes (pydantic): the contract's, with additions.
+The routes declare them (OpenAPI) and the services build the responses from them: one
+shape, in one place."""
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Request
-from fastapi.responses import Response
 from pydantic import BaseModel, Field
 from typing_extensions import TypedDict
 
 from ml_analytics.events import MAX_QUANTITY_UNITS, MAX_STOCK_UNITS, Identifier
-from ml_analytics.services.predictions import BadRequest, PredictionService
-from ml_analytics.settings import Settings
 
 
 class ErrorBody(BaseModel):
@@ -172,76 +169,100 @@ class StockoutResponse(BaseModel):
     cached: bool
 
 
-def get_predictions(request: Request) -> PredictionService:
-    service: PredictionService = request.app.state.predictions
-    return service
+class Health(BaseModel):
+    status: str
+    service: str
+    version: str
+    timestamp: datetime
 
 
-Predictions = Annotated[PredictionService, Depends(get_predictions)]
+class Ready(BaseModel):
+    status: Literal["ready"]
+    checks: dict[str, str]
 
 
-def _points(data: list[DemandPoint] | None, request: Request) -> list[tuple[date, float]] | None:
-    if data is None:
-        return None
-    settings: Settings = request.app.state.settings
-    limit = settings.http_max_transaction_points
-    if len(data) > limit:
-        raise BadRequest(f"transaction_data has {len(data)} points; at most {limit} are accepted")
-    # The same dates as on the topics: a history ending near 9999-12-31 cannot be
-    # forecast past it, and one starting in year 1 is a mistake.
-    window = settings.event_time_window(datetime.now(UTC))
-    for index, point in enumerate(data):
-        if problem := window.problem(f"transaction_data[{index}].date", point["date"]):
-            raise BadRequest(problem)
-    return [(point["date"], point["quantity"]) for point in data]
+class NotReady(BaseModel):
+    status: Literal["unavailable"]
+    detail: str
+    failing: list[str]
 
 
-def prediction_router() -> APIRouter:
-    """The two prediction routes. The service builds their responses in the documented
-    shape (the schemathesis test checks them against it) as JSON, and a cache hit is
-    returned as stored, not decoded, validated and encoded again."""
-    router = APIRouter(tags=["predictions"], responses=ERROR_RESPONSES)
+class DemandDayOut(BaseModel):
+    date: date
+    quantity_units: float
+    transactions: int
 
-    @router.post("/forecast/demand", response_model=ForecastResponse)
-    async def forecast_demand(
-        body: ForecastRequest, predictions: Predictions, request: Request
-    ) -> Response:
-        """Daily demand forecast for `horizon_days` after the history's last day.
 
-        Values are never negative. Responses are cached by content for
-        PREDICTION_CACHE_TTL; `cache_bypass: true` forces a fresh fit.
-        """
-        return Response(
-            await predictions.forecast_demand(
-                body.product_id,
-                body.horizon_days,
-                _points(body.transaction_data, request),
-                body.cache_bypass,
-                body.model,
-            ),
-            media_type="application/json",
-        )
+class ProductDemand(BaseModel):
+    product_id: str
+    days: list[DemandDayOut]
 
-    @router.post("/predict/stockout", response_model=StockoutResponse)
-    async def predict_stockout(
-        body: StockoutRequest, predictions: Predictions, request: Request
-    ) -> Response:
-        """When the stock runs out, and how likely that is within the risk window.
 
-        `stockout_probability`, `risk_level` and `risk_window_days` are additions to
-        the contract's response, computed as for the stockout-risk events.
-        """
-        return Response(
-            await predictions.predict_stockout(
-                body.product_id,
-                body.horizon_days,
-                _points(body.transaction_data, request),
-                body.current_stock_units,
-                body.lead_time_days,
-                body.cache_bypass,
-                body.model,
-            ),
-            media_type="application/json",
-        )
+class ForecastDayOut(BaseModel):
+    date: date
+    yhat: float
+    yhat_lower: float
+    yhat_upper: float
+    expected: float = Field(
+        description="Mean of the sample paths: the daily demand stockout dates come from"
+    )
+    cumulative_p10: float = Field(
+        description="10% quantile of the demand from forecast_start through this day"
+    )
+    cumulative_p50: float = Field(description="its median")
+    cumulative_p90: float = Field(description="its 90% quantile")
 
-    return router
+
+class StoredForecast(BaseModel):
+    """The product's current model, as the consumers trained it."""
+
+    product_id: str
+    model_name: str
+    trained_at: datetime
+    trained_through: date
+    training_days: int
+    forecast_start: date
+    metrics: dict[str, float | int | None]
+    seasonality: dict[str, bool | float]
+    weights: dict[str, float] | None = Field(description="A combination's members and weights")
+    days: list[ForecastDayOut]
+
+
+class ProductItem(BaseModel):
+    """A tracked product with its stock, latest risk assessment and model."""
+
+    product_id: str
+    first_day: date | None
+    last_day: date | None
+    total_units: float
+    transactions: int
+    current_stock_units: float | None
+    stock_as_of: datetime | None
+    lead_time_days: int | None
+    risk_level: Literal["high", "medium", "low"] | None = Field(
+        description="null until the product has a model and a stock level"
+    )
+    stockout_probability: float | None
+    predicted_stockout_date: date | None
+    days_until_stockout: int | None
+    confidence: float | None
+    assessed_at: datetime | None
+    model_name: str | None
+    trained_at: datetime | None
+    training_days: int | None
+    mape: float | None
+    rmse: float | None
+    wape: float | None
+    mase: float | None
+    skill_vs_moving_average: float | None = Field(
+        description="0.18: 18% better than the 28-day moving average on 28-day totals"
+    )
+    skill_backtests: int
+
+
+class ProductPage(BaseModel):
+    total: int = Field(description="Products matching the filters")
+    limit: int
+    offset: int
+    sort: str
+    items: list[ProductItem]

@@ -9,7 +9,7 @@ from pathlib import Path
 from fastapi import APIRouter, HTTPException
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
 
-STATIC = Path(__file__).with_name("static")
+STATIC = Path(__file__).parents[1] / "static"
 _ASSETS = {
     "dashboard.css": (STATIC / "dashboard.css", "text/css"),
     "dashboard.js": (STATIC / "dashboard.js", "text/javascript"),
@@ -32,28 +32,29 @@ def _page(name: str) -> HTMLResponse:
     return HTMLResponse((STATIC / name).read_text(encoding="utf-8"), headers=_SECURITY_HEADERS)
 
 
-def dashboard_router() -> APIRouter:
-    router = APIRouter(tags=["dashboard"], include_in_schema=False)
+router = APIRouter(tags=["dashboard"], include_in_schema=False)
 
-    @router.get("/")
-    async def home() -> RedirectResponse:
-        return RedirectResponse("/dashboard")
 
-    @router.get("/dashboard")
-    async def dashboard() -> HTMLResponse:
-        return _page("dashboard.html")
+@router.get("/")
+async def home() -> RedirectResponse:
+    return RedirectResponse("/dashboard")
 
-    @router.get("/dashboard/product")
-    async def product() -> HTMLResponse:
-        return _page("product.html")
 
-    @router.get("/dashboard/static/{name}")
-    async def asset(name: str) -> FileResponse:
-        if name == "plotly.min.js":
-            return FileResponse(plotly_js(), media_type="text/javascript")
-        if name not in _ASSETS:
-            raise HTTPException(404, f"No asset {name!r}")
-        path, media_type = _ASSETS[name]
-        return FileResponse(path, media_type=media_type)
+@router.get("/dashboard")
+async def dashboard() -> HTMLResponse:
+    return _page("dashboard.html")
 
-    return router
+
+@router.get("/dashboard/product")
+async def product() -> HTMLResponse:
+    return _page("product.html")
+
+
+@router.get("/dashboard/static/{name}")
+async def asset(name: str) -> FileResponse:
+    if name == "plotly.min.js":
+        return FileResponse(plotly_js(), media_type="text/javascript")
+    if name not in _ASSETS:
+        raise HTTPException(404, f"No asset {name!r}")
+    path, media_type = _ASSETS[name]
+    return FileResponse(path, media_type=media_type)

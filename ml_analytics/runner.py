@@ -20,13 +20,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ml_analytics import __version__, metrics
 from ml_analytics.consumers.admin import ensure_topics
-from ml_analytics.consumers.ingestion import add_ingestion, build_broker
+from ml_analytics.consumers.broker import build_broker, declare_publishers
+from ml_analytics.consumers.subscriber import add_ingestion
 from ml_analytics.http.app import create_app
 from ml_analytics.http.server import uvicorn_config
 from ml_analytics.lifecycle import cancel_and_wait
 from ml_analytics.logs import configure_logging
 from ml_analytics.services.global_model import GlobalModelService
-from ml_analytics.services.ingest import BatchOutcome
+from ml_analytics.services.ingestion.write import BatchOutcome
 from ml_analytics.services.ledger import LedgerRetention
 from ml_analytics.services.predictions import PredictionService
 from ml_analytics.services.risk import RiskService
@@ -58,7 +59,8 @@ class _GracefulServer(uvicorn.Server):
 
 def build_app(settings: Settings, engine: AsyncEngine, broker: KafkaBroker) -> FastAPI:
     """Consumers, training, risk publishing and HTTP, wired together."""
-    risk = RiskService(engine, broker, settings)
+    publishers = declare_publishers(broker, settings)
+    risk = RiskService(engine, publishers["stockout_risk"], settings)
 
     async def model_trained(product_id: str) -> None:
         await risk.reassess([product_id])
@@ -79,7 +81,9 @@ def build_app(settings: Settings, engine: AsyncEngine, broker: KafkaBroker) -> F
             # A stock level re-evaluates risk with the current model, no refit.
             await risk.reassess(outcome.products_with_new_stock)
 
-    ingestion = add_ingestion(broker, settings, engine, on_batch=batch_recorded)
+    ingestion = add_ingestion(
+        broker, settings, engine, publishers=publishers, on_batch=batch_recorded
+    )
 
     predictions = PredictionService(engine, settings, global_models=global_models)
     ledger = LedgerRetention(engine, settings)

@@ -1,0 +1,185 @@
+"""Sort a consumed batch: each record validated against its topic's schema and handed to
+its topic's handler (ml_analytics/topics.py), which turns it into the row its storage
+write takes, or a dead letter with the reason. Pure: bytes in, rows and dead letters out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import date, datetime, tzinfo
+from typing import Any, Protocol
+
+from pydantic import BaseModel
+
+from ml_analytics.events import (
+    DeadLetter,
+    EventTimeWindow,
+    InvalidEvent,
+    StockLevel,
+    Transaction,
+    decode_event,
+    event_instant,
+)
+from ml_analytics.storage.ingest_writes import StockSnapshotRow, TransactionRow
+
+
+class KafkaRecord(Protocol):
+    """What ingestion needs of a consumed record (aiokafka's ConsumerRecord has it)."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+
+
+@dataclass(slots=True)
+class SortedBatch:
+    """Rows per input topic role (what each topic's storage write takes), dead letters."""
+
+    rows: dict[str, list[Any]] = field(default_factory=dict)
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+    repeated_in_batch: int = 0
+    # Valid events keyed other than by their product_id, per topic. Counted all the
+    # same, for the value's product: every write is per product and commutes, so the
+    # partition an event arrives on does not change what is stored.
+    key_mismatches: dict[str, int] = field(default_factory=dict)
+    # The newest occurred_at among the valid transactions: the stream's clock.
+    newest_event_at: datetime | None = None
+
+    @classmethod
+    def of(cls, **rows: list[Any]) -> SortedBatch:
+        return cls(rows=dict(rows))
+
+    @property
+    def transactions(self) -> list[TransactionRow]:
+        return self.rows.setdefault("transactions", [])
+
+    @property
+    def stock_snapshots(self) -> list[StockSnapshotRow]:
+        return self.rows.setdefault("stock_levels", [])
+
+    def count_key_mismatch(self, topic: str) -> None:
+        self.key_mismatches[topic] = self.key_mismatches.get(topic, 0) + 1
+
+    @property
+    def valid_events(self) -> int:
+        return sum(len(rows) for rows in self.rows.values()) + self.repeated_in_batch
+
+
+@dataclass(slots=True)
+class SortContext:
+    """What a topic's handler may need beyond its event."""
+
+    zone: tzinfo
+    window: EventTimeWindow | None
+    ledger_floor: date | None
+    batch: SortedBatch
+    newest_moment: datetime | None = None  # among events with a time
+    newest_day: date | None = None  # among events with a plain date
+
+
+class InputRoute(Protocol):
+    """An input topic as sorting sees it (ml_analytics/topics.py's InputTopic)."""
+
+    role: str
+    event: type[BaseModel]
+    handle: Callable[[Any, SortContext], Any]
+
+
+def sort_records(
+    records: Iterable[KafkaRecord],
+    *,
+    routes: Mapping[str, InputRoute],
+    zone: tzinfo,
+    failed_at: datetime,
+    window: EventTimeWindow | None = None,
+    ledger_floor: date | None = None,
+) -> SortedBatch:
+    """Validate each record against its topic (`routes`: topic name -> input topic);
+    valid ones become rows (the first of a repeated event_id wins), the rest dead
+    letters. An event outside `window`, or a transaction older than `ledger_floor`
+    (the ledger no longer holds its day, so it could not be counted exactly once), is
+    a dead letter too."""
+    batch = SortedBatch()
+    context = SortContext(zone, window, ledger_floor, batch)
+    seen: dict[str, set[str]] = {route.role: set() for route in routes.values()}
+    for record in records:
+        try:
+            route = routes.get(record.topic)
+            if route is None:
+                raise InvalidEvent(f"record from unexpected topic {record.topic!r}")
+            event = decode_event(route.event, record.value)
+            product_id: str = event.product_id  # type: ignore[attr-defined]
+            if record.key is not None and record.key != product_id.encode():
+                batch.count_key_mismatch(record.topic)
+            event_id: str = event.event_id  # type: ignore[attr-defined]
+            if event_id in seen[route.role]:
+                batch.repeated_in_batch += 1
+                continue
+            row = route.handle(event, context)
+            seen[route.role].add(event_id)
+            batch.rows.setdefault(route.role, []).append(row)
+        except Exception as error:
+            # InvalidEvent says what is wrong; anything else (a time that overflows
+            # when moved to the business zone, say) must not stall the partition either.
+            reason = (
+                str(error) if isinstance(error, InvalidEvent) else f"cannot be processed: {error!r}"
+            )
+            batch.dead_letters.append(
+                DeadLetter.for_record(
+                    topic=record.topic,
+                    partition=record.partition,
+                    offset=record.offset,
+                    key=record.key,
+                    value=record.value,
+                    error=reason,
+                    failed_at=failed_at,
+                )
+            )
+    candidates = [context.newest_moment] if context.newest_moment is not None else []
+    if context.newest_day is not None:
+        candidates.append(event_instant(context.newest_day, zone))
+    batch.newest_event_at = max(candidates, default=None)
+    return batch
+
+
+def transaction_row(transaction: Transaction, context: SortContext) -> TransactionRow:
+    """The ledger and aggregates' row of a transaction: its business day, checked."""
+    occurred = transaction.occurred_at
+    # business_day(), inlined: this runs once per event
+    day = occurred.astimezone(context.zone).date() if isinstance(occurred, datetime) else occurred
+    if context.window is not None and (problem := context.window.problem("occurred_at", day)):
+        raise InvalidEvent(problem)
+    floor = context.ledger_floor
+    if floor is not None and day < floor:
+        raise InvalidEvent(
+            f"occurred_at: {day.isoformat()} is older than the dedup window: the ledger of "
+            f"event ids keeps days from {floor.isoformat()} on (DEDUP_WINDOW_DAYS), so this "
+            "event cannot be counted exactly once"
+        )
+    if isinstance(occurred, datetime):
+        if context.newest_moment is None or occurred > context.newest_moment:
+            context.newest_moment = occurred
+    elif context.newest_day is None or occurred > context.newest_day:
+        context.newest_day = occurred
+    return TransactionRow(
+        transaction.event_id, transaction.product_id, day, transaction.quantity_units
+    )
+
+
+def stock_snapshot_row(level: StockLevel, context: SortContext) -> StockSnapshotRow:
+    """The stock history's row of a stock level: its as_of as an instant, checked."""
+    as_of = level.as_of_instant(context.zone)
+    if context.window is not None and (
+        problem := context.window.problem("as_of", as_of.astimezone(context.zone).date())
+    ):
+        raise InvalidEvent(problem)
+    return StockSnapshotRow(
+        event_id=level.event_id,
+        product_id=level.product_id,
+        as_of=as_of,
+        stock_units=level.stock_units,
+        lead_time_days=level.lead_time_days,
+    )

@@ -1,0 +1,288 @@
+"""Write a sorted batch: each input topic's rows with its storage call (idempotent), chunk
+by chunk, then move the stream's clock. The consumer calls `ingest_records`, then
+publishes the dead letters, then commits the offsets: an event is counted before its
+offset is committed, and counted once because the ledger remembers its event_id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime, tzinfo
+from typing import Any, Protocol, TypeVar
+
+import asyncpg
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from ml_analytics.events import DeadLetter, EventTimeWindow
+from ml_analytics.lifecycle import RetryPolicy, cancel_and_wait
+from ml_analytics.services.ingestion.sort import KafkaRecord, SortedBatch, sort_records
+from ml_analytics.storage.clock import advance_clock
+from ml_analytics.storage.database import is_transient
+from ml_analytics.storage.ingest_writes import (
+    LedgerFloorMoved,
+    StockSnapshotRow,
+    TransactionRow,
+    ledger_floor,
+    record_stock_snapshots,
+    record_transactions,
+)
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class BatchOutcome:
+    """What writing a batch did: events counted and seen before, per input topic role;
+    the products whose demand or stock changed; the clock, when it moved."""
+
+    counted: Mapping[str, int] = field(default_factory=dict)
+    seen_before: Mapping[str, int] = field(default_factory=dict)
+    products_with_new_stock: frozenset[str] = frozenset()
+    products_with_new_demand: frozenset[str] = frozenset()
+    # Set when this batch moved the stream's clock: the newest occurred_at now.
+    clock_moved_to: datetime | None = None
+
+    def __add__(self, other: BatchOutcome) -> BatchOutcome:
+        return BatchOutcome(
+            _summed(self.counted, other.counted),
+            _summed(self.seen_before, other.seen_before),
+            self.products_with_new_stock | other.products_with_new_stock,
+            self.products_with_new_demand | other.products_with_new_demand,
+            max(
+                (m for m in (self.clock_moved_to, other.clock_moved_to) if m is not None),
+                default=None,
+            ),
+        )
+
+    @property
+    def transactions_counted(self) -> int:
+        return self.counted.get("transactions", 0)
+
+    @property
+    def transactions_seen_before(self) -> int:
+        return self.seen_before.get("transactions", 0)
+
+    @property
+    def stock_snapshots_recorded(self) -> int:
+        return self.counted.get("stock_levels", 0)
+
+
+def _summed(a: Mapping[str, int], b: Mapping[str, int]) -> dict[str, int]:
+    return {role: a.get(role, 0) + b.get(role, 0) for role in {*a, *b}}
+
+
+class InputWrite(Protocol):
+    """An input topic as writing sees it (ml_analytics/topics.py's InputTopic)."""
+
+    role: str
+    write: Callable[[asyncpg.Connection, list[Any]], Awaitable[BatchOutcome]]
+
+
+async def record_batch(
+    connection: asyncpg.Connection, batch: SortedBatch, writes: Sequence[InputWrite]
+) -> BatchOutcome:
+    """Write a sorted batch, each topic's rows with its storage call; events seen
+    before change nothing.
+
+    Each statement is atomic on its own (ledger, aggregates and products in one) and
+    idempotent, so no enclosing transaction is needed: that saves round trips, which is
+    what lets the next chunk be validated while PostgreSQL works on this one.
+    """
+    total = BatchOutcome()
+    for topic in writes:
+        rows = batch.rows.get(topic.role)
+        if rows:
+            total += await topic.write(connection, rows)
+    return total
+
+
+async def write_transactions(
+    connection: asyncpg.Connection, rows: list[TransactionRow]
+) -> BatchOutcome:
+    recorded = await record_transactions(connection, rows)
+    return BatchOutcome(
+        counted={"transactions": recorded.new_events},
+        seen_before={"transactions": len(rows) - recorded.new_events},
+        products_with_new_demand=frozenset(recorded.products_with_new_demand),
+    )
+
+
+async def write_stock_levels(
+    connection: asyncpg.Connection, rows: list[StockSnapshotRow]
+) -> BatchOutcome:
+    recorded = await record_stock_snapshots(connection, rows)
+    return BatchOutcome(
+        counted={"stock_levels": recorded.new_snapshots},
+        seen_before={"stock_levels": len(rows) - recorded.new_snapshots},
+        products_with_new_stock=frozenset(recorded.products_with_new_stock),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class IngestResult:
+    outcome: BatchOutcome
+    dead_letters: list[DeadLetter]
+    repeated_in_batch: int
+    database_retries: int
+    key_mismatches: dict[str, int] = field(default_factory=dict)
+
+
+async def ingest_records(
+    engine: AsyncEngine,
+    records: Sequence[KafkaRecord],
+    *,
+    routes: Mapping[str, Any],
+    zone: tzinfo,
+    failed_at: datetime,
+    window: EventTimeWindow | None = None,
+    chunk_size: int = 2500,
+    parallel_writes: int = 2,
+    retry: RetryPolicy | None = None,
+) -> IngestResult:
+    """Validate and write a consumed batch; return once every valid event is stored.
+
+    The batch goes in chunks, and the next chunk is validated (Python) while
+    PostgreSQL writes the previous ones, up to `parallel_writes` at once on as
+    many connections. Chunks may land in any order: every write is idempotent
+    and commutes with the others (sums, LEAST/GREATEST, newest as_of wins), and
+    they lock rows in one sorted order. A write that fails is retried, with a
+    growing pause, until it succeeds: a database outage delays events, it never
+    turns them into dead letters. Cancel the call to give up (the caller then
+    must not commit the batch's offsets).
+    """
+    writes = list(dict.fromkeys(routes.values()))  # each input topic once
+    writers = [
+        _ChunkWriter(engine, retry or RetryPolicy(), writes) for _ in range(max(1, parallel_writes))
+    ]
+    total = BatchOutcome()
+    dead_letters: list[DeadLetter] = []
+    repeated = 0
+    key_mismatches: dict[str, int] = {}
+    newest: datetime | None = None
+    in_flight: list[asyncio.Task[BatchOutcome]] = []
+    try:
+        # What the ledger still holds: older events are dead letters (read for every
+        # batch: the retention job moves it).
+        floor = await writers[0].ledger_floor()
+        for number, start in enumerate(range(0, len(records), chunk_size)):
+            batch = sort_records(
+                records[start : start + chunk_size],
+                routes=routes,
+                zone=zone,
+                failed_at=failed_at,
+                window=window,
+                ledger_floor=floor,
+            )
+            dead_letters.extend(batch.dead_letters)
+            repeated += batch.repeated_in_batch
+            if batch.newest_event_at is not None and (
+                newest is None or batch.newest_event_at > newest
+            ):
+                newest = batch.newest_event_at
+            for topic, count in batch.key_mismatches.items():
+                key_mismatches[topic] = key_mismatches.get(topic, 0) + count
+            if len(in_flight) == len(writers):
+                total += await in_flight.pop(0)
+            writer = writers[number % len(writers)]
+            in_flight.append(asyncio.create_task(writer.write(batch)))
+            await asyncio.sleep(0)  # let the write send its statement before the next sort
+        while in_flight:
+            total += await in_flight.pop(0)
+        if newest is not None and await writers[0].advance_clock(newest):
+            total = dataclasses.replace(total, clock_moved_to=newest)
+    finally:
+        for task in in_flight:  # left only when cancelled: the caller gave up
+            await cancel_and_wait(task)
+        for writer in writers:
+            await writer.close()
+    return IngestResult(
+        total, dead_letters, repeated, sum(w.retries for w in writers), key_mismatches
+    )
+
+
+class _ChunkWriter:
+    """Writes chunks one after another on one pooled connection, retrying failures."""
+
+    def __init__(self, engine: AsyncEngine, retry: RetryPolicy, writes: Sequence[Any]) -> None:
+        self._engine = engine
+        self._retry = retry
+        self._writes = writes
+        self._connection: AsyncConnection | None = None
+        self.retries = 0
+
+    async def write(self, batch: SortedBatch) -> BatchOutcome:
+        pauses = self._retry.delays()
+        while True:
+            try:
+                driver = await self._driver()
+                return await record_batch(driver, batch, self._writes)
+            except LedgerFloorMoved:
+                raise  # the whole batch is sorted again, against the new floor
+            except Exception as error:
+                delay = next(pauses)
+                transient = is_transient(error)
+                self.retries += 1
+                logger.log(
+                    logging.WARNING if transient else logging.ERROR,
+                    "database write failed; retrying",
+                    extra={
+                        "error": repr(error)[:500],
+                        "transient": transient,
+                        "retry_in_seconds": delay,
+                        "events": len(batch.transactions) + len(batch.stock_snapshots),
+                    },
+                    exc_info=not transient,
+                )
+                await self._discard_connection()
+                await asyncio.sleep(delay)
+
+    async def advance_clock(self, newest_event_at: datetime) -> bool:
+        """Move the stream's clock (after the batch's events are stored), retrying."""
+        return await self._retrying(
+            "moving the stream clock", lambda c: advance_clock(c, newest_event_at)
+        )
+
+    async def ledger_floor(self) -> date | None:
+        """The oldest day the ledger of event ids holds, retrying."""
+        return await self._retrying("reading the ledger's floor", ledger_floor)
+
+    async def _retrying(self, what: str, statement: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+        pauses = self._retry.delays()
+        while True:
+            try:
+                async with self._engine.begin() as connection:
+                    return await statement(connection)
+            except Exception as error:
+                delay = next(pauses)
+                self.retries += 1
+                logger.warning(
+                    f"{what} failed; retrying",
+                    extra={"error": repr(error)[:500], "retry_in_seconds": delay},
+                )
+                await asyncio.sleep(delay)
+
+    async def _driver(self) -> asyncpg.Connection:
+        if self._connection is None:
+            self._connection = await self._engine.connect()
+        driver = (await self._connection.get_raw_connection()).driver_connection
+        assert driver is not None
+        return driver
+
+    async def _discard_connection(self) -> None:
+        if self._connection is not None:
+            connection, self._connection = self._connection, None
+            with contextlib.suppress(Exception):
+                await connection.invalidate()
+            with contextlib.suppress(Exception):
+                await connection.close()
+
+    async def close(self) -> None:
+        if self._connection is not None:
+            connection, self._connection = self._connection, None
+            await connection.close()

@@ -1,0 +1,96 @@
+"""Risk assessments: the latest per product, and the event queued when its level changes."""
+
+from __future__ import annotations
+
+import json
+from datetime import date
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+
+async def demand_between(
+    connection: AsyncConnection, product_id: str, after: date, before: date
+) -> float:
+    """Units on the days strictly after `after` and strictly before `before`."""
+    value = (
+        await connection.execute(
+            text(
+                "SELECT COALESCE(sum(quantity_units), 0) FROM daily_demand "
+                "WHERE product_id = :p AND business_day > :after AND business_day < :before"
+            ),
+            {"p": product_id, "after": after, "before": before},
+        )
+    ).scalar_one()
+    return float(value)
+
+
+async def record_assessment(
+    connection: AsyncConnection, product_id: str, assessment: dict[str, Any]
+) -> bool:
+    """Store the latest assessment; queue it in the outbox when its level differs from
+    the last published one (or none was published yet). Returns whether it was queued.
+
+    Call inside a transaction: the stored level and the outbox row commit together.
+    Two assessments of one product (a stock level arriving as a fit finishes) take
+    turns, so both cannot see "nothing published yet" and queue the same change twice.
+    """
+    await connection.execute(
+        text("SELECT pg_advisory_xact_lock(hashtextextended(:p, 7411562021))"), {"p": product_id}
+    )
+    current = (
+        await connection.execute(
+            text("SELECT published_level FROM product_risk WHERE product_id = :p FOR UPDATE"),
+            {"p": product_id},
+        )
+    ).one_or_none()
+    level = assessment["risk_level"]
+    publish = current is None or current.published_level != level
+    await connection.execute(
+        text(
+            """
+INSERT INTO product_risk (product_id, assessment, risk_level, stockout_probability, assessed_at,
+                          published_level, published_event_id)
+VALUES (:p, CAST(:assessment AS jsonb), :level, :probability, now(),
+        CASE WHEN :publish THEN :level END, CASE WHEN :publish THEN :event_id END)
+ON CONFLICT (product_id) DO UPDATE SET
+    assessment = EXCLUDED.assessment, risk_level = EXCLUDED.risk_level,
+    stockout_probability = EXCLUDED.stockout_probability, assessed_at = EXCLUDED.assessed_at,
+    published_level = CASE WHEN :publish THEN EXCLUDED.published_level
+                           ELSE product_risk.published_level END,
+    published_event_id = CASE WHEN :publish THEN EXCLUDED.published_event_id
+                              ELSE product_risk.published_event_id END
+"""
+        ),
+        {
+            "p": product_id,
+            "assessment": json.dumps(assessment),
+            "level": level,
+            "probability": assessment["stockout_probability"],
+            "publish": publish,
+            "event_id": assessment["event_id"],
+        },
+    )
+    if publish:
+        await connection.execute(
+            text(
+                "INSERT INTO risk_outbox (event_id, product_id, payload) "
+                "VALUES (:event_id, :p, CAST(:payload AS jsonb))"
+            ),
+            {
+                "event_id": assessment["event_id"],
+                "p": product_id,
+                "payload": json.dumps(assessment),
+            },
+        )
+    return publish
+
+
+async def latest_assessment(connection: AsyncConnection, product_id: str) -> dict[str, Any] | None:
+    row = (
+        await connection.execute(
+            text("SELECT assessment FROM product_risk WHERE product_id = :p"), {"p": product_id}
+        )
+    ).one_or_none()
+    return None if row is None else dict(row.assessment)

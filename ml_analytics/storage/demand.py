@@ -1,0 +1,186 @@
+"""Reads of stored demand and stock: summaries, zero-filled daily series, snapshots."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+
+@dataclass(frozen=True, slots=True)
+class DemandDay:
+    day: date
+    quantity_units: float
+    transactions: int
+
+
+@dataclass(frozen=True, slots=True)
+class ProductSummary:
+    product_id: str
+    first_day: date | None
+    last_day: date | None
+    total_units: float
+    transaction_count: int
+    data_updated_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class StockSnapshot:
+    event_id: str
+    product_id: str
+    as_of: datetime
+    stock_units: float
+    lead_time_days: int | None
+
+
+_SUMMARY_COLUMNS = (
+    "product_id, first_day, last_day, total_units, transaction_count, data_updated_at"
+)
+
+
+def _summary(row: Any) -> ProductSummary:
+    return ProductSummary(
+        product_id=row.product_id,
+        first_day=row.first_day,
+        last_day=row.last_day,
+        total_units=float(row.total_units),
+        transaction_count=int(row.transaction_count),
+        data_updated_at=row.data_updated_at,
+    )
+
+
+def _snapshot(row: Any) -> StockSnapshot:
+    return StockSnapshot(
+        event_id=row.event_id,
+        product_id=row.product_id,
+        as_of=row.as_of,
+        stock_units=float(row.stock_units),
+        lead_time_days=row.lead_time_days,
+    )
+
+
+async def product_summary(connection: AsyncConnection, product_id: str) -> ProductSummary | None:
+    row = (
+        await connection.execute(
+            text(f"SELECT {_SUMMARY_COLUMNS} FROM products WHERE product_id = :product_id"),
+            {"product_id": product_id},
+        )
+    ).one_or_none()
+    return None if row is None else _summary(row)
+
+
+# No series read is longer than this, whatever the bounds say (a century of days).
+MAX_SERIES_DAYS = 36_600
+
+
+async def daily_demand_series(
+    connection: AsyncConnection,
+    product_id: str,
+    first_day: date | None = None,
+    last_day: date | None = None,
+    max_days: int = MAX_SERIES_DAYS,
+    through: date | None = None,
+) -> list[DemandDay]:
+    """A product's daily demand, days without transactions as zero, in day order.
+
+    The series runs from the first to the last day with data, narrowed to
+    [first_day, last_day] when given, and to its latest `max_days` days. With
+    `through` (the clock's last complete day) it runs to that day instead of the
+    last day with data: zeros after a product's last sale are demand too, and data
+    after it is not complete yet. Empty for a product without transactions.
+    """
+    result = await connection.execute(
+        text(
+            """
+WITH span AS (
+    SELECT GREATEST(first_day, COALESCE(CAST(:first_day AS date), first_day)) AS lo,
+           COALESCE(CAST(:through AS date),
+                    LEAST(last_day, COALESCE(CAST(:last_day AS date), last_day))) AS hi
+    FROM products WHERE product_id = :product_id AND first_day IS NOT NULL
+),
+bounds AS (SELECT GREATEST(lo, hi - CAST(:max_days AS integer) + 1) AS lo, hi FROM span)
+SELECT CAST(day AS date) AS day,
+       COALESCE(d.quantity_units, 0) AS quantity_units,
+       COALESCE(d.transaction_count, 0) AS transactions
+FROM bounds, generate_series(bounds.lo, bounds.hi, interval '1 day') AS day
+LEFT JOIN daily_demand AS d
+       ON d.product_id = :product_id AND d.business_day = CAST(day AS date)
+ORDER BY day
+"""
+        ),
+        {
+            "product_id": product_id,
+            "first_day": first_day,
+            "last_day": last_day,
+            "through": through,
+            "max_days": min(max_days, MAX_SERIES_DAYS),
+        },
+    )
+    return [
+        DemandDay(
+            day=row.day, quantity_units=float(row.quantity_units), transactions=row.transactions
+        )
+        for row in result
+    ]
+
+
+async def units_between(
+    connection: AsyncConnection, product_id: str, first_day: date, last_day: date
+) -> float:
+    """The product's units on the days from `first_day` to `last_day`, inclusive."""
+    value = (
+        await connection.execute(
+            text(
+                "SELECT COALESCE(sum(quantity_units), 0) FROM daily_demand "
+                "WHERE product_id = :p AND business_day BETWEEN :first AND :last"
+            ),
+            {"p": product_id, "first": first_day, "last": last_day},
+        )
+    ).scalar_one()
+    return float(value)
+
+
+async def latest_stock_snapshot(
+    connection: AsyncConnection, product_id: str
+) -> StockSnapshot | None:
+    """The product's current stock: the snapshot with the newest as_of."""
+    row = (
+        await connection.execute(
+            text(
+                "SELECT stock_event_id AS event_id, product_id, stock_as_of AS as_of, "
+                "stock_units, lead_time_days "
+                "FROM products WHERE product_id = :product_id AND stock_as_of IS NOT NULL"
+            ),
+            {"product_id": product_id},
+        )
+    ).one_or_none()
+    return None if row is None else _snapshot(row)
+
+
+async def stock_history(connection: AsyncConnection, product_id: str) -> list[StockSnapshot]:
+    """Every snapshot received for the product, oldest as_of first."""
+    result = await connection.execute(
+        text(
+            "SELECT event_id, product_id, as_of, stock_units, lead_time_days FROM stock_snapshots "
+            "WHERE product_id = :product_id ORDER BY as_of, event_id"
+        ),
+        {"product_id": product_id},
+    )
+    return [_snapshot(row) for row in result]
+
+
+async def products_with_new_data(
+    connection: AsyncConnection, since: datetime, limit: int = 1000
+) -> list[ProductSummary]:
+    """Products whose demand changed after `since` (wall-clock), oldest change first."""
+    result = await connection.execute(
+        text(
+            f"SELECT {_SUMMARY_COLUMNS} FROM products WHERE data_updated_at > :since "
+            "ORDER BY data_updated_at, product_id LIMIT :limit"
+        ),
+        {"since": since, "limit": limit},
+    )
+    return [_summary(row) for row in result]
