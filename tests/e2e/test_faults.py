@@ -17,11 +17,10 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ml_analytics.consumers.admin import ensure_topics
-from ml_analytics.devstack import EmbeddedBroker, free_port
+from ml_analytics.devstack import EmbeddedBroker, ServiceProcess, free_port
 from ml_analytics.settings import Settings
 from ml_analytics.storage.database import create_engine
 from tests.conftest import make_settings
-from tests.e2e.process import ServiceProcess
 from tests.e2e.test_service_process import (
     expected_totals,
     ledger_count,

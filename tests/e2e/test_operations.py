@@ -9,8 +9,8 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 import pytest
 
+from ml_analytics.devstack import ServiceProcess
 from ml_analytics.settings import Settings
-from tests.e2e.process import ServiceProcess
 
 pytestmark = pytest.mark.integration
 

@@ -17,9 +17,9 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from ml_analytics.devstack import ServiceProcess
 from ml_analytics.replay import replay_file
 from ml_analytics.settings import Settings
-from tests.e2e.process import ServiceProcess
 from tests.e2e.test_sample_replay import DATA, published_daily_demand, stored_daily_demand
 from tests.helpers import read_all, wait_until
 

@@ -17,9 +17,8 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from ml_analytics.devstack import free_port
+from ml_analytics.devstack import ServiceProcess, free_port
 from ml_analytics.settings import Settings
-from tests.e2e.process import ServiceProcess
 from tests.helpers import keyed, publish, unique, wait_until
 from tests.processes import children_of
 

@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """Latency of POST /forecast/demand (365 days in, 90 out) on the running service.
 
 The service (`python -m ml_analytics run`) runs in its own process on the embedded
@@ -12,7 +11,7 @@ in this process (Prophet's defaults), measured in the same run.
 
 Each case starts with a few requests that are not counted (they open connections).
 
-    python bench/http [--uncached 12] [--cached 300]
+    python -m bench.http [--uncached 12] [--cached 300]
 """
 
 from __future__ import annotations
@@ -32,14 +31,12 @@ import httpx
 import numpy as np
 import pandas as pd
 
+from bench._stack import bench_stack
+from ml_analytics.devstack import ServiceProcess
+from ml_analytics.settings import Settings
+from ml_analytics.storage.database import migrate
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from bench._stack import bench_stack  # noqa: E402
-from ml_analytics.settings import Settings  # noqa: E402
-from ml_analytics.storage.database import migrate  # noqa: E402
-from tests.e2e.process import ServiceProcess  # noqa: E402
-
 DATA = ROOT / "data" / "online-retail-ii" / "daily_demand.csv.gz"
 DAYS = 365
 HORIZON = 90
@@ -167,9 +164,7 @@ async def main() -> None:
                         (
                             "cached",
                             concurrency,
-                            await timed_requests(
-                                client, [cached_body] * args.cached, concurrency
-                            ),
+                            await timed_requests(client, [cached_body] * args.cached, concurrency),
                         )
                     )
         finally:

@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """Ingestion throughput, end to end: Kafka -> the service -> PostgreSQL.
 
 Publishes N transaction events for P products, then, in the same run, times
@@ -7,7 +6,7 @@ Publishes N transaction events for P products, then, in the same run, times
      event is counted in PostgreSQL,
 each from its partition assignment to its last event. Prints a table.
 
-    python bench/ingest [--events 200000] [--products 500]
+    python -m bench.ingest [--events 200000] [--products 500]
 """
 
 from __future__ import annotations
@@ -17,22 +16,18 @@ import asyncio
 import json
 import platform
 import random
-import sys
 import time
 import uuid
 from pathlib import Path
 
-import httpx
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
 from sqlalchemy import text
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bench._stack import bench_stack  # noqa: E402
-from ml_analytics.consumers.admin import ensure_topics  # noqa: E402
-from ml_analytics.settings import Settings  # noqa: E402
-from ml_analytics.storage.database import create_engine, migrate  # noqa: E402
-from tests.e2e.process import ServiceProcess  # noqa: E402
+from bench._stack import bench_stack
+from ml_analytics.consumers.admin import ensure_topics
+from ml_analytics.devstack import ServiceProcess
+from ml_analytics.settings import Settings
+from ml_analytics.storage.database import create_engine, migrate
 
 
 def make_events(count: int, products: int) -> list[tuple[bytes, bytes]]:
@@ -123,14 +118,19 @@ def service_consume(settings: Settings, expected: int, log_path: Path) -> float:
     """Seconds for the service process to count every event into PostgreSQL."""
     # Ingestion alone, as the goal is stated: training these products would take
     # both cores meanwhile (measured separately by bench/retrain).
-    service = ServiceProcess(settings, log_path, LOG_LEVEL="WARNING", TRAINING_ENABLED="false").start()
+    service = ServiceProcess(
+        settings, log_path, LOG_LEVEL="WARNING", TRAINING_ENABLED="false"
+    ).start()
     try:
         service.wait_healthy(120)
         topic = settings.transactions_topic
         while service.metric("ml_analytics_assigned_partitions", topic=topic) == 0:
             time.sleep(0.05)
         assigned = time.perf_counter()
-        while service.metric("ml_analytics_events_ingested_total", topic=topic, outcome="counted") < expected:
+        while (
+            service.metric("ml_analytics_events_ingested_total", topic=topic, outcome="counted")
+            < expected
+        ):
             time.sleep(0.05)
         return time.perf_counter() - assigned
     finally:
@@ -138,7 +138,9 @@ def service_consume(settings: Settings, expected: int, log_path: Path) -> float:
 
 
 async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--products", type=int, default=500)
     args = parser.parse_args()
@@ -165,26 +167,36 @@ async def main() -> None:
         service_seconds = await asyncio.to_thread(service_consume, settings, args.events, log_path)
         engine = create_engine(settings)
         async with engine.connect() as connection:
-            counted = (await connection.execute(text("SELECT count(*) FROM transaction_events"))).scalar_one()
+            counted = (
+                await connection.execute(text("SELECT count(*) FROM transaction_events"))
+            ).scalar_one()
         await engine.dispose()
 
     raw_rate = args.events / raw_seconds
     service_rate = args.events / service_seconds
     print()
     print(f"bench/ingest: {args.events:,} events, {args.products} products, 6 partitions")
-    print(f"machine: {platform.machine()}, {platform.python_implementation()} {platform.python_version()}, "
-          f"broker {'external' if idempotent else 'embedded Tansu'}")
+    print(
+        f"machine: {platform.machine()}, {platform.python_implementation()} {platform.python_version()}, "
+        f"broker {'external' if idempotent else 'embedded Tansu'}"
+    )
     print()
     print(f"| {'what':<44} | {'seconds':>8} | {'events/s':>10} |")
     print(f"|{'-' * 46}|{'-' * 10}|{'-' * 12}|")
-    print(f"| {'publish (aiokafka producer, for reference)':<44} | {publish_seconds:8.2f} | {args.events / publish_seconds:10,.0f} |")
-    print(f"| {'raw aiokafka consume + json decode (ceiling)':<44} | {raw_seconds:8.2f} | {raw_rate:10,.0f} |")
-    print(f"| {'ml-analytics: Kafka -> PostgreSQL, committed':<44} | {service_seconds:8.2f} | {service_rate:10,.0f} |")
+    print(
+        f"| {'publish (aiokafka producer, for reference)':<44} | {publish_seconds:8.2f} | {args.events / publish_seconds:10,.0f} |"
+    )
+    print(
+        f"| {'raw aiokafka consume + json decode (ceiling)':<44} | {raw_seconds:8.2f} | {raw_rate:10,.0f} |"
+    )
+    print(
+        f"| {'ml-analytics: Kafka -> PostgreSQL, committed':<44} | {service_seconds:8.2f} | {service_rate:10,.0f} |"
+    )
     print()
     print(f"service / raw ratio: {service_rate / raw_rate:.2f}   (goal >= 0.25)")
     print(f"end to end: {service_rate:,.0f} events/s   (goal >= 50,000)")
     print(f"events counted in PostgreSQL: {counted:,} of {args.events:,}")
-    print(f"command: python bench/ingest --events {args.events} --products {args.products}")
+    print(f"command: python -m bench.ingest --events {args.events} --products {args.products}")
 
 
 if __name__ == "__main__":

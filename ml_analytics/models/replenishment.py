@@ -1,0 +1,103 @@
+"""How much to order, and by when, from the forecast's predictive distribution. Pure.
+
+A periodic review policy: every `review_days` an order may be placed, and it arrives
+`lead_time_days` later. What is ordered now must cover demand until the order after
+it arrives: the lead time plus one review period. So:
+- `order_up_to_units`: the `service_level` quantile of demand over lead time + review
+  period, from the sample paths (not a normal approximation: lumpy demand has a long
+  right tail that z·σ·√L misses);
+- `reorder_point_units`: the `service_level` quantile of demand over the lead time;
+- the stock position: units on hand (less demand seen since the stock was counted)
+  plus units on order;
+- `recommended_order_units`: the order-up-to level less the position, rounded up to
+  the order multiple; 0 when the position reaches it;
+- `order_by_date`: the last day on which an order placed still arrives before the
+  projected stock falls below what the lead time needs: the first day on which the
+  position, less the expected demand until then, reaches the reorder point (the
+  snapshot's day when it already has; None when not within the forecast).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import date, timedelta
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class ReplenishmentPolicy:
+    service_level: float = 0.95
+    review_days: int = 7
+
+
+@dataclass(frozen=True)
+class Replenishment:
+    target_service_level: float
+    review_days: int
+    lead_time_days: int
+    reorder_point_units: float
+    order_up_to_units: float
+    stock_position_units: float
+    recommended_order_units: float
+    order_by_date: date | None
+
+
+def demand_ahead(sample_paths: np.ndarray, forecast_start: date, snapshot_day: date) -> np.ndarray:
+    """The paths' daily demand from the day after `snapshot_day` (forecast days before
+    it dropped; days between the snapshot and the forecast start are observed demand,
+    which the caller takes off the stock)."""
+    paths = np.asarray(sample_paths, dtype=float)
+    skip = (snapshot_day + timedelta(days=1) - forecast_start).days
+    return paths[:, max(0, skip) :]
+
+
+def recommend(
+    *,
+    sample_paths: np.ndarray,
+    forecast_start: date,
+    snapshot_day: date,
+    on_hand_units: float,
+    lead_time_days: int,
+    policy: ReplenishmentPolicy,
+    on_order_units: float = 0.0,
+    order_multiple_units: float | None = None,
+    observed_since_snapshot_units: float = 0.0,
+) -> Replenishment:
+    ahead = demand_ahead(sample_paths, forecast_start, snapshot_day)
+    gap_days = max(0, (forecast_start - snapshot_day - timedelta(days=1)).days)
+    cumulative = np.cumsum(ahead, axis=1)
+    horizon = cumulative.shape[1]
+
+    def quantile_over(days: int) -> float:
+        days_in_forecast = days - gap_days
+        if days_in_forecast <= 0 or horizon == 0:
+            return 0.0
+        column = cumulative[:, min(days_in_forecast, horizon) - 1]
+        return float(np.quantile(column, policy.service_level, method="higher"))
+
+    reorder_point = quantile_over(lead_time_days)
+    order_up_to = quantile_over(lead_time_days + policy.review_days)
+    position = on_hand_units - observed_since_snapshot_units + on_order_units
+    needed = max(0.0, order_up_to - position)
+    if needed > 0 and order_multiple_units:
+        needed = math.ceil(needed / order_multiple_units - 1e-9) * order_multiple_units
+    expected = cumulative.mean(axis=0) if horizon else np.zeros(0)
+    if position <= reorder_point:
+        order_by: date | None = snapshot_day
+    else:
+        reached = np.nonzero(position - expected <= reorder_point)[0]
+        order_by = (
+            snapshot_day + timedelta(days=int(reached[0]) + 1 + gap_days) if reached.size else None
+        )
+    return Replenishment(
+        target_service_level=policy.service_level,
+        review_days=policy.review_days,
+        lead_time_days=lead_time_days,
+        reorder_point_units=round(reorder_point, 4),
+        order_up_to_units=round(order_up_to, 4),
+        stock_position_units=round(position, 4),
+        recommended_order_units=round(needed, 4),
+        order_by_date=order_by,
+    )

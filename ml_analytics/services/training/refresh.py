@@ -1,0 +1,181 @@
+"""Refresh one product's forecast: decide on the clock, fit in the pool, store it.
+
+Runs on the connection that holds the product's advisory lock (ModelTrainer.train_now),
+one connection per product in hand: fits are quick, and the pool is shared with
+ingestion.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, replace
+from datetime import UTC, date, datetime, timedelta
+
+import numpy as np
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from ml_analytics import metrics
+from ml_analytics.configs import clock_through, forecast_config, retrain_policy
+from ml_analytics.models.retrain import DataState, ModelState, retrain_decision
+from ml_analytics.settings import Settings
+from ml_analytics.storage.demand import daily_demand_series, product_summary, units_between
+from ml_analytics.storage.global_models import product_skill, shop_demand
+from ml_analytics.storage.models_store import (
+    StoredModel,
+    model_state,
+    save_model,
+)
+from ml_analytics.workers.jobs import (
+    NO_MODEL,
+    CurrentModel,
+    ForecastJob,
+    GlobalModelSource,
+    run_forecast,
+)
+from ml_analytics.workers.pool import FitPool
+
+logger = logging.getLogger(__name__)
+
+
+class ProductRefresher:
+    def __init__(
+        self,
+        settings: Settings,
+        pool: FitPool,
+        global_models: GlobalModelSource | None,
+    ) -> None:
+        self._settings = settings
+        self._config = forecast_config(settings)
+        self._policy = retrain_policy(settings)
+        self._pool = pool
+        self._global_models = global_models
+        self._shop_cache: tuple[date, date, np.ndarray] | None = None  # (first, last, demand)
+
+    @property
+    def current_global(self) -> CurrentModel:
+        if self._settings.forecast_model != "combination" or self._global_models is None:
+            return NO_MODEL
+        return self._global_models.current
+
+    async def refresh(
+        self, connection: AsyncConnection, product_id: str, force: bool
+    ) -> tuple[StoredModel, str] | None:
+        """The product's new model and why, or None when none is due (or `force`)."""
+        current_global = self.current_global
+        try:
+            through = await clock_through(connection, self._settings)
+            summary = await product_summary(connection, product_id)
+            if summary is None or through is None:
+                await connection.commit()
+                return None
+            seen = await model_state(connection, product_id)
+            current, data = None, DataState(summary.first_day, through)
+            if seen is not None:
+                current = ModelState(seen.trained_through, seen.units_seen)
+                data = DataState(
+                    summary.first_day,
+                    through,
+                    units_after_model=await units_between(
+                        connection, product_id, seen.trained_through + timedelta(days=1), through
+                    ),
+                    units_in_model_window=await units_between(
+                        connection,
+                        product_id,
+                        seen.trained_through - timedelta(days=seen.training_days - 1),
+                        seen.trained_through,
+                    ),
+                )
+            decision = retrain_decision(data, current, self._policy)
+            if decision.on_the_clock and not force and self._global_model_coming(through):
+                return None  # refreshed with the week's global model, once it is trained
+            reason = decision.reason
+            if (
+                not decision.retrain
+                and seen is not None
+                and current_global.version is not None
+                and seen.global_version != current_global.version
+                and data.first_day is not None
+                and (through - data.first_day).days + 1 >= self._policy.min_training_days
+            ):
+                reason = f"a new global model (version {current_global.version})"
+            elif not (decision.retrain or force):
+                return None
+            if force:
+                reason = "forced"
+            series = await daily_demand_series(
+                connection, product_id, max_days=self._config.history_days, through=through
+            )
+            if not series:
+                return None
+            job = ForecastJob(
+                product_id=product_id,
+                first_day=series[0].day,
+                values=np.array([day.quantity_units for day in series], dtype=float),
+                config=self._config,
+                forecaster=self._settings.forecast_model,
+                combination=tuple(current_global.combination.items()),
+                global_model=current_global.reference,
+                calibration=current_global.calibration,
+            )
+            if job.forecaster == "combination":
+                shop_start, shop = await self._shop(connection, series[0].day, through)
+                job = replace(job, shop_start=shop_start, shop=shop)
+            skill = await product_skill(connection, product_id)
+        except BaseException:
+            await connection.rollback()
+            raise
+        await connection.commit()  # not idle in a transaction through the fit
+        metrics.FITS.labels("started").inc()
+        forecast, seconds = await self._pool.run(self._settings.worker_timeout, run_forecast, job)
+        metrics.FITS.labels("succeeded").inc()
+        metrics.FIT_SECONDS.observe(seconds)
+        figures = forecast.metrics_dict()
+        if skill is not None and skill.skill_vs_moving_average is not None:
+            # Backtests at earlier origins with models that saw nothing after them.
+            figures["skill_vs_moving_average"] = skill.skill_vs_moving_average
+            figures["skill_backtests"] = skill.backtests
+        stored = StoredModel(
+            product_id=product_id,
+            model_name=forecast.model_name,
+            trained_at=datetime.now(UTC),
+            trained_through=series[-1].day,
+            training_days=forecast.training_days,
+            units_seen=forecast.units_seen,
+            forecast_start=forecast.start,
+            yhat=forecast.yhat.tolist(),
+            yhat_lower=forecast.yhat_lower.tolist(),
+            yhat_upper=forecast.yhat_upper.tolist(),
+            sample_paths=forecast.sample_paths,
+            metrics=figures,
+            seasonality=asdict(forecast.seasonality),
+            fit_seconds=seconds,
+            global_version=current_global.version if job.global_model is not None else None,
+            weights=forecast.weights,
+        )
+        await save_model(connection, stored)
+        await connection.commit()
+        return stored, reason
+
+    def _global_model_coming(self, through: date) -> bool:
+        """A new global model is due for this clock day and not long overdue: a product
+        due only because the clock moved waits for it instead of being refreshed twice
+        (with the old model now, with the new one minutes later)."""
+        current = self.current_global
+        if current.trained_through is None:
+            return False
+        behind = (through - current.trained_through).days
+        retrain_days = self._settings.global_model_retrain_days
+        return retrain_days <= behind < 2 * retrain_days
+
+    async def _shop(
+        self, connection: AsyncConnection, first_day: date, through: date
+    ) -> tuple[date, np.ndarray]:
+        """The shop's daily demand from `first_day` to `through` (kept while the clock
+        stays on the same day)."""
+        cached = self._shop_cache
+        if cached is None or cached[1] != through or cached[0] > first_day:
+            start = min(first_day, through - timedelta(days=self._config.history_days - 1))
+            demand = await shop_demand(connection, start, through)
+            cached = self._shop_cache = (start, through, demand)
+        start, _, demand = cached
+        return first_day, demand[(first_day - start).days :]
