@@ -35,6 +35,7 @@ import platform
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -175,7 +176,10 @@ async def run_service(panel: Panel, origins: list[date], warmup_weeks: int) -> S
 
                     async def refresh(item: str, gate: asyncio.Semaphore = semaphore) -> None:
                         async with gate:
-                            await trainer.train_now(item, force=True)
+                            try:
+                                await trainer.train_now(item, force=True)
+                            except BrokenProcessPool:  # a worker died: the pool is replaced
+                                await trainer.train_now(item, force=True)
 
                     await asyncio.gather(*(refresh(item) for item in items))
                     result.refresh_seconds.append(time.perf_counter() - started)
