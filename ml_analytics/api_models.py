@@ -258,6 +258,46 @@ class ProductItem(BaseModel):
         description="0.18: 18% better than the 28-day moving average on 28-day totals"
     )
     skill_backtests: int
+    on_order_units: float | None = None
+    target_service_level: float | None = None
+    order_up_to_units: float | None = None
+    recommended_order_units: float | None = Field(
+        default=None, description="Units to order now (0: none needed); null until assessed"
+    )
+    order_by_date: date | None = Field(
+        default=None, description="The last day an order still arrives in time"
+    )
+
+
+class Replenishment(BaseModel):
+    """What to order, and by when, under a periodic review policy at a service level."""
+
+    product_id: str
+    as_of: datetime = Field(description="The stock level the recommendation starts from")
+    current_stock_units: float
+    on_order_units: float
+    stock_position_units: float = Field(
+        description="On hand, less demand observed since the stock was counted, plus on order"
+    )
+    lead_time_days: int
+    review_days: int
+    target_service_level: float
+    reorder_point_units: float = Field(
+        description="The service-level quantile of demand over the lead time"
+    )
+    order_up_to_units: float = Field(
+        description="The service-level quantile of demand over lead time plus review period"
+    )
+    order_multiple_units: float | None
+    recommended_order_units: float = Field(
+        description="Order-up-to less the stock position, in order multiples; 0: none needed"
+    )
+    order_by_date: date | None = Field(
+        description="The last day an order still arrives before stock falls below the reorder "
+        "point; null when not within the forecast"
+    )
+    model_name: str
+    trained_at: datetime
 
 
 class ProductPage(BaseModel):

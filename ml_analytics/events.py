@@ -72,6 +72,10 @@ Units = Annotated[float, Strict(), Field(allow_inf_nan=False)]
 # leave the range of a float.
 MAX_QUANTITY_UNITS = 1e12
 MAX_STOCK_UNITS = 1e15
+# A target service level is a quantile of the predictive distribution: below the
+# median it is not a service level; 0.999 is as far as a few hundred paths reach.
+MIN_SERVICE_LEVEL = 0.5
+MAX_SERVICE_LEVEL = 0.999
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +127,13 @@ class StockLevel(BaseModel):
     as_of: EventTime
     stock_units: Annotated[Units, Field(ge=0, le=MAX_STOCK_UNITS)]
     lead_time_days: Annotated[StrictInt, Field(ge=0, le=365)] | None = None
+    # Additions (replenishment): units ordered and not yet received, the multiple
+    # orders are placed in, and the product's own target service level.
+    on_order_units: Annotated[Units, Field(ge=0, le=MAX_STOCK_UNITS)] = 0.0
+    order_multiple_units: Annotated[Units, Field(gt=0, le=MAX_STOCK_UNITS)] | None = None
+    target_service_level: (
+        Annotated[Units, Field(ge=MIN_SERVICE_LEVEL, le=MAX_SERVICE_LEVEL)] | None
+    ) = None
 
     def as_of_instant(self, zone: tzinfo) -> datetime:
         """`as_of` as an aware datetime; a plain date is the start of that business day."""
@@ -170,6 +181,12 @@ class StockoutRisk(BaseModel):
     days_until_stockout: int | None
     confidence: float = Field(ge=0, le=1)
     model: ModelInfo
+    # Additions (replenishment, see models/replenishment.py): what to order, by when.
+    target_service_level: float | None = None
+    reorder_point_units: float | None = None
+    order_up_to_units: float | None = None
+    recommended_order_units: float | None = None
+    order_by_date: date | None = None
 
 
 # A dead letter always fits the producer's request limit (1 MiB by default): the

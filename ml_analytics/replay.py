@@ -1,8 +1,9 @@
 """Publish a transactions or stock-levels file (CSV or CSV.gz) to its topic.
 
 The header says which: `event_id,product_id,occurred_at,quantity_units` goes to
-the transactions topic; `event_id,product_id,as_of,stock_units[,lead_time_days]`
-to the stock-levels topic. Each row becomes one JSON event keyed by product_id.
+the transactions topic; `event_id,product_id,as_of,stock_units` (and optionally `lead_time_days`,
+`on_order_units`, `order_multiple_units`, `target_service_level`) to the
+stock-levels topic. Each row becomes one JSON event keyed by product_id.
 Values are published as they are: a row the service cannot accept becomes a
 dead letter there, which is what a replay should show.
 """
@@ -29,6 +30,12 @@ from ml_analytics.settings import Settings
 
 TRANSACTION_COLUMNS = ("event_id", "product_id", "occurred_at", "quantity_units")
 STOCK_LEVEL_COLUMNS = ("event_id", "product_id", "as_of", "stock_units")
+OPTIONAL_STOCK_LEVEL_COLUMNS = (
+    "lead_time_days",
+    "on_order_units",
+    "order_multiple_units",
+    "target_service_level",
+)
 
 Kind = Literal["transactions", "stock_levels"]
 
@@ -54,7 +61,7 @@ def detect_kind(columns: list[str]) -> Kind:
         return "stock_levels"
     raise ValueError(
         f"unrecognised columns {columns}: expected {','.join(TRANSACTION_COLUMNS)} "
-        f"or {','.join(STOCK_LEVEL_COLUMNS)}[,lead_time_days]"
+        f"or {','.join(STOCK_LEVEL_COLUMNS)}[,{','.join(OPTIONAL_STOCK_LEVEL_COLUMNS)}]"
     )
 
 
@@ -81,9 +88,10 @@ def row_to_event(kind: Kind, row: dict[str, str]) -> dict[str, Any]:
         "as_of": row["as_of"],
         "stock_units": _number(row["stock_units"]),
     }
-    lead_time = (row.get("lead_time_days") or "").strip()
-    if lead_time:
-        event["lead_time_days"] = _number(lead_time)
+    for optional in OPTIONAL_STOCK_LEVEL_COLUMNS:
+        cell = (row.get(optional) or "").strip()
+        if cell:
+            event[optional] = _number(cell)
     return event
 
 

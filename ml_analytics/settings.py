@@ -17,7 +17,7 @@ import yaml
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from ml_analytics.events import EventTimeWindow
+from ml_analytics.events import MAX_SERVICE_LEVEL, MIN_SERVICE_LEVEL, EventTimeWindow
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -258,6 +258,10 @@ class Settings(BaseSettings):
     default_risk_window_days: int = Field(default=14, ge=0, le=365)
     risk_high_probability: float = Field(default=0.6, gt=0, le=1)
     risk_medium_probability: float = Field(default=0.3, gt=0, le=1)
+    # Replenishment: a periodic review every REVIEW_PERIOD_DAYS; the order-up-to level
+    # is the TARGET_SERVICE_LEVEL quantile of demand over lead time + review period.
+    target_service_level: float = Field(default=0.95, ge=MIN_SERVICE_LEVEL, le=MAX_SERVICE_LEVEL)
+    review_period_days: int = Field(default=7, ge=1, le=91)
     risk_outbox_retention_days: int = Field(
         default=7, ge=0, description="Days a published risk event stays in the outbox table."
     )

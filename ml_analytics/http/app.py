@@ -17,7 +17,7 @@ from ml_analytics import __version__
 from ml_analytics.api_models import ERROR_RESPONSES
 from ml_analytics.http.errors import add_error_handlers
 from ml_analytics.http.middleware import BearerToken, BodyLimit, RequestMetrics
-from ml_analytics.http.routes import dashboard, operations, products
+from ml_analytics.http.routes import dashboard, operations, products, replenishment
 from ml_analytics.http.routes import predictions as prediction_routes
 from ml_analytics.services.global_model import GlobalModelService
 from ml_analytics.services.predictions import PredictionService
@@ -83,6 +83,7 @@ def create_app(
     for router in (
         operations.router,
         products.router,
+        replenishment.router,
         prediction_routes.router,
         dashboard.router,
     ):

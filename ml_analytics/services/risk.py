@@ -18,7 +18,8 @@ import logging
 import time
 import uuid
 from collections.abc import Iterable
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
 from typing import Any
 
 from sqlalchemy import text
@@ -28,12 +29,13 @@ from ml_analytics import metrics
 from ml_analytics.configs import risk_thresholds
 from ml_analytics.events import ModelInfo, StockoutRisk
 from ml_analytics.lifecycle import RetryPolicy, cancel_and_wait
+from ml_analytics.models.replenishment import Replenishment, ReplenishmentPolicy, recommend
 from ml_analytics.models.risk import NotAssessable, assess_stockout_risk, risk_window_days
 from ml_analytics.settings import Settings
 from ml_analytics.storage.assessments import demand_between, record_assessment
-from ml_analytics.storage.demand import latest_stock_snapshot
+from ml_analytics.storage.demand import StockSnapshot, latest_stock_snapshot
 from ml_analytics.storage.locks import RISK_RELAY_LOCK
-from ml_analytics.storage.models_store import load_model
+from ml_analytics.storage.models_store import StoredModel, load_model
 from ml_analytics.storage.outbox import mark_published, prune_published_outbox, unpublished_outbox
 
 logger = logging.getLogger(__name__)
@@ -41,10 +43,21 @@ logger = logging.getLogger(__name__)
 OUTBOX_PRUNE_INTERVAL_SECONDS = 3600.0
 
 
-async def assess_product(
+@dataclass(frozen=True)
+class ProductState:
+    """What an assessment reads: the product's model, its current stock, and the
+    demand already observed between the stock's day and the forecast's first day."""
+
+    model: StoredModel
+    stock: StockSnapshot
+    snapshot_day: date
+    observed_since_snapshot_units: float
+
+
+async def product_state(
     connection: AsyncConnection, product_id: str, settings: Settings
-) -> StockoutRisk | None:
-    """The product's risk now, or None without a trained model or a known stock."""
+) -> ProductState | None:
+    """None without a trained model or a known stock."""
     model = await load_model(connection, product_id)
     if model is None:
         return None
@@ -53,20 +66,59 @@ async def assess_product(
         return None
     snapshot_day = stock.as_of.astimezone(settings.timezone).date()
     observed = await demand_between(connection, product_id, snapshot_day, model.forecast_start)
+    return ProductState(model, stock, snapshot_day, observed)
+
+
+def replenishment_of(
+    state: ProductState,
+    settings: Settings,
+    *,
+    service_level: float | None = None,
+    review_days: int | None = None,
+) -> Replenishment:
+    """What to order and by when: the policy at the given service level and review
+    period, else the product's own target (its stock level's) and the settings'."""
+    stock = state.stock
+    policy = ReplenishmentPolicy(
+        service_level=service_level or stock.target_service_level or settings.target_service_level,
+        review_days=review_days or settings.review_period_days,
+    )
+    return recommend(
+        sample_paths=state.model.sample_paths,
+        forecast_start=state.model.forecast_start,
+        snapshot_day=state.snapshot_day,
+        on_hand_units=stock.stock_units,
+        lead_time_days=risk_window_days(stock.lead_time_days, settings.default_risk_window_days),
+        policy=policy,
+        on_order_units=stock.on_order_units,
+        order_multiple_units=stock.order_multiple_units,
+        observed_since_snapshot_units=state.observed_since_snapshot_units,
+    )
+
+
+async def assess_product(
+    connection: AsyncConnection, product_id: str, settings: Settings
+) -> StockoutRisk | None:
+    """The product's risk now, or None without a trained model or a known stock."""
+    state = await product_state(connection, product_id, settings)
+    if state is None:
+        return None
+    model, stock = state.model, state.stock
     window = risk_window_days(stock.lead_time_days, settings.default_risk_window_days)
     try:
         risk = assess_stockout_risk(
             forecast_start=model.forecast_start,
             sample_paths=model.sample_paths,
             stock_units=stock.stock_units,
-            snapshot_day=snapshot_day,
+            snapshot_day=state.snapshot_day,
             window_days=window,
             thresholds=risk_thresholds(settings),
-            observed_since_snapshot_units=observed,
+            observed_since_snapshot_units=state.observed_since_snapshot_units,
         )
     except NotAssessable as reason:
         logger.info("risk not assessable", extra={"product_id": product_id, "reason": str(reason)})
         return None
+    order = replenishment_of(state, settings)
     return StockoutRisk(
         event_id=str(uuid.uuid4()),
         product_id=product_id,
@@ -89,6 +141,11 @@ async def assess_product(
             skill_backtests=model.metrics.get("skill_backtests", 0),
             weights=model.weights,
         ),
+        target_service_level=order.target_service_level,
+        reorder_point_units=order.reorder_point_units,
+        order_up_to_units=order.order_up_to_units,
+        recommended_order_units=order.recommended_order_units,
+        order_by_date=order.order_by_date,
     )
 
 

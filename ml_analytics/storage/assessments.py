@@ -30,7 +30,8 @@ async def record_assessment(
     connection: AsyncConnection, product_id: str, assessment: dict[str, Any]
 ) -> bool:
     """Store the latest assessment; queue it in the outbox when its level differs from
-    the last published one (or none was published yet). Returns whether it was queued.
+    the last published one (or none was published yet), or when whether it asks for
+    an order (`recommended_order_units` > 0) does. Returns whether it was queued.
 
     Call inside a transaction: the stored level and the outbox row commit together.
     Two assessments of one product (a stock level arriving as a fit finishes) take
@@ -41,26 +42,38 @@ async def record_assessment(
     )
     current = (
         await connection.execute(
-            text("SELECT published_level FROM product_risk WHERE product_id = :p FOR UPDATE"),
+            text(
+                "SELECT published_level, published_order_needed FROM product_risk "
+                "WHERE product_id = :p FOR UPDATE"
+            ),
             {"p": product_id},
         )
     ).one_or_none()
     level = assessment["risk_level"]
-    publish = current is None or current.published_level != level
+    recommended = assessment.get("recommended_order_units")
+    order_needed = None if recommended is None else recommended > 0
+    publish = (
+        current is None
+        or current.published_level != level
+        or (order_needed is not None and current.published_order_needed != order_needed)
+    )
     await connection.execute(
         text(
             """
 INSERT INTO product_risk (product_id, assessment, risk_level, stockout_probability, assessed_at,
-                          published_level, published_event_id)
+                          published_level, published_event_id, published_order_needed)
 VALUES (:p, CAST(:assessment AS jsonb), :level, :probability, now(),
-        CASE WHEN :publish THEN :level END, CASE WHEN :publish THEN :event_id END)
+        CASE WHEN :publish THEN :level END, CASE WHEN :publish THEN :event_id END,
+        CASE WHEN :publish THEN CAST(:order_needed AS boolean) END)
 ON CONFLICT (product_id) DO UPDATE SET
     assessment = EXCLUDED.assessment, risk_level = EXCLUDED.risk_level,
     stockout_probability = EXCLUDED.stockout_probability, assessed_at = EXCLUDED.assessed_at,
     published_level = CASE WHEN :publish THEN EXCLUDED.published_level
                            ELSE product_risk.published_level END,
     published_event_id = CASE WHEN :publish THEN EXCLUDED.published_event_id
-                              ELSE product_risk.published_event_id END
+                              ELSE product_risk.published_event_id END,
+    published_order_needed = CASE WHEN :publish THEN EXCLUDED.published_order_needed
+                                  ELSE product_risk.published_order_needed END
 """
         ),
         {
@@ -70,6 +83,7 @@ ON CONFLICT (product_id) DO UPDATE SET
             "probability": assessment["stockout_probability"],
             "publish": publish,
             "event_id": assessment["event_id"],
+            "order_needed": order_needed,
         },
     )
     if publish:

@@ -34,8 +34,15 @@ class StockSnapshot:
     as_of: datetime
     stock_units: float
     lead_time_days: int | None
+    on_order_units: float = 0.0
+    order_multiple_units: float | None = None
+    target_service_level: float | None = None
 
 
+# The stock level's fields, as stored with each snapshot and with the current one.
+STOCK_COLUMNS = (
+    "stock_units, lead_time_days, on_order_units, order_multiple_units, target_service_level"
+)
 _SUMMARY_COLUMNS = (
     "product_id, first_day, last_day, total_units, transaction_count, data_updated_at"
 )
@@ -59,6 +66,9 @@ def _snapshot(row: Any) -> StockSnapshot:
         as_of=row.as_of,
         stock_units=float(row.stock_units),
         lead_time_days=row.lead_time_days,
+        on_order_units=float(row.on_order_units),
+        order_multiple_units=row.order_multiple_units,
+        target_service_level=row.target_service_level,
     )
 
 
@@ -151,7 +161,7 @@ async def latest_stock_snapshot(
         await connection.execute(
             text(
                 "SELECT stock_event_id AS event_id, product_id, stock_as_of AS as_of, "
-                "stock_units, lead_time_days "
+                f"{STOCK_COLUMNS} "
                 "FROM products WHERE product_id = :product_id AND stock_as_of IS NOT NULL"
             ),
             {"product_id": product_id},
@@ -164,7 +174,7 @@ async def stock_history(connection: AsyncConnection, product_id: str) -> list[St
     """Every snapshot received for the product, oldest as_of first."""
     result = await connection.execute(
         text(
-            "SELECT event_id, product_id, as_of, stock_units, lead_time_days FROM stock_snapshots "
+            f"SELECT event_id, product_id, as_of, {STOCK_COLUMNS} FROM stock_snapshots "
             "WHERE product_id = :product_id ORDER BY as_of, event_id"
         ),
         {"product_id": product_id},

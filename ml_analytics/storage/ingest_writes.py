@@ -20,6 +20,8 @@ import asyncpg
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from ml_analytics.storage.demand import STOCK_COLUMNS
+
 
 @dataclass(slots=True)  # not frozen: a frozen dataclass costs ~1 µs more per event
 class TransactionRow:
@@ -36,6 +38,9 @@ class StockSnapshotRow:
     as_of: datetime
     stock_units: float
     lead_time_days: int | None
+    on_order_units: float = 0.0
+    order_multiple_units: float | None = None
+    target_service_level: float | None = None
 
 
 _INSERT_TRANSACTIONS = """
@@ -152,34 +157,38 @@ async def record_transactions(
     return TransactionsRecorded(int(record["new_events"]), list(record["products"]))
 
 
-_INSERT_STOCK_SNAPSHOTS = """
+_INSERT_STOCK_SNAPSHOTS = f"""
 WITH incoming AS (
     SELECT * FROM unnest(
         CAST($1 AS text[]), CAST($2 AS text[]),
         CAST($3 AS timestamptz[]), CAST($4 AS float8[]),
-        CAST($5 AS integer[])
-    ) AS t(event_id, product_id, as_of, stock_units, lead_time_days)
+        CAST($5 AS integer[]), CAST($6 AS float8[]), CAST($7 AS float8[]), CAST($8 AS float8[])
+    ) AS t(event_id, product_id, as_of, {STOCK_COLUMNS})
 ),
 new_snapshots AS (
-    INSERT INTO stock_snapshots (event_id, product_id, as_of, stock_units, lead_time_days)
-    SELECT event_id, product_id, as_of, stock_units::numeric, lead_time_days FROM incoming
+    INSERT INTO stock_snapshots (event_id, product_id, as_of, {STOCK_COLUMNS})
+    SELECT event_id, product_id, as_of, stock_units::numeric, lead_time_days, on_order_units,
+           order_multiple_units, target_service_level FROM incoming
     ON CONFLICT (event_id) DO NOTHING
-    RETURNING event_id, product_id, as_of, stock_units, lead_time_days
+    RETURNING event_id, product_id, as_of, {STOCK_COLUMNS}
 ),
 newest AS (
     SELECT DISTINCT ON (product_id) * FROM new_snapshots
     ORDER BY product_id, as_of DESC, event_id DESC
 ),
 made_current AS (
-    INSERT INTO products (product_id, stock_event_id, stock_as_of, stock_units, lead_time_days,
+    INSERT INTO products (product_id, stock_event_id, stock_as_of, {STOCK_COLUMNS},
                           stock_updated_at)
-    SELECT product_id, event_id, as_of, stock_units, lead_time_days, now() FROM newest
+    SELECT product_id, event_id, as_of, {STOCK_COLUMNS}, now() FROM newest
     ORDER BY product_id
     ON CONFLICT (product_id) DO UPDATE SET
         stock_event_id = EXCLUDED.stock_event_id,
         stock_as_of = EXCLUDED.stock_as_of,
         stock_units = EXCLUDED.stock_units,
         lead_time_days = EXCLUDED.lead_time_days,
+        on_order_units = EXCLUDED.on_order_units,
+        order_multiple_units = EXCLUDED.order_multiple_units,
+        target_service_level = EXCLUDED.target_service_level,
         stock_updated_at = EXCLUDED.stock_updated_at
     WHERE products.stock_as_of IS NULL
        OR (EXCLUDED.stock_as_of, EXCLUDED.stock_event_id)
@@ -214,6 +223,9 @@ async def record_stock_snapshots(
         [row.as_of for row in rows],
         [row.stock_units for row in rows],
         [row.lead_time_days for row in rows],
+        [row.on_order_units for row in rows],
+        [row.order_multiple_units for row in rows],
+        [row.target_service_level for row in rows],
     )
     assert record is not None
     return SnapshotsRecorded(int(record["new_snapshots"]), list(record["products_made_current"]))

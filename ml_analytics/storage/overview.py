@@ -16,6 +16,12 @@ _OVERVIEW_ORDER = {
     "days_until_stockout": "days_until_stockout ASC NULLS LAST, p.product_id",
     "product_id": "p.product_id",
     "last_day": "p.last_day DESC NULLS LAST, p.product_id",
+    # What to order first: products that need an order, the earliest order-by day first.
+    "order_by_date": (
+        "CASE WHEN CAST(r.assessment ->> 'recommended_order_units' AS float8) > 0 "
+        "THEN 0 ELSE 1 END, order_by_date ASC NULLS LAST, "
+        "recommended_order_units DESC NULLS LAST, p.product_id"
+    ),
 }
 
 
@@ -51,6 +57,11 @@ SELECT p.product_id, p.first_day, p.last_day, CAST(p.total_units AS float8) AS t
        r.assessment ->> 'predicted_stockout_date' AS predicted_stockout_date,
        CAST(r.assessment ->> 'days_until_stockout' AS integer) AS days_until_stockout,
        CAST(r.assessment ->> 'confidence' AS double precision) AS confidence,
+       p.on_order_units,
+       CAST(r.assessment ->> 'target_service_level' AS float8) AS target_service_level,
+       CAST(r.assessment ->> 'order_up_to_units' AS float8) AS order_up_to_units,
+       CAST(r.assessment ->> 'recommended_order_units' AS float8) AS recommended_order_units,
+       CAST(r.assessment ->> 'order_by_date' AS date) AS order_by_date,
        m.model_name, m.trained_at, m.training_days,
        CAST(m.metrics ->> 'mape' AS float8) AS mape,
        CAST(m.metrics ->> 'rmse' AS float8) AS rmse,

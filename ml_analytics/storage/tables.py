@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     CheckConstraint,
     Column,
     Date,
@@ -73,6 +74,9 @@ stock_snapshots = Table(
     Column("as_of", DateTime(timezone=True), nullable=False),
     Column("stock_units", Numeric, nullable=False),
     Column("lead_time_days", Integer, nullable=True),
+    Column("on_order_units", Float, nullable=False, server_default="0"),
+    Column("order_multiple_units", Float, nullable=True),
+    Column("target_service_level", Float, nullable=True),
     Column("received_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Index("ix_stock_snapshots_product_as_of", "product_id", "as_of"),
 )
@@ -93,6 +97,9 @@ products = Table(
     Column("stock_as_of", DateTime(timezone=True), nullable=True),
     Column("stock_units", Numeric, nullable=True),
     Column("lead_time_days", Integer, nullable=True),
+    Column("on_order_units", Float, nullable=False, server_default="0"),
+    Column("order_multiple_units", Float, nullable=True),
+    Column("target_service_level", Float, nullable=True),
     Column("stock_updated_at", DateTime(timezone=True), nullable=True),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Index("ix_products_data_updated_at", "data_updated_at"),
@@ -133,6 +140,7 @@ product_risk = Table(
     Column("assessed_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("published_level", Text, nullable=True),
     Column("published_event_id", Text, nullable=True),
+    Column("published_order_needed", Boolean, nullable=True),
 )
 
 # Stockout-risk events waiting to be published (the outbox), and when they were.

@@ -31,8 +31,11 @@ router = APIRouter(tags=["products"])
 async def products(
     engine: Engine,
     sort: Annotated[
-        Literal["risk", "days_until_stockout", "product_id", "last_day"],
-        Query(description="risk: high first, then by probability, then nearest stockout"),
+        Literal["risk", "days_until_stockout", "product_id", "last_day", "order_by_date"],
+        Query(
+            description="risk: high first, then by probability, then nearest stockout; "
+            "order_by_date: products that need an order, the earliest order-by day first"
+        ),
     ] = "risk",
     risk_level: Annotated[
         list[Literal["high", "medium", "low", "none"]] | None,

@@ -182,4 +182,7 @@ def stock_snapshot_row(level: StockLevel, context: SortContext) -> StockSnapshot
         as_of=as_of,
         stock_units=level.stock_units,
         lead_time_days=level.lead_time_days,
+        on_order_units=level.on_order_units,
+        order_multiple_units=level.order_multiple_units,
+        target_service_level=level.target_service_level,
     )

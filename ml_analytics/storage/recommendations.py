@@ -1,0 +1,51 @@
+"""The current replenishment recommendations of every assessed product, for the CSV export."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+RECOMMENDATION_COLUMNS = (
+    "product_id",
+    "as_of",
+    "current_stock_units",
+    "on_order_units",
+    "risk_window_days",
+    "target_service_level",
+    "reorder_point_units",
+    "order_up_to_units",
+    "recommended_order_units",
+    "order_by_date",
+    "risk_level",
+    "stockout_probability",
+    "predicted_stockout_date",
+)
+
+
+async def stream_recommendations(
+    connection: AsyncConnection, *, needed_only: bool
+) -> AsyncIterator[dict[str, Any]]:
+    """Each assessed product's latest recommendation, what to order first first
+    (those needing an order, by order-by day); read with a server-side cursor, so the
+    export of any number of products holds one batch in memory at a time."""
+    needed = "(r.assessment ->> 'recommended_order_units')::float8 > 0"
+    condition = f"AND {needed}" if needed_only else ""
+    fields = ", ".join(
+        f"r.assessment ->> '{column}' AS {column}" for column in RECOMMENDATION_COLUMNS[1:]
+    )
+    result = await connection.stream(
+        text(
+            f"""
+SELECT r.product_id, {fields}
+FROM product_risk AS r
+WHERE TRUE {condition}
+ORDER BY CASE WHEN {needed} THEN 0 ELSE 1 END,
+         (r.assessment ->> 'order_by_date')::date ASC NULLS LAST, r.product_id
+"""
+        ).execution_options(yield_per=1000)
+    )
+    async for row in result:
+        yield dict(row._mapping)
