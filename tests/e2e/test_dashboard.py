@@ -44,6 +44,12 @@ PRODUCTS = {
 }
 
 
+async def _order_units(url: str) -> str:
+    async with httpx.AsyncClient(base_url=url) as client:
+        risk = (await client.get("/products/SKU-URGENT/stockout-risk")).json()
+    return f"{risk['recommended_order_units']:.0f}"
+
+
 def write_replay_files(directory: Path) -> tuple[Path, Path]:
     transactions = directory / "transactions.csv"
     with transactions.open("w", newline="") as handle:
@@ -107,7 +113,26 @@ async def test_dashboard_shows_the_at_risk_product_first_and_its_charts(
             assert await page.get_by_role("link", name=SCRIPT_ID, exact=True).count() == 1
             assert await page.get_by_role("link", name=IMAGE_ID, exact=True).count() == 1
             assert await page.locator("#products img").count() == 0
+            # What to order: the urgent product needs an order today, the safe one none.
+            urgent_order = page.locator("#products tbody tr[data-product='SKU-URGENT'] td.order")
+            assert (
+                await urgent_order.inner_text()
+                == f"order {await _order_units(service.url)} by {LAST_DAY}"
+            )
+            assert (
+                await page.locator(
+                    "#products tbody tr[data-product='SKU-SAFE'] td.order"
+                ).inner_text()
+                == "none needed"
+            )
             await page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
+            await page.select_option("#sort", "order_by_date")
+            await expect(page).to_have_url(f"{service.url}/dashboard?sort=order_by_date")
+            await expect(rows.first).to_have_attribute("data-product", "SKU-URGENT")
+            orders = [await row.get_attribute("data-order") for row in await rows.all()]
+            needing = [float(value) > 0 for value in orders if value]
+            assert needing == sorted(needing, reverse=True)  # those needing an order first
+            await page.select_option("#sort", "risk")
 
             # (Selectors, not page scripts: the pages' CSP forbids evaluating strings.)
             await page.select_option("#level", "low")
@@ -140,6 +165,9 @@ async def test_dashboard_shows_the_at_risk_product_first_and_its_charts(
             await stock_points.first.wait_for()
             assert await stock_points.count() >= 2
             assert "high" in (await page.locator("#cards .badge").inner_text()).lower()
+            order_card = page.locator("#cards .card", has_text="to order (95% service)")
+            assert (await order_card.locator(".value").inner_text()).startswith("order ")
+            await expect(page.locator("#stock-chart").get_by_text("order-up-to")).to_have_count(1)
             await page.screenshot(path=str(ARTIFACTS / "product.png"), full_page=True)
 
             await page.goto(f"{service.url}/dashboard")

@@ -39,6 +39,13 @@ function badge(level) {
   return el("span", level || "not assessed", "badge " + (level || "none"));
 }
 
+// "order 240 by 2026-11-20", "none needed", or "–" before the first assessment.
+function orderText(units, byDate) {
+  if (units === null || units === undefined) return "–";
+  if (units <= 0) return "none needed";
+  return `order ${number(units, 0)} by ${day(byDate)}`;
+}
+
 function addDays(isoDay, days) {
   const moment = new Date(isoDay + "T00:00:00Z");
   moment.setUTCDate(moment.getUTCDate() + days);
@@ -71,6 +78,7 @@ function orNull(promise) {
 function overview() {
   const state = { offset: 0, limit: 50, total: 0 };
   const level = document.getElementById("level");
+  const sort = document.getElementById("sort");
   const search = document.getElementById("search");
   const status = document.getElementById("status");
   const body = document.querySelector("#products tbody");
@@ -79,10 +87,11 @@ function overview() {
   const next = document.getElementById("next");
   const params = new URLSearchParams(location.search);
   level.value = params.get("risk_level") || "";
+  sort.value = params.get("sort") === "order_by_date" ? "order_by_date" : "risk";
   search.value = params.get("search") || "";
 
   function query() {
-    const values = new URLSearchParams({ sort: "risk", limit: state.limit, offset: state.offset });
+    const values = new URLSearchParams({ sort: sort.value, limit: state.limit, offset: state.offset });
     if (level.value) values.append("risk_level", level.value);
     if (search.value.trim()) values.set("search", search.value.trim());
     return values;
@@ -91,6 +100,7 @@ function overview() {
   function remember() {
     const shown = new URLSearchParams();
     if (level.value) shown.set("risk_level", level.value);
+    if (sort.value !== "risk") shown.set("sort", sort.value);
     if (search.value.trim()) shown.set("search", search.value.trim());
     history.replaceState(null, "", shown.toString() ? "?" + shown : location.pathname);
   }
@@ -103,6 +113,7 @@ function overview() {
     const tr = el("tr");
     tr.dataset.product = item.product_id;
     tr.dataset.level = item.risk_level || "none";
+    tr.dataset.order = item.recommended_order_units ?? "";
     const link = el("a", item.product_id);
     link.href = "/dashboard/product?id=" + encodeURIComponent(item.product_id);
     const name = el("td");
@@ -115,6 +126,7 @@ function overview() {
       cell(number(item.stockout_probability), "number"),
       cell(day(item.predicted_stockout_date)),
       cell(item.days_until_stockout ?? "–", "number"),
+      cell(orderText(item.recommended_order_units, item.order_by_date), "order"),
       cell(number(item.current_stock_units, 0), "number"),
       cell(item.stock_as_of ? item.stock_as_of.slice(0, 16).replace("T", " ") : "–"),
       cell(item.lead_time_days ?? "–", "number"),
@@ -147,6 +159,7 @@ function overview() {
     typing = setTimeout(() => { state.offset = 0; remember(); refresh(); }, 250);
   });
   level.addEventListener("change", () => { state.offset = 0; remember(); refresh(); });
+  sort.addEventListener("change", () => { state.offset = 0; remember(); refresh(); });
   previous.addEventListener("click", () => { state.offset = Math.max(0, state.offset - state.limit); refresh(); });
   next.addEventListener("click", () => { state.offset += state.limit; refresh(); });
   refresh();
@@ -265,6 +278,19 @@ function stockChart(demand, forecast, risk) {
     { name: "projected stock (median)", x, y: line("cumulative_p50"), mode: "lines+markers",
       line: { color: "#263238" }, marker: { size: 4 } },
   ];
+  if (risk.order_up_to_units !== null && risk.order_up_to_units !== undefined) {
+    // The levels the policy orders against: up to this after an order, and an order
+    // is due once the projected stock falls to the reorder point.
+    for (const [value, label, dash] of [
+      [risk.order_up_to_units, `order-up-to ${number(risk.order_up_to_units, 0)}`, "dot"],
+      [risk.reorder_point_units, `reorder point ${number(risk.reorder_point_units, 0)}`, "dashdot"],
+    ]) {
+      shapes.push({ type: "line", xref: "paper", x0: 0, x1: 1, y0: value, y1: value,
+        line: { color: "#1565c0", dash, width: 1.5 } });
+      annotations.push({ xref: "paper", x: 1, y: value, text: label, showarrow: false,
+        xanchor: "right", yanchor: "bottom", font: { color: "#1565c0" } });
+    }
+  }
   if (risk.predicted_stockout_date) {
     shapes.push({ type: "line", xref: "x", yref: "paper", x0: risk.predicted_stockout_date,
       x1: risk.predicted_stockout_date, y0: 0, y1: 1, line: { color: "#c62828", dash: "dash" } });
@@ -327,6 +353,10 @@ async function productPage() {
       card("stock", risk ? `${number(risk.current_stock_units, 0)} (${day(risk.as_of)})` : "–"),
       card("lead time", risk ? `${risk.risk_window_days} d` : "–"),
       card("confidence", risk ? number(risk.confidence) : "–"),
+      card(
+        `to order (${risk && risk.target_service_level ? Math.round(risk.target_service_level * 100) + "% service" : "service level"})`,
+        risk ? orderText(risk.recommended_order_units, risk.order_by_date) : "–",
+      ),
     );
     demandChart(demand, forecast);
     if (forecast && risk) {
