@@ -6,6 +6,8 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import sys
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -28,9 +30,40 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Fail the session if a process it started is still alive at its end (after a
     grace for ones that are stopping), and end them."""
+    session.config.stash[EXIT_STATUS] = int(session.exitstatus)
     token = os.environ.get(MARK)
     if not token or hasattr(session.config, "workerinput"):
         return
+    _find_leftover_processes(session, token)
+    session.config.stash[EXIT_STATUS] = int(session.exitstatus)
+
+
+EXIT_STATUS = pytest.StashKey[int]()
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """The session is over and every service it started has stopped: exit now, with
+    its status. Nothing left in this process (a native client library's thread, an
+    interpreter-exit handler of a library whose server is gone) may hold the exit:
+    a finished run once sat for an hour after printing its summary. Threads still
+    running are named, so their cause can be found (ML_ANALYTICS_TEST_NORMAL_EXIT=1
+    lets the interpreter exit as usual, to see what holds it)."""
+    if EXIT_STATUS not in config.stash or os.environ.get("ML_ANALYTICS_TEST_NORMAL_EXIT"):
+        return
+    lingering = [
+        thread.name
+        for thread in threading.enumerate()
+        if thread is not threading.main_thread() and not thread.daemon
+    ]
+    if lingering:
+        sys.stderr.write(f"threads still running at the end of the session: {lingering}\n")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(config.stash[EXIT_STATUS])
+
+
+def _find_leftover_processes(session: pytest.Session, token: str) -> None:
     # This process's own multiprocessing resource tracker ends with it, after this hook.
     from multiprocessing import resource_tracker
 
