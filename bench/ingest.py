@@ -170,6 +170,16 @@ async def main() -> None:
             counted = (
                 await connection.execute(text("SELECT count(*) FROM transaction_events"))
             ).scalar_one()
+            # The ledger on disk: every weekly partition, with its indexes and TOAST.
+            ledger_bytes = (
+                await connection.execute(
+                    text(
+                        "SELECT COALESCE(sum(pg_total_relation_size(i.inhrelid)), 0) "
+                        "FROM pg_inherits AS i "
+                        "WHERE i.inhparent = 'transaction_events'::regclass"
+                    )
+                )
+            ).scalar_one()
         await engine.dispose()
 
     raw_rate = args.events / raw_seconds
@@ -196,6 +206,11 @@ async def main() -> None:
     print(f"service / raw ratio: {service_rate / raw_rate:.2f}   (goal >= 0.25)")
     print(f"end to end: {service_rate:,.0f} events/s   (goal >= 50,000)")
     print(f"events counted in PostgreSQL: {counted:,} of {args.events:,}")
+    print(
+        f"ledger of event ids: {int(ledger_bytes) / 2**20:,.1f} MiB, "
+        f"{int(ledger_bytes) / max(counted, 1) * 1e6 / 2**20:,.1f} MiB per million events "
+        "(kept for DEDUP_WINDOW_DAYS on the clock, then dropped by whole weeks)"
+    )
     print(f"command: python -m bench.ingest --events {args.events} --products {args.products}")
 
 
