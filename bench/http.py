@@ -24,7 +24,6 @@ import platform
 import statistics
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import httpx
@@ -33,7 +32,6 @@ import pandas as pd
 
 from bench._stack import bench_stack
 from ml_analytics.devstack import ServiceProcess
-from ml_analytics.settings import Settings
 from ml_analytics.storage.database import migrate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -110,22 +108,10 @@ async def main() -> None:
     floor = await asyncio.to_thread(floor_seconds, series, args.floor_runs)
 
     rows: list[tuple[str, int, list[float]]] = []
-    with bench_stack() as (bootstrap, database_url, idempotent):
-        tag = uuid.uuid4().hex[:8]
-        settings = Settings(
-            _env_file=None,  # type: ignore[call-arg]
-            database_url=database_url,
-            kafka_bootstrap_servers=bootstrap,
-            kafka_enable_idempotence=idempotent,
-            kafka_group_id=f"bench-{tag}",
-            topic_transactions=f"http-{tag}.transactions",
-            topic_stock_levels=f"http-{tag}.stock-levels",
-            topic_stockout_risk=f"http-{tag}.stockout-risk",
-            topic_dead_letter=f"http-{tag}.dead-letter",
-        )
-        await migrate(database_url)
+    with bench_stack("http") as settings:
+        await migrate(settings.database_url)
         service = ServiceProcess(
-            settings, Path(f"/tmp/bench-http-{tag}.log"), LOG_LEVEL="WARNING"
+            settings, Path(f"/tmp/{settings.kafka_group_id}.log"), LOG_LEVEL="WARNING"
         ).start()
         try:
             await asyncio.to_thread(service.wait_healthy, 120)

@@ -145,25 +145,13 @@ async def main() -> None:
     parser.add_argument("--products", type=int, default=500)
     args = parser.parse_args()
 
-    with bench_stack() as (bootstrap, database_url, idempotent):
-        tag = uuid.uuid4().hex[:8]
-        settings = Settings(
-            _env_file=None,  # type: ignore[call-arg]
-            database_url=database_url,
-            kafka_bootstrap_servers=bootstrap,
-            kafka_enable_idempotence=idempotent,
-            topic_transactions=f"bench-{tag}.transactions",
-            topic_stock_levels=f"bench-{tag}.stock-levels",
-            topic_stockout_risk=f"bench-{tag}.stockout-risk",
-            topic_dead_letter=f"bench-{tag}.dead-letter",
-            kafka_group_id=f"bench-{tag}",
-        )
-        await migrate(database_url)
+    with bench_stack("ingest") as settings:
+        await migrate(settings.database_url)
         await ensure_topics(settings)
         events = make_events(args.events, args.products)
         publish_seconds = await publish(settings, events)
         raw_seconds = await raw_consume(settings, args.events)
-        log_path = Path(f"/tmp/bench-ingest-{tag}.log")
+        log_path = Path(f"/tmp/{settings.kafka_group_id}.log")
         service_seconds = await asyncio.to_thread(service_consume, settings, args.events, log_path)
         engine = create_engine(settings)
         async with engine.connect() as connection:
@@ -188,7 +176,7 @@ async def main() -> None:
     print(f"bench/ingest: {args.events:,} events, {args.products} products, 6 partitions")
     print(
         f"machine: {platform.machine()}, {platform.python_implementation()} {platform.python_version()}, "
-        f"broker {'external' if idempotent else 'embedded Tansu'}"
+        f"broker {'external' if settings.kafka_enable_idempotence else 'embedded Tansu'}"
     )
     print()
     print(f"| {'what':<44} | {'seconds':>8} | {'events/s':>10} |")

@@ -14,7 +14,6 @@ import gzip
 import json
 import platform
 import time
-import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -84,19 +83,11 @@ async def main() -> None:
     lines = sale_lines(transactions)
     products = len(stock.read_text(encoding="utf-8").splitlines()) - 1  # less the header
     out: list[str] = []
-    with bench_stack() as (bootstrap, database_url, idempotent):
-        tag = uuid.uuid4().hex[:8]
-        settings = Settings(
-            _env_file=None,  # type: ignore[call-arg]
-            database_url=database_url,
-            kafka_bootstrap_servers=bootstrap,
-            kafka_enable_idempotence=idempotent,
-            kafka_group_id=f"examples-{tag}",
-        )
-        await migrate(database_url)
+    with bench_stack("examples") as settings:
+        await migrate(settings.database_url)
         engine = create_engine(settings)
         service = ServiceProcess(
-            settings, Path(f"/tmp/readme-examples-{tag}.log"), LOG_LEVEL="WARNING"
+            settings, Path(f"/tmp/{settings.kafka_group_id}.log"), LOG_LEVEL="WARNING"
         ).start()
         try:
             await asyncio.to_thread(service.wait_healthy, 120)

@@ -246,14 +246,8 @@ async def risk_latency(settings: Settings, samples: int) -> list[float]:
 
 
 async def run(args: argparse.Namespace) -> None:
-    with bench_stack() as (bootstrap, database_url, idempotent):
-        settings = Settings(
-            _env_file=None,  # type: ignore[call-arg]
-            database_url=database_url,
-            kafka_bootstrap_servers=bootstrap,
-            kafka_enable_idempotence=idempotent,
-        )
-        await migrate(database_url)
+    with bench_stack("retrain") as settings:
+        await migrate(settings.database_url)
         await ensure_topics(settings)
         started = time.monotonic()
         stored = await store_history(settings, args.products)

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import date, timedelta
 
 import asyncpg
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ml_analytics.storage.demand import STOCK_COLUMNS
+from ml_analytics.storage.demand import StockSnapshot as StockSnapshotRow
 
 
 @dataclass(slots=True)  # not frozen: a frozen dataclass costs ~1 µs more per event
@@ -29,18 +30,6 @@ class TransactionRow:
     product_id: str
     business_day: date
     quantity_units: float
-
-
-@dataclass(slots=True)
-class StockSnapshotRow:
-    event_id: str
-    product_id: str
-    as_of: datetime
-    stock_units: float
-    lead_time_days: int | None
-    on_order_units: float = 0.0
-    order_multiple_units: float | None = None
-    target_service_level: float | None = None
 
 
 _INSERT_TRANSACTIONS = """

@@ -16,15 +16,15 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ml_analytics.settings import Settings
-from tests.helpers import keyed, publish, read_topic, running_service, unique, wait_until
-from tests.integration.test_forecasting import LAST_DAY, models_trained, steady_demand
+from tests.helpers import keyed, publish, running_service, unique, wait_until
+from tests.integration.test_forecasting import (
+    LAST_DAY,
+    models_trained,
+    risk_events,
+    steady_demand,
+)
 
 pytestmark = pytest.mark.integration
-
-
-async def risk_events(settings: Settings, expected: int, timeout: float = 60) -> list[dict]:
-    records = await read_topic(settings, settings.stockout_risk_topic, expected, timeout=timeout)
-    return [json.loads(record.value) for record in records]
 
 
 def level(product: str, tag: str, units: float, **fields: Any) -> dict[str, Any]:
