@@ -97,7 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="publish a transactions or stock-levels CSV/CSV.gz to its topic",
         description=(
             "Columns event_id,product_id,occurred_at,quantity_units go to the transactions "
-            "topic; event_id,product_id,as_of,stock_units[,lead_time_days] to the "
+            "topic; event_id,product_id,as_of,stock_units (and optionally lead_time_days, "
+            "on_order_units, order_multiple_units, target_service_level) to the "
             "stock-levels topic."
         ),
     )
