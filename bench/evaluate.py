@@ -278,7 +278,7 @@ def score_origin(
     for position, row in enumerate(rows):
         history = panel.history(int(row), t)
         actual = np.nan_to_num(panel.Y[row, t : t + HORIZON])
-        scale = max(float(history[-365:].mean()), 1e-9)
+        scale = float(history[-365:].mean())  # 0: no sale in a year, no scale (skipped)
         for method, forecast in forecasts.items():
             f = forecast[position]
             scores.point.setdefault(method, []).append(rmsse(actual, f, history))
@@ -296,7 +296,7 @@ def score_origin(
         m28 = float(history[-28:].mean()) if len(history) else 0.0
         sd91 = float(history[-91:].std()) if len(history) > 1 else 0.0
         paths14 = service[items[position]][1][:, :LEAD_TIME].sum(1)
-        for level in QUANTILES:
+        for level in QUANTILES if scale > 0 else ():
             quantile = {
                 "service": float(np.quantile(paths14, level)),
                 "normal formula": max(
