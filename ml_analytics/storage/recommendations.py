@@ -33,14 +33,19 @@ async def stream_recommendations(
     export of any number of products holds one batch in memory at a time."""
     needed = "(r.assessment ->> 'recommended_order_units')::float8 > 0"
     condition = f"AND {needed}" if needed_only else ""
+    # Units on order are the stock level's (the product's current one); the rest is
+    # the latest assessment's.
     fields = ", ".join(
-        f"r.assessment ->> '{column}' AS {column}" for column in RECOMMENDATION_COLUMNS[1:]
+        "p.on_order_units"
+        if column == "on_order_units"
+        else f"r.assessment ->> '{column}' AS {column}"
+        for column in RECOMMENDATION_COLUMNS[1:]
     )
     result = await connection.stream(
         text(
             f"""
 SELECT r.product_id, {fields}
-FROM product_risk AS r
+FROM product_risk AS r JOIN products AS p ON p.product_id = r.product_id
 WHERE TRUE {condition}
 ORDER BY CASE WHEN {needed} THEN 0 ELSE 1 END,
          (r.assessment ->> 'order_by_date')::date ASC NULLS LAST, r.product_id

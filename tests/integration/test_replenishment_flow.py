@@ -124,5 +124,6 @@ async def test_stock_levels_with_orders_get_recommendations_on_the_topic_and_the
     by_id = {row["product_id"]: row for row in rows}
     assert math.isclose(float(by_id[short]["order_up_to_units"]), crossed["order_up_to_units"])
     assert float(by_id[short]["current_stock_units"]) == 100
+    assert float(by_id[short]["on_order_units"]) == 600
     assert list(csv.DictReader(io.StringIO(needed_only.text))) == []  # both covered now
     assert date.fromisoformat(by_id[short]["as_of"][:10]) == LAST_DAY
