@@ -20,8 +20,7 @@ import asyncpg
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from ml_analytics.storage.demand import STOCK_COLUMNS
-from ml_analytics.storage.demand import StockSnapshot as StockSnapshotRow
+from ml_analytics.storage.demand import STOCK_COLUMNS, StockSnapshot
 
 
 @dataclass(slots=True)  # not frozen: a frozen dataclass costs ~1 µs more per event
@@ -196,7 +195,7 @@ class SnapshotsRecorded:
 
 
 async def record_stock_snapshots(
-    connection: asyncpg.Connection, rows: Sequence[StockSnapshotRow]
+    connection: asyncpg.Connection, rows: Sequence[StockSnapshot]
 ) -> SnapshotsRecorded:
     """Keep every new snapshot as history; make it current where its as_of is the newest.
 

@@ -7,6 +7,8 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from ml_analytics.storage.recommendations import ORDER_FIRST
+
 # Most urgent first: level, then probability, then the nearest stockout.
 _OVERVIEW_ORDER = {
     "risk": (
@@ -16,12 +18,7 @@ _OVERVIEW_ORDER = {
     "days_until_stockout": "days_until_stockout ASC NULLS LAST, p.product_id",
     "product_id": "p.product_id",
     "last_day": "p.last_day DESC NULLS LAST, p.product_id",
-    # What to order first: products that need an order, the earliest order-by day first.
-    "order_by_date": (
-        "CASE WHEN CAST(r.assessment ->> 'recommended_order_units' AS float8) > 0 "
-        "THEN 0 ELSE 1 END, order_by_date ASC NULLS LAST, "
-        "recommended_order_units DESC NULLS LAST, p.product_id"
-    ),
+    "order_by_date": ORDER_FIRST,
 }
 
 

@@ -25,14 +25,24 @@ RECOMMENDATION_COLUMNS = (
 )
 
 
+# What to order first: products that need an order, the earliest order-by day first,
+# then the larger order (over product_risk AS r and products AS p; the listing's
+# sort=order_by_date and the CSV export share it).
+_NEEDED = "CAST(r.assessment ->> 'recommended_order_units' AS float8) > 0"
+ORDER_FIRST = (
+    f"CASE WHEN {_NEEDED} THEN 0 ELSE 1 END, "
+    "CAST(r.assessment ->> 'order_by_date' AS date) ASC NULLS LAST, "
+    "CAST(r.assessment ->> 'recommended_order_units' AS float8) DESC NULLS LAST, p.product_id"
+)
+
+
 async def stream_recommendations(
     connection: AsyncConnection, *, needed_only: bool
 ) -> AsyncIterator[dict[str, Any]]:
     """Each assessed product's latest recommendation, what to order first first
     (those needing an order, by order-by day); read with a server-side cursor, so the
     export of any number of products holds one batch in memory at a time."""
-    needed = "(r.assessment ->> 'recommended_order_units')::float8 > 0"
-    condition = f"AND {needed}" if needed_only else ""
+    condition = f"AND {_NEEDED}" if needed_only else ""
     # Units on order are the stock level's (the product's current one); the rest is
     # the latest assessment's.
     fields = ", ".join(
@@ -47,8 +57,7 @@ async def stream_recommendations(
 SELECT r.product_id, {fields}
 FROM product_risk AS r JOIN products AS p ON p.product_id = r.product_id
 WHERE TRUE {condition}
-ORDER BY CASE WHEN {needed} THEN 0 ELSE 1 END,
-         (r.assessment ->> 'order_by_date')::date ASC NULLS LAST, r.product_id
+ORDER BY {ORDER_FIRST}
 """
         ).execution_options(yield_per=1000)
     )

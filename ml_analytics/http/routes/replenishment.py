@@ -4,6 +4,7 @@ the current recommendations of all products as CSV for buyers who use spreadshee
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 from collections.abc import AsyncIterator
 from typing import Annotated
@@ -59,19 +60,12 @@ async def product_replenishment(
         )
     order = replenishment_of(state, settings, service_level=service_level, review_days=review_days)
     return Replenishment(
+        **dataclasses.asdict(order),
         product_id=product_id,
         as_of=state.stock.as_of,
         current_stock_units=state.stock.stock_units,
         on_order_units=state.stock.on_order_units,
-        stock_position_units=order.stock_position_units,
-        lead_time_days=order.lead_time_days,
-        review_days=order.review_days,
-        target_service_level=order.target_service_level,
-        reorder_point_units=order.reorder_point_units,
-        order_up_to_units=order.order_up_to_units,
         order_multiple_units=state.stock.order_multiple_units,
-        recommended_order_units=order.recommended_order_units,
-        order_by_date=order.order_by_date,
         model_name=state.model.model_name,
         trained_at=state.model.trained_at,
     )
