@@ -360,26 +360,12 @@ def plot(results: dict[str, Any], path: Path) -> None:
     figure, axes = plt.subplots(1, len(LEADS), figsize=(11, 4.2))
     for axis, lead in zip(axes, LEADS, strict=True):
         entry = results["tables"][f"lead {lead}"]["all"]
-        grid = sorted(
-            (g["cycle_service_level"], g["mean_on_hand_units"]) for g in entry["normal grid"]
-        )
-        axis.plot(
-            [g[0] for g in grid],
-            [g[1] for g in grid],
-            "o-",
-            color="#90a4ae",
-            label="normal formula",
-        )
-        service = sorted(
-            (g["cycle_service_level"], g["mean_on_hand_units"]) for g in entry["service grid"]
-        )
-        axis.plot(
-            [g[0] for g in service],
-            [g[1] for g in service],
-            "o-",
-            color="#1565c0",
-            label="service (sample paths)",
-        )
+        for key, color, label in (
+            ("normal grid", "#90a4ae", "normal formula"),
+            ("service grid", "#1565c0", "service (sample paths)"),
+        ):
+            curve = sorted((g["cycle_service_level"], g["mean_on_hand_units"]) for g in entry[key])
+            axis.plot(*zip(*curve, strict=True), "o-", color=color, label=label)
         mm = entry["min/max"]
         axis.plot(
             [mm["cycle_service_level"]],

@@ -30,11 +30,9 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Fail the session if a process it started is still alive at its end (after a
     grace for ones that are stopping), and end them."""
-    session.config.stash[EXIT_STATUS] = int(session.exitstatus)
     token = os.environ.get(MARK)
-    if not token or hasattr(session.config, "workerinput"):
-        return
-    _find_leftover_processes(session, token)
+    if token and not hasattr(session.config, "workerinput"):
+        _find_leftover_processes(session, token)
     session.config.stash[EXIT_STATUS] = int(session.exitstatus)
 
 

@@ -68,19 +68,26 @@ async def risk_events(
     return [json.loads(record.value) for record in records]
 
 
+async def train_two_steady_products(
+    settings: Settings, engine: AsyncEngine, first: str, second: str, seed: int
+) -> None:
+    """~20 units a day for DAYS days each, published; returns once both have a model."""
+    await publish(
+        settings,
+        settings.transactions_topic,
+        keyed(steady_demand(first, 20, seed=seed) + steady_demand(second, 20, seed=seed + 1)),
+    )
+    await wait_until(
+        lambda: models_trained(engine), lambda n: n == 2, timeout=90, what="two models"
+    )
+
+
 async def test_steady_demand_with_little_stock_raises_high_risk_and_a_refill_clears_it(
     settings: Settings, engine: AsyncEngine
 ) -> None:
     short, plenty = unique("short"), unique("plenty")
     async with running_service(settings, engine) as app:
-        await publish(
-            settings,
-            settings.transactions_topic,
-            keyed(steady_demand(short, 20, seed=1) + steady_demand(plenty, 20, seed=2)),
-        )
-        await wait_until(
-            lambda: models_trained(engine), lambda n: n == 2, timeout=90, what="two models"
-        )
+        await train_two_steady_products(settings, engine, short, plenty, seed=1)
         as_of = f"{LAST_DAY}T18:00:00Z"
         await publish(
             settings,

@@ -22,7 +22,8 @@ from ml_analytics.services.ingestion.sort import SortedBatch
 from ml_analytics.settings import Settings
 from ml_analytics.storage.assessments import record_assessment
 from ml_analytics.storage.database import create_engine
-from ml_analytics.storage.ingest_writes import StockSnapshotRow, TransactionRow
+from ml_analytics.storage.demand import StockSnapshot
+from ml_analytics.storage.ingest_writes import TransactionRow
 from tests.conftest import make_settings
 from tests.helpers import keyed, publish, running_ingestion, unique, wait_until, write_batch
 from tests.services import StackServices
@@ -424,7 +425,7 @@ async def test_products_are_listed_most_urgent_first_and_paginated(
                 for i in range(3)
             ],
             stock_levels=[
-                StockSnapshotRow(f"{name}-s", name, datetime(2026, 3, 3, tzinfo=UTC), 40.0, 7)
+                StockSnapshot(f"{name}-s", name, datetime(2026, 3, 3, tzinfo=UTC), 40.0, 7)
                 for name in levels
             ],
         ),

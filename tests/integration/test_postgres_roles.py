@@ -14,8 +14,8 @@ import pytest
 from ml_analytics.services.ingestion.sort import SortedBatch
 from ml_analytics.settings import Settings
 from ml_analytics.storage.database import create_engine, migrate
-from ml_analytics.storage.demand import product_summary
-from ml_analytics.storage.ingest_writes import StockSnapshotRow, TransactionRow
+from ml_analytics.storage.demand import StockSnapshot, product_summary
+from ml_analytics.storage.ingest_writes import TransactionRow
 from tests.helpers import write_batch
 from tests.services import StackServices, _libpq_url
 
@@ -54,7 +54,7 @@ async def test_least_privilege_roles_migrate_and_run(
                 SortedBatch.of(
                     transactions=[TransactionRow("e1", "P", date(2026, 11, 1), 3.0)],
                     stock_levels=[
-                        StockSnapshotRow("s1", "P", datetime(2026, 11, 1, 18, tzinfo=UTC), 40, 7)
+                        StockSnapshot("s1", "P", datetime(2026, 11, 1, 18, tzinfo=UTC), 40, 7)
                     ],
                 ),
             )

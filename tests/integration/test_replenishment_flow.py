@@ -16,13 +16,8 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ml_analytics.settings import Settings
-from tests.helpers import keyed, publish, running_service, unique, wait_until
-from tests.integration.test_forecasting import (
-    LAST_DAY,
-    models_trained,
-    risk_events,
-    steady_demand,
-)
+from tests.helpers import keyed, publish, running_service, unique
+from tests.integration.test_forecasting import LAST_DAY, risk_events, train_two_steady_products
 
 pytestmark = pytest.mark.integration
 
@@ -43,14 +38,7 @@ async def test_stock_levels_with_orders_get_recommendations_on_the_topic_and_the
 ) -> None:
     short, plenty = unique("short"), unique("plenty")
     async with running_service(settings, engine) as app:
-        await publish(
-            settings,
-            settings.transactions_topic,
-            keyed(steady_demand(short, 20, seed=5) + steady_demand(plenty, 20, seed=6)),
-        )
-        await wait_until(
-            lambda: models_trained(engine), lambda n: n == 2, timeout=90, what="two models"
-        )
+        await train_two_steady_products(settings, engine, short, plenty, seed=5)
         await publish(
             settings,
             settings.stock_levels_topic,

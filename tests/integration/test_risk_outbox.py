@@ -14,7 +14,7 @@ from ml_analytics.consumers.broker import build_broker, declare_publishers
 from ml_analytics.services.ingestion.sort import SortedBatch
 from ml_analytics.services.risk import RiskService
 from ml_analytics.settings import Settings
-from ml_analytics.storage.ingest_writes import StockSnapshotRow
+from ml_analytics.storage.demand import StockSnapshot
 from ml_analytics.storage.models_store import StoredModel, save_model
 from tests.helpers import unique, write_batch
 
@@ -46,7 +46,7 @@ async def store_model_and_stock(engine: AsyncEngine, product: str, stock: float)
 async def record_stock(
     engine: AsyncEngine, product: str, tag: str, as_of: datetime, units: float
 ) -> None:
-    snapshot = StockSnapshotRow(f"{product}-{tag}", product, as_of, units, 10)
+    snapshot = StockSnapshot(f"{product}-{tag}", product, as_of, units, 10)
     await write_batch(engine, SortedBatch.of(stock_levels=[snapshot]))
 
 

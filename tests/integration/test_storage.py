@@ -9,13 +9,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ml_analytics.services.ingestion.sort import SortedBatch
 from ml_analytics.storage.demand import (
+    StockSnapshot,
     daily_demand_series,
     latest_stock_snapshot,
     product_summary,
     products_with_new_data,
     stock_history,
 )
-from ml_analytics.storage.ingest_writes import StockSnapshotRow, TransactionRow
+from ml_analytics.storage.ingest_writes import TransactionRow
 from tests.helpers import write_batch
 
 pytestmark = pytest.mark.integration
@@ -26,7 +27,7 @@ def tx(event_id: str, product: str, day: date, units: float) -> TransactionRow:
 
 
 def snap(event_id: str, product: str, as_of: datetime, units: float, lead: int | None = None):  # type: ignore[no-untyped-def]
-    return StockSnapshotRow(event_id, product, as_of, units, lead)
+    return StockSnapshot(event_id, product, as_of, units, lead)
 
 
 async def test_redelivered_transactions_are_counted_once(engine: AsyncEngine) -> None:

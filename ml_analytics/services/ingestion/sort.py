@@ -21,7 +21,8 @@ from ml_analytics.events import (
     decode_event,
     event_instant,
 )
-from ml_analytics.storage.ingest_writes import StockSnapshotRow, TransactionRow
+from ml_analytics.storage.demand import StockSnapshot
+from ml_analytics.storage.ingest_writes import TransactionRow
 
 
 class KafkaRecord(Protocol):
@@ -57,7 +58,7 @@ class SortedBatch:
         return self.rows.setdefault("transactions", [])
 
     @property
-    def stock_snapshots(self) -> list[StockSnapshotRow]:
+    def stock_snapshots(self) -> list[StockSnapshot]:
         return self.rows.setdefault("stock_levels", [])
 
     def count_key_mismatch(self, topic: str) -> None:
@@ -169,14 +170,14 @@ def transaction_row(transaction: Transaction, context: SortContext) -> Transacti
     )
 
 
-def stock_snapshot_row(level: StockLevel, context: SortContext) -> StockSnapshotRow:
+def stock_snapshot_row(level: StockLevel, context: SortContext) -> StockSnapshot:
     """The stock history's row of a stock level: its as_of as an instant, checked."""
     as_of = level.as_of_instant(context.zone)
     if context.window is not None and (
         problem := context.window.problem("as_of", as_of.astimezone(context.zone).date())
     ):
         raise InvalidEvent(problem)
-    return StockSnapshotRow(
+    return StockSnapshot(
         event_id=level.event_id,
         product_id=level.product_id,
         as_of=as_of,

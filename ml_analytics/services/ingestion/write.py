@@ -23,9 +23,9 @@ from ml_analytics.lifecycle import RetryPolicy, cancel_and_wait
 from ml_analytics.services.ingestion.sort import KafkaRecord, SortedBatch, sort_records
 from ml_analytics.storage.clock import advance_clock
 from ml_analytics.storage.database import is_transient
+from ml_analytics.storage.demand import StockSnapshot
 from ml_analytics.storage.ingest_writes import (
     LedgerFloorMoved,
-    StockSnapshotRow,
     TransactionRow,
     ledger_floor,
     record_stock_snapshots,
@@ -114,7 +114,7 @@ async def write_transactions(
 
 
 async def write_stock_levels(
-    connection: asyncpg.Connection, rows: list[StockSnapshotRow]
+    connection: asyncpg.Connection, rows: list[StockSnapshot]
 ) -> BatchOutcome:
     recorded = await record_stock_snapshots(connection, rows)
     return BatchOutcome(
