@@ -19,7 +19,7 @@ import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import text
@@ -32,8 +32,8 @@ from ml_analytics.lifecycle import RetryPolicy, cancel_and_wait
 from ml_analytics.models.replenishment import Replenishment, ReplenishmentPolicy, recommend
 from ml_analytics.models.risk import NotAssessable, assess_stockout_risk, risk_window_days
 from ml_analytics.settings import Settings
-from ml_analytics.storage.assessments import demand_between, record_assessment
-from ml_analytics.storage.demand import StockSnapshot, latest_stock_snapshot
+from ml_analytics.storage.assessments import record_assessment
+from ml_analytics.storage.demand import StockSnapshot, latest_stock_snapshot, units_between
 from ml_analytics.storage.locks import RISK_RELAY_LOCK
 from ml_analytics.storage.models_store import StoredModel, load_model
 from ml_analytics.storage.outbox import mark_published, prune_published_outbox, unpublished_outbox
@@ -65,7 +65,13 @@ async def product_state(
     if stock is None:
         return None
     snapshot_day = stock.as_of.astimezone(settings.timezone).date()
-    observed = await demand_between(connection, product_id, snapshot_day, model.forecast_start)
+    # The days after the stock's day and before the forecast's first day.
+    observed = await units_between(
+        connection,
+        product_id,
+        snapshot_day + timedelta(days=1),
+        model.forecast_start - timedelta(days=1),
+    )
     return ProductState(model, stock, snapshot_day, observed)
 
 

@@ -3,27 +3,12 @@
 from __future__ import annotations
 
 import json
-from datetime import date
 from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-
-async def demand_between(
-    connection: AsyncConnection, product_id: str, after: date, before: date
-) -> float:
-    """Units on the days strictly after `after` and strictly before `before`."""
-    value = (
-        await connection.execute(
-            text(
-                "SELECT COALESCE(sum(quantity_units), 0) FROM daily_demand "
-                "WHERE product_id = :p AND business_day > :after AND business_day < :before"
-            ),
-            {"p": product_id, "after": after, "before": before},
-        )
-    ).scalar_one()
-    return float(value)
+from ml_analytics.storage.rows import one_or_none
 
 
 async def record_assessment(
@@ -102,9 +87,9 @@ ON CONFLICT (product_id) DO UPDATE SET
 
 
 async def latest_assessment(connection: AsyncConnection, product_id: str) -> dict[str, Any] | None:
-    row = (
-        await connection.execute(
-            text("SELECT assessment FROM product_risk WHERE product_id = :p"), {"p": product_id}
-        )
-    ).one_or_none()
-    return None if row is None else dict(row.assessment)
+    return await one_or_none(
+        connection,
+        "SELECT assessment FROM product_risk WHERE product_id = :p",
+        {"p": product_id},
+        lambda row: dict(row.assessment),
+    )

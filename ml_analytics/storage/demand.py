@@ -9,6 +9,8 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from ml_analytics.storage.rows import all_of, from_columns, one_or_none
+
 
 @dataclass(frozen=True, slots=True)
 class DemandDay:
@@ -49,37 +51,20 @@ _SUMMARY_COLUMNS = (
 
 
 def _summary(row: Any) -> ProductSummary:
-    return ProductSummary(
-        product_id=row.product_id,
-        first_day=row.first_day,
-        last_day=row.last_day,
-        total_units=float(row.total_units),
-        transaction_count=int(row.transaction_count),
-        data_updated_at=row.data_updated_at,
-    )
+    return from_columns(ProductSummary, row, numeric=["total_units"])
 
 
 def _snapshot(row: Any) -> StockSnapshot:
-    return StockSnapshot(
-        event_id=row.event_id,
-        product_id=row.product_id,
-        as_of=row.as_of,
-        stock_units=float(row.stock_units),
-        lead_time_days=row.lead_time_days,
-        on_order_units=float(row.on_order_units),
-        order_multiple_units=row.order_multiple_units,
-        target_service_level=row.target_service_level,
-    )
+    return from_columns(StockSnapshot, row, numeric=["stock_units", "on_order_units"])
 
 
 async def product_summary(connection: AsyncConnection, product_id: str) -> ProductSummary | None:
-    row = (
-        await connection.execute(
-            text(f"SELECT {_SUMMARY_COLUMNS} FROM products WHERE product_id = :product_id"),
-            {"product_id": product_id},
-        )
-    ).one_or_none()
-    return None if row is None else _summary(row)
+    return await one_or_none(
+        connection,
+        f"SELECT {_SUMMARY_COLUMNS} FROM products WHERE product_id = :product_id",
+        {"product_id": product_id},
+        _summary,
+    )
 
 
 # No series read is longer than this, whatever the bounds say (a century of days).
@@ -157,40 +142,35 @@ async def latest_stock_snapshot(
     connection: AsyncConnection, product_id: str
 ) -> StockSnapshot | None:
     """The product's current stock: the snapshot with the newest as_of."""
-    row = (
-        await connection.execute(
-            text(
-                "SELECT stock_event_id AS event_id, product_id, stock_as_of AS as_of, "
-                f"{STOCK_COLUMNS} "
-                "FROM products WHERE product_id = :product_id AND stock_as_of IS NOT NULL"
-            ),
-            {"product_id": product_id},
-        )
-    ).one_or_none()
-    return None if row is None else _snapshot(row)
+    return await one_or_none(
+        connection,
+        "SELECT stock_event_id AS event_id, product_id, stock_as_of AS as_of, "
+        f"{STOCK_COLUMNS} "
+        "FROM products WHERE product_id = :product_id AND stock_as_of IS NOT NULL",
+        {"product_id": product_id},
+        _snapshot,
+    )
 
 
 async def stock_history(connection: AsyncConnection, product_id: str) -> list[StockSnapshot]:
     """Every snapshot received for the product, oldest as_of first."""
-    result = await connection.execute(
-        text(
-            f"SELECT event_id, product_id, as_of, {STOCK_COLUMNS} FROM stock_snapshots "
-            "WHERE product_id = :product_id ORDER BY as_of, event_id"
-        ),
+    return await all_of(
+        connection,
+        f"SELECT event_id, product_id, as_of, {STOCK_COLUMNS} FROM stock_snapshots "
+        "WHERE product_id = :product_id ORDER BY as_of, event_id",
         {"product_id": product_id},
+        _snapshot,
     )
-    return [_snapshot(row) for row in result]
 
 
 async def products_with_new_data(
     connection: AsyncConnection, since: datetime, limit: int = 1000
 ) -> list[ProductSummary]:
     """Products whose demand changed after `since` (wall-clock), oldest change first."""
-    result = await connection.execute(
-        text(
-            f"SELECT {_SUMMARY_COLUMNS} FROM products WHERE data_updated_at > :since "
-            "ORDER BY data_updated_at, product_id LIMIT :limit"
-        ),
+    return await all_of(
+        connection,
+        f"SELECT {_SUMMARY_COLUMNS} FROM products WHERE data_updated_at > :since "
+        "ORDER BY data_updated_at, product_id LIMIT :limit",
         {"since": since, "limit": limit},
+        _summary,
     )
-    return [_summary(row) for row in result]

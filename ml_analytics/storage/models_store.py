@@ -11,6 +11,8 @@ import numpy as np
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from ml_analytics.storage.rows import from_columns, one_or_none
+
 
 @dataclass(frozen=True)
 class StoredModel:
@@ -151,31 +153,22 @@ async def products_to_consider(
 
 
 async def load_model(connection: AsyncConnection, product_id: str) -> StoredModel | None:
-    row = (
-        await connection.execute(
-            text("SELECT * FROM product_models WHERE product_id = :product_id"),
-            {"product_id": product_id},
-        )
-    ).one_or_none()
-    if row is None:
-        return None
-    horizon = len(row.yhat)
-    paths = np.frombuffer(row.sample_paths, dtype=np.float32).reshape(row.path_count, horizon)
-    return StoredModel(
-        product_id=row.product_id,
-        model_name=row.model_name,
-        trained_at=row.trained_at,
-        trained_through=row.trained_through,
-        training_days=row.training_days,
-        units_seen=float(row.units_seen),
-        forecast_start=row.forecast_start,
+    return await one_or_none(
+        connection,
+        "SELECT * FROM product_models WHERE product_id = :product_id",
+        {"product_id": product_id},
+        _stored_model,
+    )
+
+
+def _stored_model(row: Any) -> StoredModel:
+    paths = np.frombuffer(row.sample_paths, dtype=np.float32).reshape(row.path_count, len(row.yhat))
+    return from_columns(
+        StoredModel,
+        row,
+        numeric=["units_seen"],
         yhat=list(row.yhat),
         yhat_lower=list(row.yhat_lower),
         yhat_upper=list(row.yhat_upper),
         sample_paths=paths.astype(float),
-        metrics=row.metrics,
-        seasonality=row.seasonality,
-        fit_seconds=row.fit_seconds,
-        global_version=row.global_version,
-        weights=row.weights,
     )

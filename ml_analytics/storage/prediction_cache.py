@@ -7,18 +7,17 @@ from datetime import datetime, timedelta
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from ml_analytics.storage.rows import one_or_none
+
 
 async def cached_response(connection: AsyncConnection, cache_key: str, now: datetime) -> str | None:
     """The stored response (a JSON text) for this key, unless it has expired."""
-    row = (
-        await connection.execute(
-            text(
-                "SELECT response FROM prediction_cache WHERE cache_key = :key AND expires_at > :now"
-            ),
-            {"key": cache_key, "now": now},
-        )
-    ).one_or_none()
-    return None if row is None else str(row.response)
+    return await one_or_none(
+        connection,
+        "SELECT response FROM prediction_cache WHERE cache_key = :key AND expires_at > :now",
+        {"key": cache_key, "now": now},
+        lambda row: str(row.response),
+    )
 
 
 async def store_response(

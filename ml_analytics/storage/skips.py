@@ -10,6 +10,8 @@ from typing import Any, Literal
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from ml_analytics.storage.rows import all_of, one_or_none
+
 SkipStatus = Literal["pending", "skipped", "refused"]
 
 
@@ -55,24 +57,22 @@ async def request_skip(
 
 
 async def skip_request(connection: AsyncConnection, request_id: int) -> SkipRequest | None:
-    row = (
-        await connection.execute(
-            text(f"SELECT {_COLUMNS} FROM partition_skips WHERE request_id = :id"),
-            {"id": request_id},
-        )
-    ).one_or_none()
-    return None if row is None else _request(row)
+    return await one_or_none(
+        connection,
+        f"SELECT {_COLUMNS} FROM partition_skips WHERE request_id = :id",
+        {"id": request_id},
+        _request,
+    )
 
 
 async def pending_skips(connection: AsyncConnection, limit: int = 100) -> list[SkipRequest]:
-    result = await connection.execute(
-        text(
-            f"SELECT {_COLUMNS} FROM partition_skips WHERE status = 'pending' "
-            "ORDER BY requested_at, request_id LIMIT :limit"
-        ),
+    return await all_of(
+        connection,
+        f"SELECT {_COLUMNS} FROM partition_skips WHERE status = 'pending' "
+        "ORDER BY requested_at, request_id LIMIT :limit",
         {"limit": limit},
+        _request,
     )
-    return [_request(row) for row in result]
 
 
 async def finish_skip(
