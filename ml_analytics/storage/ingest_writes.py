@@ -105,20 +105,23 @@ async def ledger_floor(connection: AsyncConnection) -> date | None:
 
 
 @dataclass(frozen=True, slots=True)
-class TransactionsRecorded:
+class Recorded:
+    """What one write of events changed: how many were new, and the products they changed
+    (with new demand for transactions, with a new current stock for stock levels)."""
+
     new_events: int
-    products_with_new_demand: list[str]
+    products_changed: list[str]
 
 
 async def record_transactions(
     connection: asyncpg.Connection, rows: Sequence[TransactionRow]
-) -> TransactionsRecorded:
+) -> Recorded:
     """Count the transactions not seen before into the daily aggregates.
 
     `rows` must not repeat an event_id (the caller drops in-batch duplicates).
     """
     if not rows:
-        return TransactionsRecorded(0, [])
+        return Recorded(0, [])
     arguments = (
         [row.event_id for row in rows],
         [row.product_id for row in rows],
@@ -142,7 +145,7 @@ async def record_transactions(
                 "again against its new floor"
             ) from again
     assert record is not None
-    return TransactionsRecorded(int(record["new_events"]), list(record["products"]))
+    return Recorded(int(record["new_events"]), list(record["products"]))
 
 
 _INSERT_STOCK_SNAPSHOTS = f"""
@@ -188,22 +191,16 @@ SELECT (SELECT count(*) FROM new_snapshots) AS new_snapshots,
 """
 
 
-@dataclass(frozen=True, slots=True)
-class SnapshotsRecorded:
-    new_snapshots: int
-    products_with_new_stock: list[str]
-
-
 async def record_stock_snapshots(
     connection: asyncpg.Connection, rows: Sequence[StockSnapshot]
-) -> SnapshotsRecorded:
+) -> Recorded:
     """Keep every new snapshot as history; make it current where its as_of is the newest.
 
     A late snapshot (older than the current one) is kept but changes nothing current.
     `rows` must not repeat an event_id.
     """
     if not rows:
-        return SnapshotsRecorded(0, [])
+        return Recorded(0, [])
     record = await connection.fetchrow(
         _INSERT_STOCK_SNAPSHOTS,
         [row.event_id for row in rows],
@@ -216,4 +213,4 @@ async def record_stock_snapshots(
         [row.target_service_level for row in rows],
     )
     assert record is not None
-    return SnapshotsRecorded(int(record["new_snapshots"]), list(record["products_made_current"]))
+    return Recorded(int(record["new_snapshots"]), list(record["products_made_current"]))

@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence, Sized
 from dataclasses import dataclass, field
 from datetime import date, datetime, tzinfo
 from typing import Any, Protocol, TypeVar
@@ -26,6 +26,7 @@ from ml_analytics.storage.database import is_transient
 from ml_analytics.storage.demand import StockSnapshot
 from ml_analytics.storage.ingest_writes import (
     LedgerFloorMoved,
+    Recorded,
     TransactionRow,
     ledger_floor,
     record_stock_snapshots,
@@ -102,26 +103,36 @@ async def record_batch(
     return total
 
 
+def _outcome(
+    role: str,
+    rows: Sized,
+    recorded: Recorded,
+    *,
+    new_demand: frozenset[str] = frozenset(),
+    new_stock: frozenset[str] = frozenset(),
+) -> BatchOutcome:
+    """One topic's rows written: the events counted, those seen before, and the products
+    with new demand or a new current stock."""
+    return BatchOutcome(
+        counted={role: recorded.new_events},
+        seen_before={role: len(rows) - recorded.new_events},
+        products_with_new_stock=new_stock,
+        products_with_new_demand=new_demand,
+    )
+
+
 async def write_transactions(
     connection: asyncpg.Connection, rows: list[TransactionRow]
 ) -> BatchOutcome:
     recorded = await record_transactions(connection, rows)
-    return BatchOutcome(
-        counted={"transactions": recorded.new_events},
-        seen_before={"transactions": len(rows) - recorded.new_events},
-        products_with_new_demand=frozenset(recorded.products_with_new_demand),
-    )
+    return _outcome("transactions", rows, recorded, new_demand=frozenset(recorded.products_changed))
 
 
 async def write_stock_levels(
     connection: asyncpg.Connection, rows: list[StockSnapshot]
 ) -> BatchOutcome:
     recorded = await record_stock_snapshots(connection, rows)
-    return BatchOutcome(
-        counted={"stock_levels": recorded.new_snapshots},
-        seen_before={"stock_levels": len(rows) - recorded.new_snapshots},
-        products_with_new_stock=frozenset(recorded.products_with_new_stock),
-    )
+    return _outcome("stock_levels", rows, recorded, new_stock=frozenset(recorded.products_changed))
 
 
 @dataclass(frozen=True, slots=True)
