@@ -1,4 +1,5 @@
-"""Helpers the integration and end-to-end tests share: publish, wait, read topics."""
+"""Helpers the integration and end-to-end tests share: publish, wait, read topics, the
+database and the consumer group's offsets."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any, TypeVar
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ml_analytics.consumers.broker import build_broker
@@ -138,8 +140,6 @@ async def read_all(settings: Settings, topic: str, idle_seconds: float = 2.0) ->
 
 
 async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> list[Any]:
-    from aiokafka import TopicPartition
-
     for _ in range(50):
         found = consumer.partitions_for_topic(topic)
         if found:
@@ -166,6 +166,51 @@ async def wait_until(
         await asyncio.sleep(interval)
         value = await probe()
     return value
+
+
+async def metric_reaches(
+    service: Any, name: str, at_least: float, *, timeout: float, what: str, **labels: str
+) -> float:
+    """Wait until the service process's metric `name` (with `labels`) is `at_least`."""
+    return await wait_until(
+        lambda: asyncio.to_thread(service.metric, name, **labels),
+        lambda value: value >= at_least,
+        timeout=timeout,
+        what=what,
+    )
+
+
+async def scalar(engine: AsyncEngine, query: str, **parameters: Any) -> Any:
+    """The one value `query` reads (None when it finds no row)."""
+    async with engine.connect() as connection:
+        return (await connection.execute(text(query), parameters)).scalar_one_or_none()
+
+
+async def ledger_count(engine: AsyncEngine, prefix: str = "") -> int:
+    """Transactions counted (each event once), of the event ids that start with `prefix`."""
+    return int(
+        await scalar(
+            engine, "SELECT count(*) FROM transaction_events WHERE event_id LIKE :p", p=f"{prefix}%"
+        )
+    )
+
+
+async def committed_offset(settings: Settings, partition: int) -> int | None:
+    """The service's consumer group's committed offset of a transactions partition, read
+    by a consumer of the group that does not join it."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        group_id=settings.group_id,
+        enable_auto_commit=False,
+    )
+    await consumer.start()
+    try:
+        offset: int | None = await consumer.committed(
+            TopicPartition(settings.transactions_topic, partition)
+        )
+        return offset
+    finally:
+        await consumer.stop()
 
 
 @asynccontextmanager

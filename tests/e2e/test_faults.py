@@ -12,8 +12,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ml_analytics.consumers.admin import ensure_topics
@@ -21,13 +19,19 @@ from ml_analytics.devstack import EmbeddedBroker, ServiceProcess, free_port
 from ml_analytics.settings import Settings
 from ml_analytics.storage.database import create_engine
 from tests.conftest import make_settings
-from tests.e2e.test_service_process import (
-    expected_totals,
+from tests.e2e.test_service_process import expected_totals, make_events, stored_totals
+from tests.helpers import (
+    committed_offset,
+    keyed,
     ledger_count,
-    make_events,
-    stored_totals,
+    metric_reaches,
+    publish,
+    read_topic,
+    running_ingestion,
+    scalar,
+    unique,
+    wait_until,
 )
-from tests.helpers import keyed, publish, read_topic, running_ingestion, unique, wait_until
 from tests.proxy import TcpProxy
 from tests.services import StackServices
 
@@ -143,20 +147,8 @@ async def test_a_poison_message_goes_to_dead_letters_and_its_partition_moves_on(
         poisoned_partition = letter["partition"]
 
         async def committed_past_the_good_events() -> bool:
-            # A consumer of the service's group that does not join it: it only reads
-            # the group's committed offset. The poison is at the dead letter's offset,
-            # the 50 good events right behind it.
-            consumer = AIOKafkaConsumer(
-                bootstrap_servers=settings.kafka_bootstrap_servers,
-                group_id=settings.group_id,
-                enable_auto_commit=False,
-            )
-            await consumer.start()
-            try:
-                partition = TopicPartition(settings.transactions_topic, poisoned_partition)
-                return await consumer.committed(partition) == letter["offset"] + 51
-            finally:
-                await consumer.stop()
+            # The poison is at the dead letter's offset, the 50 good events right behind it.
+            return await committed_offset(settings, poisoned_partition) == letter["offset"] + 51
 
         await wait_until(
             committed_past_the_good_events, bool, timeout=30, what="the partition committed past it"
@@ -200,11 +192,11 @@ async def test_fits_past_worker_timeout_never_stop_ingestion(
         await asyncio.to_thread(service.wait_healthy)
         await owns_all_partitions(service, settings)
         await publish(settings, settings.transactions_topic, keyed(events[:half]))
-        await wait_until(
-            lambda: asyncio.to_thread(
-                service.metric, "ml_analytics_model_fits_total", result="failed"
-            ),
-            lambda n: n >= 3,
+        await metric_reaches(
+            service,
+            "ml_analytics_model_fits_total",
+            3,
+            result="failed",
             timeout=60,
             what="fits timing out",
         )
@@ -215,11 +207,7 @@ async def test_fits_past_worker_timeout_never_stop_ingestion(
         )
         seconds = time.monotonic() - started
         failed = service.metric("ml_analytics_model_fits_total", result="failed")
-        async with engine.connect() as connection:
-            models = (
-                await connection.execute(text("SELECT count(*) FROM product_models"))
-            ).scalar_one()
-        assert models == 0
+        assert await scalar(engine, "SELECT count(*) FROM product_models") == 0
         assert service.process is not None and service.process.poll() is None
         async with httpx.AsyncClient(base_url=service.url, timeout=5) as client:
             assert (await client.get("/health")).status_code == 200

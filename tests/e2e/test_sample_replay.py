@@ -14,7 +14,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ml_analytics.replay import replay_file
 from ml_analytics.settings import Settings
-from tests.helpers import read_topic, running_ingestion, running_service, wait_until
+from tests.helpers import (
+    ledger_count,
+    read_topic,
+    running_ingestion,
+    running_service,
+    scalar,
+    wait_until,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -50,16 +57,11 @@ async def test_replay_of_the_sample_reproduces_its_daily_demand(
     async with running_ingestion(london, engine):
         result = await replay_file(DATA / "transactions.csv.gz", london, progress=False)
 
-        async def counted() -> int:
-            async with engine.connect() as connection:
-                return int(
-                    (
-                        await connection.execute(text("SELECT count(*) FROM transaction_events"))
-                    ).scalar_one()
-                )
-
         await wait_until(
-            counted, lambda n: n == result.published, timeout=120, what="the whole sample"
+            lambda: ledger_count(engine),
+            lambda n: n == result.published,
+            timeout=120,
+            what="the whole sample",
         )
     stored = await stored_daily_demand(engine)
     assert result.published == 206_254
@@ -93,16 +95,12 @@ async def test_replay_of_the_sample_trains_models_while_ingestion_continues(
         )
         await replay_file(DATA / "stock_levels.csv", settings, progress=False)
 
-        async def models() -> int:
-            async with engine.connect() as connection:
-                return int(
-                    (
-                        await connection.execute(text("SELECT count(*) FROM product_models"))
-                    ).scalar_one()
-                )
-
         await wait_until(
-            models, lambda n: n == 600, timeout=300, interval=1, what="a model per product"
+            lambda: scalar(engine, "SELECT count(*) FROM product_models"),
+            lambda n: n == 600,
+            timeout=300,
+            interval=1,
+            what="a model per product",
         )
         # A product whose level changes publishes again: read until every product is seen.
         events = await read_topic(

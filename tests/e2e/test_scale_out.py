@@ -14,14 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ml_analytics.devstack import ServiceProcess
 from ml_analytics.replay import replay_file
 from ml_analytics.settings import Settings
 from tests.e2e.test_sample_replay import DATA, published_daily_demand, stored_daily_demand
-from tests.helpers import read_all, wait_until
+from tests.helpers import read_all, scalar, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -32,11 +31,6 @@ REPLICA_ENV = {
     "INGEST_BATCH_MAX_RECORDS": "2000",
     "LOG_LEVEL": "INFO",
 }
-
-
-async def count(engine: AsyncEngine, sql: str) -> int:
-    async with engine.connect() as connection:
-        return int((await connection.execute(text(sql))).scalar_one())
 
 
 def training_spans(logs: list[Path]) -> dict[str, list[tuple[float, float, str]]]:
@@ -93,7 +87,7 @@ async def test_replicas_stopped_killed_and_added_during_a_replay_lose_and_duplic
         stock = await replay_file(DATA / "stock_levels.csv", london, progress=False)
 
         await wait_until(
-            lambda: count(engine, "SELECT count(*) FROM transaction_events"),
+            lambda: scalar(engine, "SELECT count(*) FROM transaction_events"),
             lambda n: n == sent.published,
             timeout=240,
             interval=1,
@@ -102,14 +96,14 @@ async def test_replicas_stopped_killed_and_added_during_a_replay_lose_and_duplic
         assert sent.published == 206_254
         assert await stored_daily_demand(engine) == published_daily_demand()
         await wait_until(
-            lambda: count(engine, "SELECT count(*) FROM stock_snapshots"),
+            lambda: scalar(engine, "SELECT count(*) FROM stock_snapshots"),
             lambda n: n == stock.published,
             timeout=60,
             what="every stock level stored",
         )
         # Enough training and risk publishing to have crossed the kill and the rebalances.
         await wait_until(
-            lambda: count(
+            lambda: scalar(
                 engine, "SELECT count(*) FROM risk_outbox WHERE published_at IS NOT NULL"
             ),
             lambda n: n >= 100,

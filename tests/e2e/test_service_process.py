@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ml_analytics.devstack import ServiceProcess, free_port
 from ml_analytics.settings import Settings
-from tests.helpers import keyed, publish, unique, wait_until
+from tests.helpers import keyed, ledger_count, metric_reaches, publish, unique, wait_until
 from tests.processes import children_of
 
 pytestmark = pytest.mark.integration
@@ -61,13 +61,6 @@ async def stored_totals(engine: AsyncEngine) -> dict[tuple[str, str], tuple[floa
             )
             for row in rows
         }
-
-
-async def ledger_count(engine: AsyncEngine) -> int:
-    async with engine.connect() as connection:
-        return int(
-            (await connection.execute(text("SELECT count(*) FROM transaction_events"))).scalar_one()
-        )
 
 
 async def publish_paced(
@@ -328,11 +321,11 @@ async def test_fit_workers_end_with_a_service_killed_mid_fit(
     try:
         await asyncio.to_thread(service.wait_healthy)
         await publish(settings, settings.transactions_topic, keyed(events))
-        await wait_until(
-            lambda: asyncio.to_thread(
-                service.metric, "ml_analytics_model_fits_total", result="started"
-            ),
-            lambda n: n >= 1,
+        await metric_reaches(
+            service,
+            "ml_analytics_model_fits_total",
+            1,
+            result="started",
             timeout=90,
             what="fits under way",
         )

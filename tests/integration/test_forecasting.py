@@ -10,11 +10,18 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ml_analytics.settings import Settings
-from tests.helpers import keyed, publish, read_topic, running_service, unique, wait_until
+from tests.helpers import (
+    keyed,
+    publish,
+    read_topic,
+    running_service,
+    scalar,
+    unique,
+    wait_until,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -55,10 +62,7 @@ def stock_level(
 
 
 async def models_trained(engine: AsyncEngine) -> int:
-    async with engine.connect() as connection:
-        return int(
-            (await connection.execute(text("SELECT count(*) FROM product_models"))).scalar_one()
-        )
+    return int(await scalar(engine, "SELECT count(*) FROM product_models"))
 
 
 async def risk_events(
@@ -192,13 +196,9 @@ async def test_a_product_that_stops_selling_is_retrained_and_reassessed_as_the_c
     second_half = [e for e in both if e not in first_half and e["product_id"] == seller]
 
     async def trained_through(product_id: str) -> str | None:
-        async with engine.connect() as connection:
-            value = (
-                await connection.execute(
-                    text("SELECT trained_through FROM product_models WHERE product_id = :p"),
-                    {"p": product_id},
-                )
-            ).scalar_one_or_none()
+        value = await scalar(
+            engine, "SELECT trained_through FROM product_models WHERE product_id = :p", p=product_id
+        )
         return None if value is None else str(value)
 
     async with running_service(settings, engine):

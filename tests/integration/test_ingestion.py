@@ -19,7 +19,15 @@ from ml_analytics.settings import Settings
 from ml_analytics.storage.database import create_engine, migrate
 from ml_analytics.storage.demand import daily_demand_series, latest_stock_snapshot
 from tests.conftest import make_settings
-from tests.helpers import keyed, publish, read_topic, running_ingestion, unique, wait_until
+from tests.helpers import (
+    keyed,
+    ledger_count,
+    publish,
+    read_topic,
+    running_ingestion,
+    unique,
+    wait_until,
+)
 from tests.services import StackServices
 
 pytestmark = pytest.mark.integration
@@ -27,13 +35,6 @@ pytestmark = pytest.mark.integration
 
 async def _value(counter: object) -> float:
     return float(counter._value.get())  # type: ignore[attr-defined]
-
-
-async def ledger_count(engine: AsyncEngine) -> int:
-    async with engine.connect() as connection:
-        return int(
-            (await connection.execute(text("SELECT count(*) FROM transaction_events"))).scalar_one()
-        )
 
 
 async def series(engine: AsyncEngine, product_id: str) -> list[tuple[str, float, int]]:

@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ml_analytics import metrics
 from ml_analytics.settings import Settings
-from tests.helpers import read_topic, running_ingestion, unique, wait_until
+from tests.helpers import ledger_count, read_topic, running_ingestion, unique, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -133,14 +133,7 @@ async def test_every_codec_from_librdkafka_and_aiokafka_is_counted_exactly_once(
             timeout=60,
             what="every codec's events counted",
         )
-    async with engine.connect() as connection:
-        ledger = (
-            await connection.execute(
-                text("SELECT count(*) FROM transaction_events WHERE event_id LIKE :t"),
-                {"t": f"{tag}-%"},
-            )
-        ).scalar_one()
-    assert ledger == len(sent) == 2000
+    assert await ledger_count(engine, f"{tag}-") == len(sent) == 2000
 
 
 async def test_tombstones_and_keys_other_than_the_product_are_handled_as_documented(
@@ -199,11 +192,4 @@ async def test_a_transactional_producer_s_committed_events_are_counted_once(
         await asyncio.to_thread(publish_in_transactions)
         expected = expected_totals(first + second)
         await wait_until(lambda: stored_totals(engine, tag), lambda found: found == expected)
-    async with engine.connect() as connection:
-        ledger = (
-            await connection.execute(
-                text("SELECT count(*) FROM transaction_events WHERE event_id LIKE :t"),
-                {"t": f"{tag}-%"},
-            )
-        ).scalar_one()
-    assert ledger == 200
+    assert await ledger_count(engine, f"{tag}-") == 200

@@ -13,13 +13,13 @@ from datetime import UTC, datetime
 import aiokafka.codec
 import httpx
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ml_analytics import metrics
 from ml_analytics.settings import Settings
 from tests.helpers import (
+    committed_offset,
+    ledger_count,
     publish_to_partition,
     read_topic,
     running_service,
@@ -37,18 +37,6 @@ def transaction(event_id: str, product: str) -> bytes:
     return json.dumps(
         {"event_id": event_id, "product_id": product, "occurred_at": day, "quantity_units": 1}
     ).encode()
-
-
-async def counted(engine: AsyncEngine, prefix: str) -> int:
-    async with engine.connect() as connection:
-        return int(
-            (
-                await connection.execute(
-                    text("SELECT count(*) FROM transaction_events WHERE event_id LIKE :p"),
-                    {"p": f"{prefix}%"},
-                )
-            ).scalar_one()
-        )
 
 
 async def skip(settings: Settings, offset: int) -> tuple[int, str]:
@@ -74,19 +62,6 @@ async def skip(settings: Settings, offset: int) -> tuple[int, str]:
     )
     output, _ = await process.communicate()
     return process.returncode or 0, output.decode()
-
-
-async def committed(settings: Settings, partition: int) -> int | None:
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap_servers,
-        group_id=settings.group_id,
-        enable_auto_commit=False,
-    )
-    await consumer.start()
-    try:
-        return await consumer.committed(TopicPartition(settings.transactions_topic, partition))
-    finally:
-        await consumer.stop()
 
 
 async def test_undecodable_batch_stalls_only_its_partition_until_an_operator_skips_it(
@@ -118,8 +93,8 @@ async def test_undecodable_batch_stalls_only_its_partition_until_an_operator_ski
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://api") as api:
             # Every other partition's events, and the stuck one's up to the bad batch.
-            await wait_until(lambda: counted(engine, f"{tag}-else"), lambda n: n == 25)
-            await wait_until(lambda: counted(engine, f"{tag}-before"), lambda n: n == 10)
+            await wait_until(lambda: ledger_count(engine, f"{tag}-else"), lambda n: n == 25)
+            await wait_until(lambda: ledger_count(engine, f"{tag}-before"), lambda n: n == 10)
 
             async def readiness() -> httpx.Response:
                 return await api.get("/ready")
@@ -134,7 +109,9 @@ async def test_undecodable_batch_stalls_only_its_partition_until_an_operator_ski
             assert "ml-analytics skip" in detail
             assert errors._value.get() == errors_at_start + 1  # once, not once per fetch
             await asyncio.sleep(1)
-            assert await counted(engine, f"{tag}-after") == 0  # nothing behind it skipped silently
+            assert (
+                await ledger_count(engine, f"{tag}-after") == 0
+            )  # nothing behind it skipped silently
 
             # A wrong offset is refused: no good record can be skipped by a typo.
             code, output = await skip(settings, 5)
@@ -145,9 +122,9 @@ async def test_undecodable_batch_stalls_only_its_partition_until_an_operator_ski
             code, output = await skip(settings, 12)
             assert code == 0, output
             assert f"skipped offsets 10..13 of {topic}[{STUCK}]" in output
-            await wait_until(lambda: counted(engine, f"{tag}-after"), lambda n: n == 10)
+            await wait_until(lambda: ledger_count(engine, f"{tag}-after"), lambda n: n == 10)
             await wait_until(readiness, lambda r: r.status_code == 200, timeout=20)
-            assert await counted(engine, f"{tag}-bad") == 0
+            assert await ledger_count(engine, f"{tag}-bad") == 0
 
     letters = [
         json.loads(record.value)
@@ -158,4 +135,4 @@ async def test_undecodable_batch_stalls_only_its_partition_until_an_operator_ski
     assert (letter["offset"], letter["last_offset"]) == (10, 13)
     assert "skipped by an operator (ml-analytics skip, request" in letter["error"]
     assert "(test)" in letter["error"] and "UnsupportedCodecError" in letter["error"]
-    assert await committed(settings, STUCK) == 24
+    assert await committed_offset(settings, STUCK) == 24
