@@ -159,44 +159,30 @@ def test_stock_level_with_lead_time_and_zero_stock_is_accepted() -> None:
     assert level.as_of_instant(ZoneInfo("UTC")).utcoffset() == timedelta(hours=2)
 
 
-def test_dead_letter_keeps_non_utf8_bytes_as_base64() -> None:
-    letter = DeadLetter.for_record(
-        topic="t",
-        partition=3,
-        offset=17,
-        key=b"\xffkey",
-        value=b"\x00\xff",
-        error="value is not valid UTF-8",
-        failed_at=datetime(2026, 11, 1, tzinfo=UTC),
-    )
-    assert letter.value == "AP8="
-    assert letter.value_encoding == "base64"
-    assert letter.key_encoding == "base64"
-    text_letter = DeadLetter.for_record(
-        topic="t",
-        partition=0,
-        offset=0,
-        key=b"SKU",
-        value=b"oops",
-        error="e",
-        failed_at=datetime(2026, 11, 1, tzinfo=UTC),
-    )
-    assert (text_letter.key, text_letter.value, text_letter.value_encoding) == (
-        "SKU",
-        "oops",
-        "utf-8",
-    )
-
-
-def _letter(key: bytes | None, value: bytes | None) -> DeadLetter:
+def _letter(
+    key: bytes | None, value: bytes | None, error: str = "value is not valid JSON"
+) -> DeadLetter:
     return DeadLetter.for_record(
         topic="t",
         partition=0,
         offset=9,
         key=key,
         value=value,
-        error="value is not valid JSON",
+        error=error,
         failed_at=datetime(2026, 11, 1, tzinfo=UTC),
+    )
+
+
+def test_dead_letter_keeps_non_utf8_bytes_as_base64() -> None:
+    letter = _letter(b"\xffkey", b"\x00\xff", error="value is not valid UTF-8")
+    assert letter.value == "AP8="
+    assert letter.value_encoding == "base64"
+    assert letter.key_encoding == "base64"
+    text_letter = _letter(b"SKU", b"oops")
+    assert (text_letter.key, text_letter.value, text_letter.value_encoding) == (
+        "SKU",
+        "oops",
+        "utf-8",
     )
 
 

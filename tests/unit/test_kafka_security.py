@@ -15,6 +15,16 @@ def settings(**values: object) -> Settings:
     return Settings(_env_file=None, **values)  # type: ignore[arg-type, call-arg]
 
 
+def sasl_settings(protocol: str, **values: object) -> Settings:
+    """SASL over `protocol` with the user svc and the password secret."""
+    return settings(
+        kafka_security_protocol=protocol,
+        kafka_sasl_username="svc",
+        kafka_sasl_password="secret",
+        **values,
+    )
+
+
 def test_plaintext_adds_nothing() -> None:
     options = kafka_client_options(settings(kafka_bootstrap_servers="k:9092"), "admin")
     assert options == {"bootstrap_servers": "k:9092", "client_id": "ml-analytics-admin"}
@@ -22,12 +32,8 @@ def test_plaintext_adds_nothing() -> None:
 
 def test_sasl_ssl_with_scram_passes_mechanism_credentials_and_tls() -> None:
     options = kafka_client_options(
-        settings(
-            kafka_security_protocol="SASL_SSL",
-            kafka_sasl_mechanism="SCRAM-SHA-512",
-            kafka_sasl_username="svc",
-            kafka_sasl_password="secret",
-            kafka_ssl_check_hostname=False,
+        sasl_settings(
+            "SASL_SSL", kafka_sasl_mechanism="SCRAM-SHA-512", kafka_ssl_check_hostname=False
         )
     )
     assert options["security_protocol"] == "SASL_SSL"
@@ -38,13 +44,7 @@ def test_sasl_ssl_with_scram_passes_mechanism_credentials_and_tls() -> None:
 
 
 def test_sasl_plaintext_has_no_tls_and_ssl_alone_has_no_sasl() -> None:
-    sasl = kafka_client_options(
-        settings(
-            kafka_security_protocol="SASL_PLAINTEXT",
-            kafka_sasl_username="svc",
-            kafka_sasl_password="secret",
-        )
-    )
+    sasl = kafka_client_options(sasl_settings("SASL_PLAINTEXT"))
     assert (sasl["security_protocol"], sasl["sasl_mechanism"]) == ("SASL_PLAINTEXT", "PLAIN")
     assert sasl["ssl_context"] is None
     tls = kafka_client_options(settings(kafka_security_protocol="SSL"))
