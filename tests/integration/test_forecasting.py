@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import date, timedelta
 from typing import Any
 
@@ -72,26 +74,29 @@ async def risk_events(
     return [json.loads(record.value) for record in records]
 
 
-async def train_two_steady_products(
-    settings: Settings, engine: AsyncEngine, first: str, second: str, seed: int
-) -> None:
-    """~20 units a day for DAYS days each, published; returns once both have a model."""
-    await publish(
-        settings,
-        settings.transactions_topic,
-        keyed(steady_demand(first, 20, seed=seed) + steady_demand(second, 20, seed=seed + 1)),
-    )
-    await wait_until(
-        lambda: models_trained(engine), lambda n: n == 2, timeout=90, what="two models"
-    )
+@asynccontextmanager
+async def two_steady_products_trained(
+    settings: Settings, engine: AsyncEngine, seed: int
+) -> AsyncIterator[tuple[Any, str, str]]:
+    """The service running, with two products of ~20 units a day for DAYS days each
+    published and both trained; yields the app and the two products' ids."""
+    short, plenty = unique("short"), unique("plenty")
+    async with running_service(settings, engine) as app:
+        await publish(
+            settings,
+            settings.transactions_topic,
+            keyed(steady_demand(short, 20, seed=seed) + steady_demand(plenty, 20, seed=seed + 1)),
+        )
+        await wait_until(
+            lambda: models_trained(engine), lambda n: n == 2, timeout=90, what="two models"
+        )
+        yield app, short, plenty
 
 
 async def test_steady_demand_with_little_stock_raises_high_risk_and_a_refill_clears_it(
     settings: Settings, engine: AsyncEngine
 ) -> None:
-    short, plenty = unique("short"), unique("plenty")
-    async with running_service(settings, engine) as app:
-        await train_two_steady_products(settings, engine, short, plenty, seed=1)
+    async with two_steady_products_trained(settings, engine, seed=1) as (app, short, plenty):
         as_of = f"{LAST_DAY}T18:00:00Z"
         await publish(
             settings,

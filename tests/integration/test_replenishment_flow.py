@@ -16,8 +16,8 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ml_analytics.settings import Settings
-from tests.helpers import keyed, publish, running_service, unique
-from tests.integration.test_forecasting import LAST_DAY, risk_events, train_two_steady_products
+from tests.helpers import keyed, publish
+from tests.integration.test_forecasting import LAST_DAY, risk_events, two_steady_products_trained
 
 pytestmark = pytest.mark.integration
 
@@ -36,9 +36,7 @@ def level(product: str, tag: str, units: float, **fields: Any) -> dict[str, Any]
 async def test_stock_levels_with_orders_get_recommendations_on_the_topic_and_the_api(
     settings: Settings, engine: AsyncEngine
 ) -> None:
-    short, plenty = unique("short"), unique("plenty")
-    async with running_service(settings, engine) as app:
-        await train_two_steady_products(settings, engine, short, plenty, seed=5)
+    async with two_steady_products_trained(settings, engine, seed=5) as (app, short, plenty):
         await publish(
             settings,
             settings.stock_levels_topic,

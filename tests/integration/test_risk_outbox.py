@@ -61,27 +61,28 @@ async def outbox_levels(engine: AsyncEngine, product: str) -> list[str]:
         return [row[0] for row in rows]
 
 
+@pytest.fixture
+def risk(settings: Settings, engine: AsyncEngine) -> RiskService:
+    """The risk service, publishing to the test's stockout-risk topic."""
+    publisher = declare_publishers(build_broker(settings), settings)["stockout_risk"]
+    return RiskService(engine, publisher, settings)
+
+
 async def test_concurrent_assessments_of_one_product_queue_its_first_event_once(
-    settings: Settings, engine: AsyncEngine
+    engine: AsyncEngine, risk: RiskService
 ) -> None:
     product = unique("race")
     await store_model_and_stock(engine, product, stock=100)
-    risk = RiskService(
-        engine, declare_publishers(build_broker(settings), settings)["stockout_risk"], settings
-    )
     queued = await asyncio.gather(*(risk.reassess([product]) for _ in range(5)))
     assert sum(queued) == 1
     assert await outbox_levels(engine, product) == ["high"]  # 20 a day against 100 over 10 days
 
 
 async def test_same_level_again_queues_nothing_and_a_change_queues_one(
-    settings: Settings, engine: AsyncEngine
+    engine: AsyncEngine, risk: RiskService
 ) -> None:
     product = unique("steady")
     await store_model_and_stock(engine, product, stock=100)
-    risk = RiskService(
-        engine, declare_publishers(build_broker(settings), settings)["stockout_risk"], settings
-    )
     assert await risk.reassess([product]) == 1
     assert await risk.reassess([product]) == 0
     await record_stock(engine, product, "refill", datetime(2026, 9, 28, 20, tzinfo=UTC), 10_000)
@@ -90,12 +91,9 @@ async def test_same_level_again_queues_nothing_and_a_change_queues_one(
 
 
 async def test_published_events_are_pruned_after_the_retention_and_queued_ones_never(
-    settings: Settings, engine: AsyncEngine
+    engine: AsyncEngine, risk: RiskService
 ) -> None:
     old, fresh, queued = unique("old"), unique("fresh"), unique("queued")
-    risk = RiskService(
-        engine, declare_publishers(build_broker(settings), settings)["stockout_risk"], settings
-    )
     for product in (old, fresh, queued):
         await store_model_and_stock(engine, product, stock=100)
         assert await risk.reassess([product]) == 1
