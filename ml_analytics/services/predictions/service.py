@@ -19,6 +19,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, date, datetime, timedelta
+from typing import Any
 
 import numpy as np
 from pydantic import BaseModel
@@ -99,15 +100,8 @@ class PredictionService:
         history = await self._history(product_id, points)
         config = self._config(horizon_days)
         check_enough(history, config)
-        version = await self._forecasts.current_version()
-        key = cache_key(
-            "forecast/demand",
-            product_id,
-            horizon_days,
-            history.digest(),
-            config,
-            forecaster,
-            version,
+        key = await self._cache_key(
+            "forecast/demand", product_id, horizon_days, history, config, forecaster
         )
 
         async def compute() -> BaseModel:
@@ -183,15 +177,13 @@ class PredictionService:
         config = self._config(max(horizon_days, skip + window, 1))
         check_enough(history, config)
         observed = history.units_after(snapshot_day)
-        version = await self._forecasts.current_version()
-        key = cache_key(
+        key = await self._cache_key(
             "predict/stockout",
             product_id,
             horizon_days,
-            history.digest(),
+            history,
             config,
             forecaster,
-            version,
             stock_units,
             snapshot_day.isoformat(),
             window,
@@ -247,6 +239,30 @@ class PredictionService:
 
     def _config(self, horizon_days: int) -> ForecastConfig:
         return dataclasses.replace(forecast_config(self._settings), horizon_days=horizon_days)
+
+    async def _cache_key(
+        self,
+        endpoint: str,
+        product_id: str,
+        horizon_days: int,
+        history: DemandHistory,
+        config: ForecastConfig,
+        forecaster: str,
+        *request_parts: Any,
+    ) -> str:
+        """The request's cache key: the history actually used, the model settings, the
+        current global model's version, then the endpoint's own `request_parts`."""
+        version = await self._forecasts.current_version()
+        return cache_key(
+            endpoint,
+            product_id,
+            horizon_days,
+            history.digest(),
+            config,
+            forecaster,
+            version,
+            *request_parts,
+        )
 
     async def _history(
         self, product_id: str, points: list[tuple[date, float]] | None
