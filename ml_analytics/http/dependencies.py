@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, TypeVar
 
 from fastapi import Depends, Path, Request
 from faststream.kafka import KafkaBroker
@@ -11,29 +12,22 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from ml_analytics.services.predictions import PredictionService
 from ml_analytics.settings import Settings
 
-
-def get_engine(request: Request) -> AsyncEngine:
-    engine: AsyncEngine = request.app.state.engine
-    return engine
+T = TypeVar("T")
 
 
-def get_broker(request: Request) -> KafkaBroker:
-    broker: KafkaBroker = request.app.state.broker
-    return broker
+def app_state(name: str, kind: type[T]) -> Callable[[Request], T]:
+    """A dependency that gives the app's `state.<name>`, a `kind` (set by create_app)."""
+
+    def from_state(request: Request) -> T:
+        value: T = getattr(request.app.state, name)
+        return value
+
+    from_state.__name__ = f"get_{name}"
+    return from_state
 
 
-def get_settings(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
-    return settings
-
-
-def get_predictions(request: Request) -> PredictionService:
-    service: PredictionService = request.app.state.predictions
-    return service
-
-
-Engine = Annotated[AsyncEngine, Depends(get_engine)]
-Broker = Annotated[KafkaBroker, Depends(get_broker)]
-AppSettings = Annotated[Settings, Depends(get_settings)]
-Predictions = Annotated[PredictionService, Depends(get_predictions)]
+Engine = Annotated[AsyncEngine, Depends(app_state("engine", AsyncEngine))]
+Broker = Annotated[KafkaBroker, Depends(app_state("broker", KafkaBroker))]
+AppSettings = Annotated[Settings, Depends(app_state("settings", Settings))]
+Predictions = Annotated[PredictionService, Depends(app_state("predictions", PredictionService))]
 ProductId = Annotated[str, Path(min_length=1, max_length=128, pattern=r"^[^\x00]+$")]
