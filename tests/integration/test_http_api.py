@@ -256,15 +256,14 @@ async def test_size_limits_answer_413_and_400(services: StackServices, database_
 async def test_predict_stockout_from_120_days_at_11_a_day_and_500_units(
     api: httpx.AsyncClient,
 ) -> None:
-    response = await api.post(
-        "/predict/stockout",
-        json={
-            "product_id": "SKU-S",
-            "current_stock_units": 500,
-            "horizon_days": 90,
-            "transaction_data": history(120),
-        },
-    )
+    async def predict(**request: Any) -> httpx.Response:
+        """A stockout prediction for SKU-S from the same 120 days of history."""
+        return await api.post(
+            "/predict/stockout",
+            json={"product_id": "SKU-S", "transaction_data": history(120), **request},
+        )
+
+    response = await predict(current_stock_units=500, horizon_days=90)
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["productId"] == "SKU-S"
@@ -286,15 +285,7 @@ async def test_predict_stockout_from_120_days_at_11_a_day_and_500_units(
     assert body["stockout_probability"] == 0
     assert body["risk_level"] == "low"
 
-    short = await api.post(
-        "/predict/stockout",
-        json={
-            "product_id": "SKU-S",
-            "current_stock_units": 100,
-            "lead_time_days": 14,
-            "transaction_data": history(120),
-        },
-    )
+    short = await predict(current_stock_units=100, lead_time_days=14)
     assert short.json()["risk_level"] == "high"
     assert short.json()["stockout_probability"] > 0.9
 
