@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, Self
 
 if TYPE_CHECKING:
     from ml_analytics.settings import Settings
@@ -51,7 +51,23 @@ def _wait_for_port(port: int, process: subprocess.Popen[Any], timeout_seconds: f
     raise TimeoutError(f"the broker did not listen on port {port} within {timeout_seconds} s")
 
 
-class EmbeddedBroker:
+class StartStop:
+    """`with` around start() and stop(), for what the dev stack starts."""
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+class EmbeddedBroker(StartStop):
     """A Tansu broker on 127.0.0.1, in memory, as a child process."""
 
     def __init__(
@@ -110,17 +126,11 @@ class EmbeddedBroker:
             self._log.close()
             self._log = None
 
-    def __enter__(self) -> EmbeddedBroker:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
-
 
 TEMP_FILE_LIMIT = "2GB"
 
 
-class EmbeddedPostgres:
+class EmbeddedPostgres(StartStop):
     """A PostgreSQL server over a unix socket, data kept in `data_dir`.
 
     The server stops when the process that started it exits (or on `stop`).
@@ -158,12 +168,6 @@ class EmbeddedPostgres:
         if self._server is not None:
             self._server._cleanup()
             self._server = None
-
-    def __enter__(self) -> EmbeddedPostgres:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
 
 
 # -- the service as its own process (end-to-end tests, benchmarks) ---------------------
