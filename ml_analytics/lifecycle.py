@@ -10,7 +10,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +38,39 @@ async def cancel_and_wait(task: asyncio.Task[Any] | None) -> None:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
+
+
+class Poller:
+    """A background task that runs `step` when woken and at least every `poll_seconds`.
+
+    `step` handles its own errors: one that escapes ends the task.
+    """
+
+    def __init__(self, step: Callable[[], Awaitable[None]], poll_seconds: float, name: str):
+        self._step = step
+        self._poll_seconds = poll_seconds
+        self._name = name
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._forever(), name=self._name)
+
+    def wake(self) -> None:
+        """Run the step now (or as soon as the one running ends)."""
+        self._wake.set()
+
+    async def stop(self) -> None:
+        await cancel_and_wait(self._task)
+        self._task = None
+
+    async def _forever(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._poll_seconds)
+            self._wake.clear()
+            await self._step()
 
 
 PARENT_WATCH_SECONDS = 1.0

@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ml_analytics import metrics
 from ml_analytics.configs import clock_through
-from ml_analytics.lifecycle import cancel_and_wait
+from ml_analytics.lifecycle import Poller
 from ml_analytics.models.backtest import (
     GlobalTraining,
     member_totals_table,
@@ -75,8 +75,7 @@ class GlobalModelService:
         self._pool = FitPool(1, 1)  # a fresh process per training: its memory goes with it
         self._directory = Path(tempfile.mkdtemp(prefix="ml-analytics-models-"))
         self.current = NO_MODEL
-        self._task: asyncio.Task[None] | None = None
-        self._wake = asyncio.Event()
+        self._follower = Poller(self._follow_step, POLL_SECONDS, "global-model")
         self._listeners: list[asyncio.Event] = []
 
     def on_new_model(self, event: asyncio.Event) -> None:
@@ -85,33 +84,27 @@ class GlobalModelService:
 
     async def start(self) -> None:
         await self.refresh()
-        if self._task is None:
-            self._task = asyncio.create_task(self._follow(), name="global-model")
+        self._follower.start()
 
     def clock_moved(self) -> None:
-        self._wake.set()
+        self._follower.wake()
 
     async def stop(self) -> None:
-        await cancel_and_wait(self._task)
-        self._task = None
+        await self._follower.stop()
         self._pool.shutdown()
         for path in self._directory.glob("*"):
             path.unlink(missing_ok=True)
         with contextlib.suppress(OSError):
             self._directory.rmdir()
 
-    async def _follow(self) -> None:
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), POLL_SECONDS)
-            self._wake.clear()
-            try:
-                if self._train_here:
-                    await self.train_if_due()
-                await self.refresh()
-            except Exception:
-                logger.exception("global model: training or loading failed; trying again later")
-                await asyncio.sleep(POLL_SECONDS)
+    async def _follow_step(self) -> None:
+        try:
+            if self._train_here:
+                await self.train_if_due()
+            await self.refresh()
+        except Exception:
+            logger.exception("global model: training or loading failed; trying again later")
+            await asyncio.sleep(POLL_SECONDS)
 
     async def refresh(self) -> CurrentModel:
         """Load the newest stored global model if it is newer than the one in hand."""
@@ -250,5 +243,5 @@ class GlobalModelService:
                 "note": training.note,
             },
         )
-        self._wake.set()  # load it
+        self._follower.wake()  # load it
         return stored

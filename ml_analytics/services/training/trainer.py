@@ -13,7 +13,6 @@ out is logged and tried again later, backing off; it never stops the service.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -24,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ml_analytics import metrics
 from ml_analytics.configs import clock_through, forecast_config, retrain_policy
-from ml_analytics.lifecycle import cancel_and_wait
+from ml_analytics.lifecycle import Poller, cancel_and_wait
 from ml_analytics.models.forecasters.base import ModelFailure
 from ml_analytics.services.training.refresh import ProductRefresher
 from ml_analytics.settings import Settings
@@ -84,8 +83,7 @@ class ModelTrainer:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._fits: set[asyncio.Task[None]] = set()
-        self._clock_task: asyncio.Task[None] | None = None
-        self._clock_wake = asyncio.Event()
+        self._clock_watch = Poller(self._follow_clock, CLOCK_POLL_SECONDS, "clock-watch")
         self._through: date | None = None  # the clock's last complete day, as last seen
         self._refresher = ProductRefresher(settings, self._pool, global_models)
 
@@ -107,15 +105,14 @@ class ModelTrainer:
         if self._task is None:
             await self._look_at_clock(changed_since_model=True)
             self._task = asyncio.create_task(self._run(), name="model-trainer")
-            self._clock_task = asyncio.create_task(self._follow_clock(), name="clock-watch")
+            self._clock_watch.start()
 
     def clock_moved(self) -> None:
         """This replica's ingestion moved the stream's clock: look at it now."""
-        self._clock_wake.set()
+        self._clock_watch.wake()
 
     async def stop(self) -> None:
-        await cancel_and_wait(self._clock_task)
-        self._clock_task = None
+        await self._clock_watch.stop()
         await cancel_and_wait(self._task)
         self._task = None
         for fit in list(self._fits):
@@ -142,17 +139,13 @@ class ModelTrainer:
     async def _follow_clock(self) -> None:
         """Products come due as the clock moves, whichever replica's events move it, and
         when a new global model arrives: look when told, and every CLOCK_POLL_SECONDS."""
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._clock_wake.wait(), CLOCK_POLL_SECONDS)
-            self._clock_wake.clear()
-            try:
-                await self._look_at_clock()
-                if self._new_global_model.is_set():
-                    self._new_global_model.clear()
-                    await self._refresh_for_global_model()
-            except Exception as error:
-                logger.warning("reading the stream clock failed", extra={"error": repr(error)})
+        try:
+            await self._look_at_clock()
+            if self._new_global_model.is_set():
+                self._new_global_model.clear()
+                await self._refresh_for_global_model()
+        except Exception as error:
+            logger.warning("reading the stream clock failed", extra={"error": repr(error)})
 
     async def _refresh_for_global_model(self) -> None:
         version = self.current_global.version
