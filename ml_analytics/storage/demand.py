@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from ml_analytics.storage.rows import all_of, from_columns, one_or_none
+from ml_analytics.storage.rows import all_of, from_fields, one_or_none
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,11 +51,11 @@ _SUMMARY_COLUMNS = (
 
 
 def _summary(row: Any) -> ProductSummary:
-    return from_columns(ProductSummary, row, numeric=["total_units"])
+    return from_fields(ProductSummary, row, numeric=["total_units"])
 
 
 def _snapshot(row: Any) -> StockSnapshot:
-    return from_columns(StockSnapshot, row, numeric=["stock_units", "on_order_units"])
+    return from_fields(StockSnapshot, row, numeric=["stock_units", "on_order_units"])
 
 
 async def product_summary(connection: AsyncConnection, product_id: str) -> ProductSummary | None:

@@ -11,7 +11,7 @@ import numpy as np
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from ml_analytics.storage.rows import from_columns, one_or_none
+from ml_analytics.storage.rows import from_fields, one_or_none
 
 
 @dataclass(frozen=True)
@@ -163,7 +163,7 @@ async def load_model(connection: AsyncConnection, product_id: str) -> StoredMode
 
 def _stored_model(row: Any) -> StoredModel:
     paths = np.frombuffer(row.sample_paths, dtype=np.float32).reshape(row.path_count, len(row.yhat))
-    return from_columns(
+    return from_fields(
         StoredModel,
         row,
         numeric=["units_seen"],

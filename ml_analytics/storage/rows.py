@@ -1,5 +1,5 @@
 """Rows into records: the one row a query finds (or none), every row it finds, and a
-dataclass from a row."""
+dataclass from a row (or from another record)."""
 
 from __future__ import annotations
 
@@ -38,19 +38,20 @@ async def all_of(
     return [record(row) for row in await connection.execute(text(query), dict(parameters))]
 
 
-def from_columns(
-    kind: type[Dataclass], row: Any, *, numeric: Iterable[str] = (), **values: Any
+def from_fields(
+    kind: type[Dataclass], source: Any, *, numeric: Iterable[str] = (), **values: Any
 ) -> Dataclass:
-    """The dataclass `kind` from the row's columns named as its fields.
+    """The dataclass `kind` from `source`'s attributes named as its fields: a row's
+    columns, or another record's fields.
 
-    The `numeric` columns (PostgreSQL numeric, read as Decimal) become floats;
-    `values` are taken instead of the columns of their names.
+    The `numeric` ones (PostgreSQL numeric, read as Decimal) become floats; `values`
+    are taken instead of the attributes of their names.
     """
-    columns = {
-        field.name: getattr(row, field.name)
+    taken = {
+        field.name: getattr(source, field.name)
         for field in dataclasses.fields(kind)
         if field.name not in values
     }
     for name in numeric:
-        columns[name] = float(columns[name])
-    return kind(**columns, **values)
+        taken[name] = float(taken[name])
+    return kind(**taken, **values)

@@ -23,6 +23,7 @@ from ml_analytics.events import (
 )
 from ml_analytics.storage.demand import StockSnapshot
 from ml_analytics.storage.ingest_writes import TransactionRow
+from ml_analytics.storage.rows import from_fields
 
 
 class KafkaRecord(Protocol):
@@ -177,13 +178,4 @@ def stock_snapshot_row(level: StockLevel, context: SortContext) -> StockSnapshot
         problem := context.window.problem("as_of", as_of.astimezone(context.zone).date())
     ):
         raise InvalidEvent(problem)
-    return StockSnapshot(
-        event_id=level.event_id,
-        product_id=level.product_id,
-        as_of=as_of,
-        stock_units=level.stock_units,
-        lead_time_days=level.lead_time_days,
-        on_order_units=level.on_order_units,
-        order_multiple_units=level.order_multiple_units,
-        target_service_level=level.target_service_level,
-    )
+    return from_fields(StockSnapshot, level, as_of=as_of)
