@@ -26,6 +26,18 @@ def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
 
 
+def transaction(
+    event_id: str, product_id: str, occurred_at: str, units: float = 1
+) -> dict[str, Any]:
+    """A transaction event as the contract has it."""
+    return {
+        "event_id": event_id,
+        "product_id": product_id,
+        "occurred_at": occurred_at,
+        "quantity_units": units,
+    }
+
+
 def encode(event: dict[str, Any] | bytes) -> bytes:
     return event if isinstance(event, bytes) else json.dumps(event).encode()
 

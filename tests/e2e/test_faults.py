@@ -29,6 +29,7 @@ from tests.helpers import (
     read_topic,
     running_ingestion,
     scalar,
+    transaction,
     unique,
     wait_until,
 )
@@ -126,15 +127,7 @@ async def test_a_poison_message_goes_to_dead_letters_and_its_partition_moves_on(
 ) -> None:
     product = unique("poison")
     key = product.encode()
-    good = [
-        {
-            "event_id": f"{product}-{i}",
-            "product_id": product,
-            "occurred_at": "2026-11-01T10:00:00Z",
-            "quantity_units": 1,
-        }
-        for i in range(50)
-    ]
+    good = [transaction(f"{product}-{i}", product, "2026-11-01T10:00:00Z") for i in range(50)]
     # Same key, so the same partition: poison first, then the good events behind it.
     stream: list[tuple[bytes | None, dict[str, object] | bytes]] = [(key, b"\xff\xfe{not json")]
     stream += [(key, event) for event in good]

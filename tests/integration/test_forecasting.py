@@ -21,6 +21,7 @@ from tests.helpers import (
     read_topic,
     running_service,
     scalar,
+    transaction,
     unique,
     wait_until,
 )
@@ -38,14 +39,7 @@ def steady_demand(product_id: str, per_day: int, seed: int) -> list[dict[str, An
     for offset in range(DAYS):
         day = FIRST_DAY + timedelta(days=offset)
         units = max(1, per_day + rng.randint(-3, 3))
-        events.append(
-            {
-                "event_id": f"{product_id}-{offset}",
-                "product_id": product_id,
-                "occurred_at": f"{day}T12:00:00Z",
-                "quantity_units": units,
-            }
-        )
+        events.append(transaction(f"{product_id}-{offset}", product_id, f"{day}T12:00:00Z", units))
     return events
 
 

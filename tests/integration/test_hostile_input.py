@@ -28,6 +28,7 @@ from ml_analytics.settings import Settings
 from ml_analytics.storage.database import create_engine
 from tests.conftest import make_settings
 from tests.helpers import (
+    encode,
     publish,
     read_topic,
     running_service,
@@ -35,6 +36,7 @@ from tests.helpers import (
     unique,
     wait_until,
 )
+from tests.helpers import transaction as transaction_event
 from tests.services import StackServices
 
 pytestmark = pytest.mark.integration
@@ -43,14 +45,7 @@ TODAY = datetime.now(UTC).date()
 
 
 def transaction(event_id: str, product_id: str, occurred_at: str, units: float = 1) -> bytes:
-    return json.dumps(
-        {
-            "event_id": event_id,
-            "product_id": product_id,
-            "occurred_at": occurred_at,
-            "quantity_units": units,
-        }
-    ).encode()
+    return encode(transaction_event(event_id, product_id, occurred_at, units))
 
 
 def good_events(product: str, count: int) -> list[bytes]:

@@ -25,6 +25,7 @@ from tests.helpers import (
     publish,
     read_topic,
     running_ingestion,
+    transaction,
     unique,
     wait_until,
 )
@@ -41,15 +42,6 @@ async def series(engine: AsyncEngine, product_id: str) -> list[tuple[str, float,
     async with engine.connect() as connection:
         days = await daily_demand_series(connection, product_id)
     return [(d.day.isoformat(), d.quantity_units, d.transactions) for d in days]
-
-
-def transaction(event_id: str, product_id: str, occurred_at: str, units: float) -> dict[str, Any]:
-    return {
-        "event_id": event_id,
-        "product_id": product_id,
-        "occurred_at": occurred_at,
-        "quantity_units": units,
-    }
 
 
 async def test_daily_totals_are_bucketed_in_the_business_time_zone(

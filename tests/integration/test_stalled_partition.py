@@ -19,6 +19,7 @@ from ml_analytics import metrics
 from ml_analytics.settings import Settings
 from tests.helpers import (
     committed_offset,
+    encode,
     ledger_count,
     publish_to_partition,
     read_topic,
@@ -26,6 +27,7 @@ from tests.helpers import (
     unique,
     wait_until,
 )
+from tests.helpers import transaction as transaction_event
 
 pytestmark = pytest.mark.integration
 
@@ -33,10 +35,7 @@ STUCK = 1  # the partition that gets the bad batch
 
 
 def transaction(event_id: str, product: str) -> bytes:
-    day = datetime.now(UTC).date().isoformat()
-    return json.dumps(
-        {"event_id": event_id, "product_id": product, "occurred_at": day, "quantity_units": 1}
-    ).encode()
+    return encode(transaction_event(event_id, product, datetime.now(UTC).date().isoformat()))
 
 
 async def skip(settings: Settings, offset: int) -> tuple[int, str]:
