@@ -30,6 +30,18 @@ from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 
 metadata = MetaData()
 
+
+def stock_level_columns() -> list[Column[object]]:
+    """A stock level's fields beside its units, as each snapshot and each product's
+    current stock keep them (fresh Column objects for each table)."""
+    return [
+        Column("lead_time_days", Integer, nullable=True),
+        Column("on_order_units", Float, nullable=False, server_default="0"),
+        Column("order_multiple_units", Float, nullable=True),
+        Column("target_service_level", Float, nullable=True),
+    ]
+
+
 # The ledger of transactions counted: one row per event, so a redelivered or
 # re-published event is recognised and counted once. Partitioned by the event's week
 # (transaction_events_YYYYMMDD, created on demand by ensure_ledger_partitions) so
@@ -73,10 +85,7 @@ stock_snapshots = Table(
     Column("product_id", Text, nullable=False),
     Column("as_of", DateTime(timezone=True), nullable=False),
     Column("stock_units", Numeric, nullable=False),
-    Column("lead_time_days", Integer, nullable=True),
-    Column("on_order_units", Float, nullable=False, server_default="0"),
-    Column("order_multiple_units", Float, nullable=True),
-    Column("target_service_level", Float, nullable=True),
+    *stock_level_columns(),
     Column("received_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Index("ix_stock_snapshots_product_as_of", "product_id", "as_of"),
 )
@@ -96,10 +105,7 @@ products = Table(
     Column("stock_event_id", Text, nullable=True),
     Column("stock_as_of", DateTime(timezone=True), nullable=True),
     Column("stock_units", Numeric, nullable=True),
-    Column("lead_time_days", Integer, nullable=True),
-    Column("on_order_units", Float, nullable=False, server_default="0"),
-    Column("order_multiple_units", Float, nullable=True),
-    Column("target_service_level", Float, nullable=True),
+    *stock_level_columns(),
     Column("stock_updated_at", DateTime(timezone=True), nullable=True),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Index("ix_products_data_updated_at", "data_updated_at"),
