@@ -143,6 +143,24 @@ class MemoryWatch:
         self._thread.join()
 
 
+class Progress:
+    """A line every 30 s while waiting: products done, global model version."""
+
+    def __init__(self, started: float) -> None:
+        self.started = started
+        self.shown = started
+
+    def show(self, stage: str, done: int, version: int | None) -> None:
+        now = time.monotonic()
+        if now - self.shown >= 30:
+            self.shown = now
+            print(
+                f"  {stage}: {now - self.started:.0f} s, {done:,} products done, "
+                f"global model {version}",
+                flush=True,
+            )
+
+
 async def counts(engine: object, through: date, version: int | None) -> tuple[int, int | None]:
     """Products with a forecast through `through` made with global model `version`
     (the newest when None), and that version."""
@@ -256,7 +274,7 @@ async def run(args: argparse.Namespace) -> None:
             f"{time.monotonic() - started:.0f} s",
             flush=True,
         )
-        service = ServiceProcess(settings, Path(args.log), LOG_LEVEL="WARNING")
+        service = ServiceProcess(settings, Path(args.log), LOG_LEVEL=args.log_level)
         await asyncio.to_thread(service.start)
         engine = create_engine(settings)
         try:
@@ -264,10 +282,12 @@ async def run(args: argparse.Namespace) -> None:
             with MemoryWatch(service.pid) as memory:
                 started = time.monotonic()
                 version = None
+                progress = Progress(started)
                 while True:
                     done, version = await counts(engine, LAST_DAY, None)
                     if version is not None and done == args.products:
                         break
+                    progress.show("initial build", done, version)
                     await asyncio.sleep(2)
                 build = time.monotonic() - started
                 print(
@@ -294,12 +314,15 @@ async def run(args: argparse.Namespace) -> None:
                 moved = time.monotonic()
                 week_start = len(memory.samples)
                 through = LAST_DAY + timedelta(days=7)
+                progress = Progress(moved)
                 while True:
                     newest = (await counts(engine, through, None))[1]
+                    done = 0
                     if newest is not None and newest != version:
                         done, _ = await counts(engine, through, newest)
                         if done == args.products:
                             break
+                    progress.show("week's refresh", done, newest)
                     if time.monotonic() - moved > 3600:
                         raise TimeoutError("the refresh took over an hour")
                     await asyncio.sleep(2)
@@ -361,6 +384,7 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=2000.0)
     parser.add_argument("--latency-samples", type=int, default=100)
     parser.add_argument("--log", default="/tmp/ml-analytics-bench-retrain.log")
+    parser.add_argument("--log-level", default="WARNING", help="the service's LOG_LEVEL")
     asyncio.run(run(parser.parse_args()))
 
 

@@ -200,6 +200,13 @@ class Settings(BaseSettings):
     global_model_history_days: int = Field(
         default=800, ge=120, le=3660, description="Latest days the global model learns from."
     )
+    global_model_threads: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="Threads that train the global model. More than the cores ingestion and "
+        "the fits leave free make it slower, not faster.",
+    )
     global_model_timeout_seconds: float = Field(
         default=1800.0, gt=0, description="Longest one training of the global model may take."
     )

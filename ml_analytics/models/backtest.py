@@ -103,7 +103,7 @@ def backtest(panel: Panel, h: int, model: GlobalModel | None, seed: int = 11) ->
     return cases
 
 
-def train_with_backtest(panel: Panel, t: int) -> GlobalTraining:
+def train_with_backtest(panel: Panel, t: int, threads: int = 1) -> GlobalTraining:
     """The backtest at `t - BACKTEST_DAYS`, then the global model on all data before `t`.
 
     A panel too short for either gives what it can (no backtest; no model when there is
@@ -114,7 +114,7 @@ def train_with_backtest(panel: Panel, t: int) -> GlobalTraining:
     note = ""
     started = time.perf_counter()
     try:
-        earlier = train_global(panel, h)
+        earlier = train_global(panel, h, threads=threads)
     except NotEnoughData as reason:
         earlier, note = None, f"no backtest model: {reason}"
     seconds["backtest model"] = time.perf_counter() - started
@@ -124,7 +124,7 @@ def train_with_backtest(panel: Panel, t: int) -> GlobalTraining:
         seconds["backtest"] = time.perf_counter() - started
     started = time.perf_counter()
     try:
-        model: GlobalModel | None = train_global(panel, t)
+        model: GlobalModel | None = train_global(panel, t, threads=threads)
     except NotEnoughData as reason:
         model, note = None, f"no global model: {reason}"
     seconds["global model"] = time.perf_counter() - started

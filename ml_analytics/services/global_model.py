@@ -61,10 +61,10 @@ KEEP_BACKTEST_ORIGINS = 12
 POLL_SECONDS = 5.0
 
 
-def _train(data: PanelData) -> GlobalTraining:
+def _train(data: PanelData, threads: int) -> GlobalTraining:
     """Runs in a worker process."""
     panel = data.panel()
-    return train_with_backtest(panel, panel.days)
+    return train_with_backtest(panel, panel.days, threads)
 
 
 class GlobalModelService:
@@ -179,7 +179,10 @@ class GlobalModelService:
             data = await panel_data(connection, first_day, through)
         read_seconds = time.perf_counter() - started
         training: GlobalTraining = await self._pool.run(
-            self._settings.global_model_timeout_seconds, _train, data
+            self._settings.global_model_timeout_seconds,
+            _train,
+            data,
+            self._settings.global_model_threads,
         )
         origin = (
             None

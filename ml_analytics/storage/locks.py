@@ -46,3 +46,30 @@ async def advisory_lock(
                 await connection.rollback()
                 await connection.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
                 await connection.commit()
+
+
+@asynccontextmanager
+async def advisory_locks(
+    engine: AsyncEngine, keys: list[int]
+) -> AsyncIterator[tuple[set[int], AsyncConnection]]:
+    """`advisory_lock` for several keys on one connection: yields the keys taken (others
+    are held elsewhere) and the connection; they are released on leaving."""
+    async with engine.connect() as connection:
+        taken = await connection.execute(
+            text(
+                "SELECT k FROM unnest(CAST(:keys AS bigint[])) AS k WHERE pg_try_advisory_lock(k)"
+            ),
+            {"keys": keys},
+        )
+        acquired = {int(key) for key in taken.scalars()}
+        await connection.commit()
+        try:
+            yield acquired, connection
+        finally:
+            if acquired:
+                await connection.rollback()
+                await connection.execute(
+                    text("SELECT pg_advisory_unlock(k) FROM unnest(CAST(:keys AS bigint[])) AS k"),
+                    {"keys": sorted(acquired)},
+                )
+                await connection.commit()

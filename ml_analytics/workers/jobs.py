@@ -18,7 +18,12 @@ from typing import Protocol
 import numpy as np
 
 from ml_analytics.models.forecasters import prophet
-from ml_analytics.models.forecasters.base import Forecast, ForecastConfig, check_history
+from ml_analytics.models.forecasters.base import (
+    Forecast,
+    ForecastConfig,
+    ModelFailure,
+    check_history,
+)
 from ml_analytics.models.forecasters.combination import (
     LOCAL_ONLY,
     Combination,
@@ -112,6 +117,73 @@ def run_forecast(job: ForecastJob) -> tuple[Forecast, float]:
         panel, panel.days, [0], combination, model, job.config, calibration, job.holdout
     )
     return forecast, time.perf_counter() - started
+
+
+def run_forecasts(jobs: list[ForecastJob]) -> list[tuple[Forecast | Exception, float]]:
+    """Several products' forecasts in one call (runs in a worker process): each product's
+    forecast and its share of the seconds, or the error that stopped it.
+
+    A new global model or the clock makes every product due at once. The combination's
+    products that share a calendar, a global model, weights and calibration are
+    forecast together, on one panel: the same forecasts as one at a time, about twenty
+    times cheaper. Anything else (Prophet, a job without the shop's days) goes one by
+    one. A product whose history cannot be fitted gets its error, the others their
+    forecasts."""
+    outcomes: list[tuple[Forecast | Exception, float] | None] = [None] * len(jobs)
+    groups: dict[tuple[object, ...], list[int]] = {}
+    for index, job in enumerate(jobs):
+        if job.forecaster == "combination" and job.shop is not None and job.shop_start is not None:
+            key = (
+                job.last_day,
+                job.shop_start,
+                len(job.shop),
+                job.global_model,
+                job.combination,
+                job.calibration,
+                job.config,
+                job.holdout,
+            )
+            groups.setdefault(key, []).append(index)
+            continue
+        try:
+            outcomes[index] = run_forecast(job)
+        except (ModelFailure, ValueError) as error:
+            outcomes[index] = (error, 0.0)
+    for indices in groups.values():
+        started = time.perf_counter()
+        fit: list[int] = []
+        for index in indices:
+            job = jobs[index]
+            try:
+                check_history(np.asarray(job.values, dtype=float), job.first_day, job.config)
+                fit.append(index)
+            except (ModelFailure, ValueError) as error:
+                outcomes[index] = (error, 0.0)
+        if not fit:
+            continue
+        first = jobs[fit[0]]
+        assert first.shop is not None and first.shop_start is not None
+        panel = panel_from_series(
+            [(jobs[i].product_id, jobs[i].first_day, jobs[i].values) for i in fit],
+            first.shop_start,
+            np.asarray(first.shop, dtype=float),
+        )
+        forecasts = forecast_products(
+            panel,
+            panel.days,
+            np.arange(len(fit)),
+            Combination.from_dict(dict(first.combination)),
+            load_global_model(first.global_model) if first.global_model is not None else None,
+            first.config,
+            None if first.calibration is None else np.asarray(first.calibration),
+            first.holdout,
+        )
+        each = (time.perf_counter() - started) / len(fit)
+        for index, forecast in zip(fit, forecasts, strict=True):
+            outcomes[index] = (forecast, each)
+    done = [outcome for outcome in outcomes if outcome is not None]
+    assert len(done) == len(jobs)
+    return done
 
 
 def prophet_holdout(job: ForecastJob) -> object:

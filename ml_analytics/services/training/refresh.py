@@ -8,7 +8,7 @@ ingestion.
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 
 import numpy as np
@@ -16,10 +16,11 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ml_analytics import metrics
 from ml_analytics.configs import clock_through, forecast_config, retrain_policy
+from ml_analytics.models.forecasters.base import Forecast
 from ml_analytics.models.retrain import DataState, ModelState, retrain_decision
 from ml_analytics.settings import Settings
 from ml_analytics.storage.demand import daily_demand_series, product_summary, units_between
-from ml_analytics.storage.global_models import product_skill, shop_demand
+from ml_analytics.storage.global_models import ProductSkill, product_skill, shop_demand
 from ml_analytics.storage.models_store import (
     StoredModel,
     model_state,
@@ -31,10 +32,22 @@ from ml_analytics.workers.jobs import (
     ForecastJob,
     GlobalModelSource,
     run_forecast,
+    run_forecasts,
 )
 from ml_analytics.workers.pool import FitPool
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Due:
+    """A product due for a new forecast: its job, why, and what its model records."""
+
+    job: ForecastJob
+    reason: str
+    skill: ProductSkill | None
+    global_version: int | None
+    trained_through: date
 
 
 class ProductRefresher:
@@ -61,6 +74,49 @@ class ProductRefresher:
         self, connection: AsyncConnection, product_id: str, force: bool
     ) -> tuple[StoredModel, str] | None:
         """The product's new model and why, or None when none is due (or `force`)."""
+        due = await self._prepare(connection, product_id, force)
+        if due is None:
+            return None
+        metrics.FITS.labels("started").inc()
+        forecast, seconds = await self._pool.run(
+            self._settings.worker_timeout, run_forecast, due.job
+        )
+        stored = await self._store(connection, due, forecast, seconds)
+        await connection.commit()
+        return stored, due.reason
+
+    async def refresh_many(
+        self, connection: AsyncConnection, product_ids: list[str]
+    ) -> tuple[list[tuple[StoredModel, str]], list[tuple[str, Exception]]]:
+        """Several products at once, in one worker job (workers/jobs.run_forecasts): the
+        new models with why, and the products whose fit failed with their errors.
+        Products not due are left out of both."""
+        due: list[Due] = []
+        for product_id in product_ids:
+            prepared = await self._prepare(connection, product_id, False)
+            if prepared is not None:
+                due.append(prepared)
+        if not due:
+            return [], []
+        metrics.FITS.labels("started").inc(len(due))
+        outcomes = await self._pool.run(
+            self._settings.worker_timeout, run_forecasts, [d.job for d in due]
+        )
+        stored, failed = [], []
+        for prepared, (outcome, seconds) in zip(due, outcomes, strict=True):
+            if isinstance(outcome, Exception):
+                failed.append((prepared.job.product_id, outcome))
+            else:
+                model = await self._store(connection, prepared, outcome, seconds)
+                stored.append((model, prepared.reason))
+        await connection.commit()
+        return stored, failed
+
+    async def _prepare(
+        self, connection: AsyncConnection, product_id: str, force: bool
+    ) -> Due | None:
+        """Decide on the clock whether the product is due; if so, its forecast job and
+        why. Ends its transaction (not idle in a transaction through the fit)."""
         current_global = self.current_global
         try:
             through = await clock_through(connection, self._settings)
@@ -87,6 +143,7 @@ class ProductRefresher:
                 )
             decision = retrain_decision(data, current, self._policy)
             if decision.on_the_clock and not force and self._global_model_coming(through):
+                await connection.commit()
                 return None  # refreshed with the week's global model, once it is trained
             reason = decision.reason
             if (
@@ -99,6 +156,7 @@ class ProductRefresher:
             ):
                 reason = f"a new global model (version {current_global.version})"
             elif not (decision.retrain or force):
+                await connection.commit()
                 return None
             if force:
                 reason = "forced"
@@ -106,6 +164,7 @@ class ProductRefresher:
                 connection, product_id, max_days=self._config.history_days, through=through
             )
             if not series:
+                await connection.commit()
                 return None
             job = ForecastJob(
                 product_id=product_id,
@@ -124,21 +183,27 @@ class ProductRefresher:
         except BaseException:
             await connection.rollback()
             raise
-        await connection.commit()  # not idle in a transaction through the fit
-        metrics.FITS.labels("started").inc()
-        forecast, seconds = await self._pool.run(self._settings.worker_timeout, run_forecast, job)
+        await connection.commit()
+        global_version = current_global.version if job.global_model is not None else None
+        return Due(job, reason, skill, global_version, series[-1].day)
+
+    async def _store(
+        self, connection: AsyncConnection, due: Due, forecast: Forecast, seconds: float
+    ) -> StoredModel:
+        """Save a product's new model (the caller commits)."""
         metrics.FITS.labels("succeeded").inc()
         metrics.FIT_SECONDS.observe(seconds)
         figures = forecast.metrics_dict()
+        skill = due.skill
         if skill is not None and skill.skill_vs_moving_average is not None:
             # Backtests at earlier origins with models that saw nothing after them.
             figures["skill_vs_moving_average"] = skill.skill_vs_moving_average
             figures["skill_backtests"] = skill.backtests
         stored = StoredModel(
-            product_id=product_id,
+            product_id=due.job.product_id,
             model_name=forecast.model_name,
             trained_at=datetime.now(UTC),
-            trained_through=series[-1].day,
+            trained_through=due.trained_through,
             training_days=forecast.training_days,
             units_seen=forecast.units_seen,
             forecast_start=forecast.start,
@@ -149,12 +214,11 @@ class ProductRefresher:
             metrics=figures,
             seasonality=asdict(forecast.seasonality),
             fit_seconds=seconds,
-            global_version=current_global.version if job.global_model is not None else None,
+            global_version=due.global_version,
             weights=forecast.weights,
         )
         await save_model(connection, stored)
-        await connection.commit()
-        return stored, reason
+        return stored
 
     def _global_model_coming(self, through: date) -> bool:
         """A new global model is due for this clock day and not long overdue: a product
@@ -170,12 +234,14 @@ class ProductRefresher:
     async def _shop(
         self, connection: AsyncConnection, first_day: date, through: date
     ) -> tuple[date, np.ndarray]:
-        """The shop's daily demand from `first_day` to `through` (kept while the clock
-        stays on the same day)."""
+        """The shop's daily demand over the training window (from `first_day` when that
+        is earlier) to `through`, kept while the clock stays on the same day: every
+        product's features see the shop's whole window, as the global model's training
+        did, and the products due at once share one calendar (workers/jobs.run_forecasts)."""
         cached = self._shop_cache
         if cached is None or cached[1] != through or cached[0] > first_day:
             start = min(first_day, through - timedelta(days=self._config.history_days - 1))
             demand = await shop_demand(connection, start, through)
             cached = self._shop_cache = (start, through, demand)
         start, _, demand = cached
-        return first_day, demand[(first_day - start).days :]
+        return start, demand

@@ -27,7 +27,7 @@ from ml_analytics.lifecycle import Poller, cancel_and_wait
 from ml_analytics.models.forecasters.base import ModelFailure
 from ml_analytics.services.training.refresh import ProductRefresher
 from ml_analytics.settings import Settings
-from ml_analytics.storage.locks import advisory_lock, product_lock
+from ml_analytics.storage.locks import advisory_lock, advisory_locks, product_lock
 from ml_analytics.storage.models_store import (
     StoredModel,
     products_on_older_global_model,
@@ -43,6 +43,7 @@ logger = logging.getLogger(__name__)
 
 ModelListener = Callable[[str], Awaitable[None]]
 BUSY_RETRY_SECONDS = 2.0
+BATCH_PRODUCTS = 64  # products one worker job forecasts together when many are due
 CLOCK_POLL_SECONDS = 2.0
 MAX_FAILURE_BACKOFF_SECONDS = 3600.0
 
@@ -86,6 +87,8 @@ class ModelTrainer:
         self._clock_watch = Poller(self._follow_clock, CLOCK_POLL_SECONDS, "clock-watch")
         self._through: date | None = None  # the clock's last complete day, as last seen
         self._refresher = ProductRefresher(settings, self._pool, global_models)
+        # Prophet fits one product at a time; the combination forecasts many together.
+        self._batch_size = BATCH_PRODUCTS if settings.forecast_model == "combination" else 1
 
     @property
     def current_global(self) -> CurrentModel:
@@ -123,11 +126,16 @@ class ModelTrainer:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            while (product_id := self._next_ready()) is not None:
+            while self._next_ready() is not None:
                 await self._slots.acquire()
-                del self._waiting[product_id]
-                self._in_flight.add(product_id)
-                task = asyncio.create_task(self._train(product_id), name=f"fit-{product_id}")
+                batch = self._take_ready(self._batch_size)
+                if not batch:
+                    self._slots.release()
+                    break
+                if len(batch) == 1:
+                    task = asyncio.create_task(self._train(batch[0]), name=f"fit-{batch[0]}")
+                else:
+                    task = asyncio.create_task(self._train_batch(batch), name="fit-batch")
                 self._fits.add(task)
                 task.add_done_callback(self._fits.discard)
             if self._not_before and not self._wake.is_set():
@@ -172,6 +180,15 @@ class ModelTrainer:
         if self._global_models is not None and self._settings.forecast_model == "combination":
             self._global_models.clock_moved()
 
+    def _take_ready(self, most: int) -> list[str]:
+        """Up to `most` products ready now, taken out of the waiting set."""
+        batch: list[str] = []
+        while len(batch) < most and (product_id := self._next_ready()) is not None:
+            del self._waiting[product_id]
+            self._in_flight.add(product_id)
+            batch.append(product_id)
+        return batch
+
     def _next_ready(self) -> str | None:
         now = time.monotonic()
         for product_id in self._waiting:
@@ -188,11 +205,50 @@ class ModelTrainer:
             await self.train_now(product_id)
             self._failures.pop(product_id, None)
         except ProductBusy:
-            # Look again shortly: what the other replica stored may already cover
-            # this product's newest data, and then there is nothing to do.
-            self._not_before[product_id] = time.monotonic() + BUSY_RETRY_SECONDS
-            self._waiting[product_id] = None
-        except (ModelFailure, FitTimeout, BrokenProcessPool) as error:
+            self._busy(product_id)
+        except Exception as error:
+            self._failed(product_id, error)
+        finally:
+            self._done_with([product_id])
+
+    async def _train_batch(self, product_ids: list[str]) -> None:
+        """Several products in one worker job: what a new global model or a move of the
+        clock makes due by the thousand. Each product is locked, decided, stored and
+        logged as `train_now` does; a product another replica holds waits its turn."""
+        try:
+            keys = {product_lock(product_id): product_id for product_id in product_ids}
+            async with advisory_locks(self._engine, list(keys)) as (acquired, held):
+                mine = [keys[key] for key in acquired]
+                for product_id in set(product_ids) - set(mine):
+                    self._busy(product_id)
+                locked_at = time.time()
+                try:
+                    stored, failed = await self._refresher.refresh_many(held, mine)
+                finally:
+                    unlocked_at = time.time()
+        except Exception as error:
+            for product_id in product_ids:
+                self._failed(product_id, error)
+            return
+        finally:
+            self._done_with(product_ids)
+        for product_id, failure in failed:
+            self._failed(product_id, failure)
+        for model, reason in stored:
+            self._failures.pop(model.product_id, None)
+            try:
+                await self._trained(model, reason, locked_at, unlocked_at)
+            except Exception as trouble:
+                self._failed(model.product_id, trouble)
+
+    def _busy(self, product_id: str) -> None:
+        # Look again shortly: what the other replica stored may already cover this
+        # product's newest data, and then there is nothing to do.
+        self._not_before[product_id] = time.monotonic() + BUSY_RETRY_SECONDS
+        self._waiting[product_id] = None
+
+    def _failed(self, product_id: str, error: Exception) -> None:
+        if isinstance(error, ModelFailure | FitTimeout | BrokenProcessPool | ValueError):
             logger.warning(
                 "model fit failed; will try again",
                 extra={
@@ -201,15 +257,39 @@ class ModelTrainer:
                     "retry_in_seconds": self._retry_later(product_id),
                 },
             )
-        except Exception:
-            logger.exception(
+        else:
+            logger.error(
                 "training a product failed",
+                exc_info=error,
                 extra={"product_id": product_id, "retry_in_seconds": self._retry_later(product_id)},
             )
-        finally:
-            self._in_flight.discard(product_id)
-            self._slots.release()
-            self._wake.set()
+
+    def _done_with(self, product_ids: list[str]) -> None:
+        self._in_flight.difference_update(product_ids)
+        self._slots.release()
+        self._wake.set()
+
+    async def _trained(
+        self, stored: StoredModel, reason: str, locked_at: float, unlocked_at: float
+    ) -> None:
+        logger.info(
+            "model trained",
+            extra={
+                "product_id": stored.product_id,
+                "reason": reason,
+                "model": stored.model_name,
+                "training_days": stored.training_days,
+                "trained_through": str(stored.trained_through),
+                "fit_seconds": round(stored.fit_seconds, 3),
+                "skill_vs_moving_average": stored.metrics.get("skill_vs_moving_average"),
+                # When this replica held the product (epoch seconds): the scale-out
+                # test checks that no two replicas ever overlap.
+                "locked_at": round(locked_at, 6),
+                "unlocked_at": round(unlocked_at, 6),
+            },
+        )
+        if self._on_model is not None:
+            await self._on_model(stored.product_id)
 
     def _retry_later(self, product_id: str) -> float:
         """Try a failed product again later, waiting twice as long after each failure
@@ -245,22 +325,5 @@ class ModelTrainer:
         if trained is None:
             return None
         stored, reason = trained
-        logger.info(
-            "model trained",
-            extra={
-                "product_id": product_id,
-                "reason": reason,
-                "model": stored.model_name,
-                "training_days": stored.training_days,
-                "trained_through": str(stored.trained_through),
-                "fit_seconds": round(stored.fit_seconds, 3),
-                "skill_vs_moving_average": stored.metrics.get("skill_vs_moving_average"),
-                # When this replica held the product (epoch seconds): the scale-out
-                # test checks that no two replicas ever overlap.
-                "locked_at": round(locked_at, 6),
-                "unlocked_at": round(unlocked_at, 6),
-            },
-        )
-        if self._on_model is not None:
-            await self._on_model(product_id)
+        await self._trained(stored, reason, locked_at, unlocked_at)
         return stored
