@@ -288,6 +288,11 @@ class ModelTrainer:
                 "unlocked_at": round(unlocked_at, 6),
             },
         )
+        newest = self.current_global.version
+        if newest is not None and stored.global_version != newest:
+            # A global model arrived during the fit: the product was not on the list
+            # of those to refresh with it (its model was not stored yet).
+            self.notify([stored.product_id])
         if self._on_model is not None:
             await self._on_model(stored.product_id)
 
