@@ -35,17 +35,8 @@ async def advisory_lock(
     leaving, or when the connection dies with its replica). The connection is left out
     of any transaction, so holding the lock through a long fit is not "idle in
     transaction" (which PostgreSQL would end)."""
-    async with engine.connect() as connection:
-        taken = await connection.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": key})
-        acquired = bool(taken.scalar_one())
-        await connection.commit()
-        try:
-            yield acquired, connection
-        finally:
-            if acquired:
-                await connection.rollback()
-                await connection.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
-                await connection.commit()
+    async with advisory_locks(engine, [key]) as (acquired, connection):
+        yield key in acquired, connection
 
 
 @asynccontextmanager
