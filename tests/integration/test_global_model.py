@@ -5,7 +5,9 @@ their product forecasts; Prophet still answers when a request asks for it."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from datetime import UTC, date, datetime, timedelta
+from typing import Any
 
 import httpx
 import numpy as np
@@ -17,9 +19,11 @@ from ml_analytics.consumers.broker import build_broker
 from ml_analytics.http.app import create_app
 from ml_analytics.services.global_model import GlobalModelService
 from ml_analytics.services.training import ModelTrainer
+from ml_analytics.services.training.trainer import CLOCK_POLL_SECONDS
 from ml_analytics.settings import Settings
 from ml_analytics.storage.ingest_writes import TransactionRow, record_transactions
 from ml_analytics.storage.models_store import load_model
+from ml_analytics.workers.pool import FitPool
 from tests.helpers import unique
 
 pytestmark = pytest.mark.integration
@@ -166,3 +170,68 @@ async def test_products_are_forecast_with_the_global_model_and_prophet_on_reques
         app.state.predictions.stop()
         await trainer.stop()
         await global_models.stop()
+
+
+class LoadsTheGlobalModelDuringTheFirstFit(FitPool):
+    """The trainer's real pool; the replica loads a new global model while the first
+    fit runs, and the trainer hears of it before that fit's models are stored."""
+
+    def __init__(self, global_models: GlobalModelService) -> None:
+        super().__init__(workers=2, max_jobs_per_worker=100)
+        self.global_models = global_models
+        self.loaded: int | None = None
+
+    async def run(self, timeout_seconds: float, function: Any, *args: Any) -> Any:
+        result = await super().run(timeout_seconds, function, *args)
+        if self.loaded is None:
+            self.loaded = (await self.global_models.refresh()).version
+            await asyncio.sleep(3 * CLOCK_POLL_SECONDS)
+        return result
+
+
+async def test_products_due_at_once_are_forecast_together_each_with_the_newest_global_model(
+    settings: Settings, engine: AsyncEngine, caplog: pytest.LogCaptureFixture
+) -> None:
+    items = await store_history(engine, unique("b"))
+    await set_clock(engine, START + timedelta(days=DAYS))
+    global_models = GlobalModelService(engine, settings)
+    assert await global_models.train_if_due() is not None  # stored, not loaded yet
+    pool = LoadsTheGlobalModelDuringTheFirstFit(global_models)
+    trainer = ModelTrainer(engine, settings, global_models=global_models, pool=pool)
+    caplog.set_level(logging.INFO, logger="ml_analytics.services.training.trainer")
+    loop = asyncio.get_running_loop()
+    try:
+        # Every product is due: forecast together with the local members, and the
+        # global model arrives meanwhile; then each is forecast with it, also those
+        # that had no model yet when it arrived.
+        await trainer.start()
+        deadline = loop.time() + 120
+        while True:
+            async with engine.connect() as connection:
+                stored = (
+                    await connection.execute(
+                        text(
+                            "SELECT product_id, global_version FROM product_models "
+                            "WHERE product_id = ANY(:items)"
+                        ),
+                        {"items": items},
+                    )
+                ).all()
+            if (
+                pool.loaded is not None
+                and len(stored) == len(items)
+                and all(row.global_version == pool.loaded for row in stored)
+            ):
+                break
+            assert loop.time() < deadline, f"not all on version {pool.loaded}: {stored}"
+            await asyncio.sleep(0.5)
+    finally:
+        await trainer.stop()
+        await global_models.stop()
+    trained = [r for r in caplog.records if r.getMessage() == "model trained"]
+    assert {r.product_id for r in trained} == set(items)  # type: ignore[attr-defined]
+    # Products of one batch share one lock span: they were forecast together.
+    spans: dict[float, int] = {}
+    for record in trained:
+        spans[record.locked_at] = spans.get(record.locked_at, 0) + 1  # type: ignore[attr-defined]
+    assert max(spans.values()) > 1
