@@ -91,9 +91,7 @@ async def test_replay_of_the_sample_trains_models_while_ingestion_continues(
         sampler = asyncio.create_task(sample_progress())
         # Paced (about 26 s), so that ingestion lasts well past the first fits: the
         # first batch of products waits for the workers to start and load.
-        sent = await replay_file(
-            DATA / "transactions.csv.gz", settings, rate=8_000, progress=False
-        )
+        sent = await replay_file(DATA / "transactions.csv.gz", settings, rate=8_000, progress=False)
         await replay_file(DATA / "stock_levels.csv", settings, progress=False)
 
         await wait_until(
