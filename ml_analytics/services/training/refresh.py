@@ -1,8 +1,7 @@
-"""Refresh one product's forecast: decide on the clock, fit in the pool, store it.
+"""Refresh products' forecasts: decide on the clock, fit in the pool, store them.
 
-Runs on the connection that holds the product's advisory lock (ModelTrainer.train_now),
-one connection per product in hand: fits are quick, and the pool is shared with
-ingestion.
+Runs on the connection that holds the products' advisory locks (ModelTrainer), one
+connection per batch in hand: fits are quick, and the pool is shared with ingestion.
 """
 
 from __future__ import annotations
@@ -31,7 +30,6 @@ from ml_analytics.workers.jobs import (
     CurrentModel,
     ForecastJob,
     GlobalModelSource,
-    run_forecast,
     run_forecasts,
 )
 from ml_analytics.workers.pool import FitPool
@@ -73,27 +71,22 @@ class ProductRefresher:
     async def refresh(
         self, connection: AsyncConnection, product_id: str, force: bool
     ) -> tuple[StoredModel, str] | None:
-        """The product's new model and why, or None when none is due (or `force`)."""
-        due = await self._prepare(connection, product_id, force)
-        if due is None:
-            return None
-        metrics.FITS.labels("started").inc()
-        forecast, seconds = await self._pool.run(
-            self._settings.worker_timeout, run_forecast, due.job
-        )
-        stored = await self._store(connection, due, forecast, seconds)
-        await connection.commit()
-        return stored, due.reason
+        """The product's new model and why, or None when none is due (or `force`);
+        raises what stopped its fit."""
+        stored, failed = await self.refresh_many(connection, [product_id], force=force)
+        if failed:
+            raise failed[0][1]
+        return stored[0] if stored else None
 
     async def refresh_many(
-        self, connection: AsyncConnection, product_ids: list[str]
+        self, connection: AsyncConnection, product_ids: list[str], *, force: bool = False
     ) -> tuple[list[tuple[StoredModel, str]], list[tuple[str, Exception]]]:
-        """Several products at once, in one worker job (workers/jobs.run_forecasts): the
-        new models with why, and the products whose fit failed with their errors.
-        Products not due are left out of both."""
+        """Products at once, in one worker job (workers/jobs.run_forecasts): the new
+        models with why, and the products whose fit failed with their errors. Products
+        not due (unless `force`) are left out of both."""
         due: list[Due] = []
         for product_id in product_ids:
-            prepared = await self._prepare(connection, product_id, False)
+            prepared = await self._prepare(connection, product_id, force)
             if prepared is not None:
                 due.append(prepared)
         if not due:
@@ -117,73 +110,75 @@ class ProductRefresher:
     ) -> Due | None:
         """Decide on the clock whether the product is due; if so, its forecast job and
         why. Ends its transaction (not idle in a transaction through the fit)."""
-        current_global = self.current_global
         try:
-            through = await clock_through(connection, self._settings)
-            summary = await product_summary(connection, product_id)
-            if summary is None or through is None:
-                await connection.commit()
-                return None
-            seen = await model_state(connection, product_id)
-            current, data = None, DataState(summary.first_day, through)
-            if seen is not None:
-                current = ModelState(seen.trained_through, seen.units_seen)
-                data = DataState(
-                    summary.first_day,
-                    through,
-                    units_after_model=await units_between(
-                        connection, product_id, seen.trained_through + timedelta(days=1), through
-                    ),
-                    units_in_model_window=await units_between(
-                        connection,
-                        product_id,
-                        seen.trained_through - timedelta(days=seen.training_days - 1),
-                        seen.trained_through,
-                    ),
-                )
-            decision = retrain_decision(data, current, self._policy)
-            if decision.on_the_clock and not force and self._global_model_coming(through):
-                await connection.commit()
-                return None  # refreshed with the week's global model, once it is trained
-            reason = decision.reason
-            if (
-                not decision.retrain
-                and seen is not None
-                and current_global.version is not None
-                and seen.global_version != current_global.version
-                and data.first_day is not None
-                and (through - data.first_day).days + 1 >= self._policy.min_training_days
-            ):
-                reason = f"a new global model (version {current_global.version})"
-            elif not (decision.retrain or force):
-                await connection.commit()
-                return None
-            if force:
-                reason = "forced"
-            series = await daily_demand_series(
-                connection, product_id, max_days=self._config.history_days, through=through
-            )
-            if not series:
-                await connection.commit()
-                return None
-            job = ForecastJob(
-                product_id=product_id,
-                first_day=series[0].day,
-                values=np.array([day.quantity_units for day in series], dtype=float),
-                config=self._config,
-                forecaster=self._settings.forecast_model,
-                combination=tuple(current_global.combination.items()),
-                global_model=current_global.reference,
-                calibration=current_global.calibration,
-            )
-            if job.forecaster == "combination":
-                shop_start, shop = await self._shop(connection, series[0].day, through)
-                job = replace(job, shop_start=shop_start, shop=shop)
-            skill = await product_skill(connection, product_id)
+            due = await self._decide(connection, product_id, force)
         except BaseException:
             await connection.rollback()
             raise
         await connection.commit()
+        return due
+
+    async def _decide(
+        self, connection: AsyncConnection, product_id: str, force: bool
+    ) -> Due | None:
+        current_global = self.current_global
+        through = await clock_through(connection, self._settings)
+        summary = await product_summary(connection, product_id)
+        if summary is None or through is None:
+            return None
+        seen = await model_state(connection, product_id)
+        current, data = None, DataState(summary.first_day, through)
+        if seen is not None:
+            current = ModelState(seen.trained_through, seen.units_seen)
+            data = DataState(
+                summary.first_day,
+                through,
+                units_after_model=await units_between(
+                    connection, product_id, seen.trained_through + timedelta(days=1), through
+                ),
+                units_in_model_window=await units_between(
+                    connection,
+                    product_id,
+                    seen.trained_through - timedelta(days=seen.training_days - 1),
+                    seen.trained_through,
+                ),
+            )
+        decision = retrain_decision(data, current, self._policy)
+        if decision.on_the_clock and not force and self._global_model_coming(through):
+            return None  # refreshed with the week's global model, once it is trained
+        reason = decision.reason
+        if (
+            not decision.retrain
+            and seen is not None
+            and current_global.version is not None
+            and seen.global_version != current_global.version
+            and data.first_day is not None
+            and (through - data.first_day).days + 1 >= self._policy.min_training_days
+        ):
+            reason = f"a new global model (version {current_global.version})"
+        elif not (decision.retrain or force):
+            return None
+        if force:
+            reason = "forced"
+        series = await daily_demand_series(
+            connection, product_id, max_days=self._config.history_days, through=through
+        )
+        if not series:
+            return None
+        job = ForecastJob(
+            product_id=product_id,
+            first_day=series[0].day,
+            values=np.array([day.quantity_units for day in series], dtype=float),
+            config=self._config,
+            forecaster=self._settings.forecast_model,
+            combination=tuple(current_global.combination.items()),
+            global_model=current_global.reference,
+            calibration=current_global.calibration,
+        )
+        if job.forecaster == "combination":
+            shop_start, shop = await self._shop(connection, series[0].day, through)
+            job = replace(job, shop_start=shop_start, shop=shop)
+        skill = await product_skill(connection, product_id)
         global_version = current_global.version if job.global_model is not None else None
         return Due(job, reason, skill, global_version, series[-1].day)
 

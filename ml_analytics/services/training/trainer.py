@@ -78,8 +78,8 @@ class ModelTrainer:
         self._in_flight: set[str] = set()
         self._not_before: dict[str, float] = {}  # failed products wait (monotonic time)
         self._failures: dict[str, int] = {}  # failed fits in a row, per product
-        # More products in hand than workers: while one product's data is read or
-        # its model written, the pool already has the next fit queued.
+        # More batches in hand than workers: while one batch's data is read or its
+        # models written, the pool already has the next fit queued.
         self._slots = asyncio.Semaphore(settings.worker_count + max(2, settings.worker_count))
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -132,10 +132,7 @@ class ModelTrainer:
                 if not batch:
                     self._slots.release()
                     break
-                if len(batch) == 1:
-                    task = asyncio.create_task(self._train(batch[0]), name=f"fit-{batch[0]}")
-                else:
-                    task = asyncio.create_task(self._train_batch(batch), name="fit-batch")
+                task = asyncio.create_task(self._train(batch), name=f"fit-{batch[0]}")
                 self._fits.add(task)
                 task.add_done_callback(self._fits.discard)
             if self._not_before and not self._wake.is_set():
@@ -200,21 +197,10 @@ class ModelTrainer:
             return product_id
         return None
 
-    async def _train(self, product_id: str) -> None:
-        try:
-            await self.train_now(product_id)
-            self._failures.pop(product_id, None)
-        except ProductBusy:
-            self._busy(product_id)
-        except Exception as error:
-            self._failed(product_id, error)
-        finally:
-            self._done_with([product_id])
-
-    async def _train_batch(self, product_ids: list[str]) -> None:
-        """Several products in one worker job: what a new global model or a move of the
-        clock makes due by the thousand. Each product is locked, decided, stored and
-        logged as `train_now` does; a product another replica holds waits its turn."""
+    async def _train(self, product_ids: list[str]) -> None:
+        """Products in one worker job (several when a new global model or a move of the
+        clock makes them due by the thousand). Each product is locked, decided, stored
+        and logged as `train_now` does; a product another replica holds waits its turn."""
         try:
             keys = {product_lock(product_id): product_id for product_id in product_ids}
             async with advisory_locks(self._engine, list(keys)) as (acquired, held):
