@@ -110,6 +110,18 @@ async def test_replay_of_the_sample_trains_models_while_ingestion_continues(
             enough=lambda found: len({json.loads(r.value)["product_id"] for r in found}) >= 600,
         )
         sampler.cancel()
+
+        # Risk events may be out for every product while the last transactions are
+        # still being counted (a slow machine's consumer lags the paced replay).
+        async def counted_so_far() -> float:
+            return float(counted._value.get() - counted_before)
+
+        await wait_until(
+            counted_so_far,
+            lambda n: n >= sent.published,
+            timeout=120,
+            what="every transaction counted",
+        )
     assert counted._value.get() - counted_before == sent.published
     overlap = [(n, f) for n, f in progress if f > 0 and n < sent.published]
     assert overlap, "fits should complete while transactions are still being ingested"
