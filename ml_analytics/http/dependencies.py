@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Annotated, TypeVar
 
 from fastapi import Depends, Path, Request
@@ -15,10 +15,10 @@ from ml_analytics.settings import Settings
 T = TypeVar("T")
 
 
-def app_state(name: str, kind: type[T]) -> Callable[[Request], T]:
+def app_state(name: str, kind: type[T]) -> Callable[[Request], Coroutine[None, None, T]]:
     """A dependency that gives the app's `state.<name>`, a `kind` (set by create_app)."""
 
-    def from_state(request: Request) -> T:
+    async def from_state(request: Request) -> T:  # async: no thread-pool hop per request
         value: T = getattr(request.app.state, name)
         return value
 

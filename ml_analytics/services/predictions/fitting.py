@@ -49,6 +49,8 @@ from ml_analytics.workers.jobs import (
 )
 from ml_analytics.workers.pool import FitPool, FitTimeout
 
+VERSION_CHECK_SECONDS = 1.0
+
 logger = logging.getLogger(__name__)
 
 
@@ -66,6 +68,7 @@ class RequestForecaster:
         self._global = global_models
         self.fits_in_flight = 0
         self._recent_fit_seconds = 5.0
+        self._version_checked = -math.inf  # time.monotonic() of the last look at the store
 
     def stop(self) -> None:
         self._pool.shutdown()
@@ -75,7 +78,13 @@ class RequestForecaster:
             return await clock_through(connection, self._settings)
 
     async def current_version(self) -> int | None:
-        return (await self._global.refresh()).version
+        """The newest stored global model's version, looked up at most once every
+        VERSION_CHECK_SECONDS (a cache hit then costs one query, not two)."""
+        now = time.monotonic()
+        if now - self._version_checked >= VERSION_CHECK_SECONDS:
+            self._version_checked = now
+            return (await self._global.refresh()).version
+        return self._global.current.version
 
     async def forecast(
         self,
