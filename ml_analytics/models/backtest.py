@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from ml_analytics.models.calibration import product_features
 from ml_analytics.models.distribution import order_sizes, pit, sale_day_paths
 from ml_analytics.models.forecasters.combination import DEFAULT, GLOBAL, point_forecasts
 from ml_analytics.models.forecasters.global_gbm import (
@@ -50,6 +51,9 @@ class BacktestCase:
     pit_14: float | None
     rmse: float
     mape: float | None
+    # The product's features at the origin (models/calibration.py): what the
+    # conditional recalibration learns the PIT from.
+    features: tuple[float, ...] | None = None
 
 
 @dataclass
@@ -98,6 +102,7 @@ def backtest(panel: Panel, h: int, model: GlobalModel | None, seed: int = 11) ->
                 * 100
                 if nonzero.any()
                 else None,
+                features=tuple(float(x) for x in product_features(history, forecast)),
             )
         )
     return cases

@@ -11,12 +11,14 @@ Poisson of order days, to three decimals, and does not invent empty days for a
 product that sells every day.)
 
 Recalibration: the raw paths are ranked by their sum over the first CAL_WINDOW_DAYS,
-and resampled with the density of the probability integral transforms (PIT) of
-actual 14-day demand measured in backtests (`pit_density`): where actual demand fell
-within the distribution at earlier origins. A uniform PIT changes nothing; one that
-piles up at the top (demand higher than the paths said) moves weight to the upper
-paths. Measured on the sample, it brings the deciles of stockout_probability within
-a few points of what happened (README, bench/evaluate). Pure: numpy.
+and resampled with a density of the probability integral transforms (PIT) of actual
+14-day demand measured in backtests: where actual demand fell within the
+distribution at earlier origins. Either one pooled density (`pit_density`) or, once
+enough backtests carry the products' features, each product's own density from the
+conditional model of `calibration.py`. A uniform PIT changes nothing; one that piles
+up at the top (demand higher than the paths said) moves weight to the upper paths.
+What each does to the Brier score and the deciles is measured by bench/evaluate
+(README, "Forecast evaluation"). Pure: numpy.
 """
 
 from __future__ import annotations

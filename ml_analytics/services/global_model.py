@@ -19,6 +19,7 @@ import tempfile
 import time
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -27,11 +28,13 @@ from ml_analytics import metrics
 from ml_analytics.configs import clock_through
 from ml_analytics.lifecycle import Poller
 from ml_analytics.models.backtest import (
+    BacktestCase,
     GlobalTraining,
     member_totals_table,
     summary,
     train_with_backtest,
 )
+from ml_analytics.models.calibration import calibration_from_stored, fit_calibration
 from ml_analytics.models.distribution import pit_density
 from ml_analytics.models.forecasters.combination import DEFAULT, LOCAL_ONLY, choose_combination
 from ml_analytics.settings import Settings
@@ -124,7 +127,7 @@ class GlobalModelService:
             trained_through=stored.trained_through,
             reference=reference,
             combination=stored.combination,
-            calibration=None if stored.calibration is None else tuple(stored.calibration),
+            calibration=calibration_from_stored(stored.calibration),
         )
         logger.info(
             "global model loaded",
@@ -172,6 +175,28 @@ class GlobalModelService:
                 return None
             return await self._train(through)
 
+    async def _calibration(
+        self, cases: list[BacktestCase], origins: int
+    ) -> list[float] | dict[str, Any] | None:
+        """How the sample paths are recalibrated, learned from the backtests' PITs: the
+        conditional model (models/calibration.py, fitted in a worker process) when
+        enough backtests carry the products' features, else one pooled density; None
+        with too few backtests."""
+        pits = np.array([c.pit_14 for c in cases if c.pit_14 is not None], dtype=float)
+        if len(pits) < MIN_CALIBRATION_CASES or origins < MIN_CALIBRATION_ORIGINS:
+            return None
+        described = [c for c in cases if c.pit_14 is not None and c.features is not None]
+        if len(described) >= MIN_CALIBRATION_CASES:
+            conditional = await self._pool.run(
+                self._settings.global_model_timeout_seconds,
+                fit_calibration,
+                np.array([c.features for c in described], dtype=float),
+                np.array([c.pit_14 for c in described], dtype=float),
+            )
+            if conditional is not None:
+                return dict(conditional.as_dict())
+        return [round(float(x), 5) for x in pit_density(pits)]
+
     async def _train(self, through: date) -> StoredGlobalModel:
         started = time.perf_counter()
         first_day = through - timedelta(days=self._settings.global_model_history_days - 1)
@@ -209,12 +234,7 @@ class GlobalModelService:
                 }
             selection["origins"] = origins
             selection["backtest"] = summary(training.cases)
-            pits = np.array([c.pit_14 for c in cases if c.pit_14 is not None], dtype=float)
-            calibration = (
-                [round(float(x), 5) for x in pit_density(pits)]
-                if len(pits) >= MIN_CALIBRATION_CASES and origins >= MIN_CALIBRATION_ORIGINS
-                else None
-            )
+            calibration = await self._calibration(cases, origins)
             stored = StoredGlobalModel(
                 version=0,
                 trained_at=datetime.now(UTC),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
@@ -28,13 +29,9 @@ class StoredGlobalModel:
     products: int
     combination: dict[str, float]
     selection: dict[str, Any]
-    calibration: list[float] | None
+    calibration: list[float] | dict[str, Any] | None  # models/calibration.py
     seconds: dict[str, float]
     note: str
-
-    @property
-    def calibration_array(self) -> np.ndarray | None:
-        return None if self.calibration is None else np.asarray(self.calibration, dtype=float)
 
 
 async def save_global_model(connection: AsyncConnection, model: StoredGlobalModel) -> int:
@@ -104,7 +101,7 @@ async def latest_global_model(
         products=int(row.products),
         combination=dict(row.combination),
         selection=dict(row.selection),
-        calibration=None if row.calibration is None else list(row.calibration),
+        calibration=row.calibration,
         seconds=dict(row.seconds),
         note=row.note,
     )
@@ -118,12 +115,14 @@ async def record_backtests(
     await connection.execute(
         text(
             "INSERT INTO product_backtests (product_id, origin, member_totals, forecast_total, "
-            "actual_total, actual_14, pit_14, rmse, mape) VALUES (:product_id, :origin, "
-            "CAST(:member_totals AS jsonb), :forecast_total, :actual_total, :actual_14, "
-            ":pit_14, :rmse, :mape) ON CONFLICT (product_id, origin) DO UPDATE SET "
+            "actual_total, actual_14, pit_14, rmse, mape, features) VALUES (:product_id, "
+            ":origin, CAST(:member_totals AS jsonb), :forecast_total, :actual_total, "
+            ":actual_14, :pit_14, :rmse, :mape, CAST(:features AS jsonb)) "
+            "ON CONFLICT (product_id, origin) DO UPDATE SET "
             "member_totals = EXCLUDED.member_totals, forecast_total = EXCLUDED.forecast_total, "
             "actual_total = EXCLUDED.actual_total, actual_14 = EXCLUDED.actual_14, "
-            "pit_14 = EXCLUDED.pit_14, rmse = EXCLUDED.rmse, mape = EXCLUDED.mape"
+            "pit_14 = EXCLUDED.pit_14, rmse = EXCLUDED.rmse, mape = EXCLUDED.mape, "
+            "features = EXCLUDED.features"
         ),
         [
             {
@@ -136,6 +135,9 @@ async def record_backtests(
                 "pit_14": case.pit_14,
                 "rmse": case.rmse,
                 "mape": case.mape,
+                "features": None
+                if case.features is None
+                else json.dumps([None if math.isnan(x) else x for x in case.features]),
             }
             for case in cases
         ],
@@ -164,8 +166,8 @@ async def recent_backtests(
     result = await connection.execute(
         text(
             "SELECT product_id, member_totals, forecast_total, actual_total, actual_14, pit_14, "
-            "rmse, mape FROM product_backtests WHERE origin IN (SELECT DISTINCT origin FROM "
-            "product_backtests WHERE CAST(:before AS date) IS NULL OR origin < :before "
+            "rmse, mape, features FROM product_backtests WHERE origin IN (SELECT DISTINCT "
+            "origin FROM product_backtests WHERE CAST(:before AS date) IS NULL OR origin < :before "
             "ORDER BY origin DESC LIMIT :origins)"
         ),
         {"origins": origins, "before": before},
@@ -180,6 +182,9 @@ async def recent_backtests(
             pit_14=row.pit_14,
             rmse=row.rmse,
             mape=row.mape,
+            features=None
+            if row.features is None
+            else tuple(math.nan if x is None else float(x) for x in row.features),
         )
         for row in result
     ]

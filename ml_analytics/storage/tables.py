@@ -239,5 +239,6 @@ product_backtests = Table(
     Column("pit_14", Float, nullable=True),
     Column("rmse", Float, nullable=False),
     Column("mape", Float, nullable=True),
+    Column("features", JSONB, nullable=True),  # models/calibration.py; NaN stored as null
     Index("ix_product_backtests_origin", "origin"),
 )

@@ -17,6 +17,7 @@ from typing import Protocol
 
 import numpy as np
 
+from ml_analytics.models.calibration import Calibration
 from ml_analytics.models.forecasters import prophet
 from ml_analytics.models.forecasters.base import (
     Forecast,
@@ -50,7 +51,7 @@ class CurrentModel:
     trained_through: date | None
     reference: GlobalModelRef | None
     combination: dict[str, float]
-    calibration: tuple[float, ...] | None
+    calibration: Calibration | None
 
 
 NO_MODEL = CurrentModel(None, None, None, LOCAL_ONLY.as_dict(), None)
@@ -79,7 +80,7 @@ class ForecastJob:
     forecaster: str = "combination"  # or "prophet"
     combination: tuple[tuple[str, float], ...] = ()
     global_model: GlobalModelRef | None = None
-    calibration: tuple[float, ...] | None = None
+    calibration: Calibration | None = None
     shop_start: date | None = None  # the shop's days end with the history's
     shop: np.ndarray | None = None
     holdout: bool = True
@@ -112,9 +113,8 @@ def run_forecast(job: ForecastJob) -> tuple[Forecast, float]:
     panel = panel_from_series([(job.product_id, job.first_day, values)], shop_start, shop)
     model = load_global_model(job.global_model) if job.global_model is not None else None
     combination = Combination.from_dict(dict(job.combination))
-    calibration = None if job.calibration is None else np.asarray(job.calibration)
     (forecast,) = forecast_products(
-        panel, panel.days, [0], combination, model, job.config, calibration, job.holdout
+        panel, panel.days, [0], combination, model, job.config, job.calibration, job.holdout
     )
     return forecast, time.perf_counter() - started
 
@@ -175,7 +175,7 @@ def run_forecasts(jobs: list[ForecastJob]) -> list[tuple[Forecast | Exception, f
             Combination.from_dict(dict(first.combination)),
             load_global_model(first.global_model) if first.global_model is not None else None,
             first.config,
-            None if first.calibration is None else np.asarray(first.calibration),
+            first.calibration,
             first.holdout,
         )
         each = (time.perf_counter() - started) / len(fit)

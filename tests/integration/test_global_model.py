@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ml_analytics.consumers.broker import build_broker
 from ml_analytics.http.app import create_app
+from ml_analytics.models.calibration import FEATURES, ConditionalCalibration
 from ml_analytics.services.global_model import GlobalModelService
 from ml_analytics.services.training import ModelTrainer
 from ml_analytics.services.training.trainer import CLOCK_POLL_SECONDS
@@ -235,3 +236,34 @@ async def test_products_due_at_once_are_forecast_together_each_with_the_newest_g
     for record in trained:
         spans[record.locked_at] = spans.get(record.locked_at, 0) + 1  # type: ignore[attr-defined]
     assert max(spans.values()) > 1
+
+
+async def test_the_sample_paths_calibration_is_learned_per_product_once_backtests_suffice(
+    settings: Settings, engine: AsyncEngine
+) -> None:
+    await store_history(engine, unique("c"), products=60)
+    service = GlobalModelService(engine, settings)
+    clock = START + timedelta(days=DAYS - 60)
+    try:
+        calibrations = []
+        for week in range(4):  # four backtest origins of 60 products: 240 cases
+            await set_clock(engine, clock + timedelta(days=7 * week))
+            trained = await service.train_if_due()
+            assert trained is not None
+            calibrations.append(trained.calibration)
+        assert calibrations[:3] == [None, None, None]  # fewer than four origins
+        learned = calibrations[-1]
+        assert isinstance(learned, dict) and learned["kind"] == "ordinal"
+        assert len(learned["slopes"]) == len(FEATURES) + 1
+        async with engine.connect() as connection:
+            described = (
+                await connection.execute(
+                    text("SELECT count(*) FROM product_backtests WHERE features IS NOT NULL")
+                )
+            ).scalar_one()
+        assert described == 240
+        current = await service.refresh()
+        assert isinstance(current.calibration, ConditionalCalibration)
+        assert current.calibration.as_dict() == learned
+    finally:
+        await service.stop()

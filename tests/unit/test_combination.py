@@ -4,12 +4,14 @@ the sale-day paths and their recalibration."""
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import date
 
 import numpy as np
 import pytest
 
 from ml_analytics.models.backtest import train_with_backtest
+from ml_analytics.models.calibration import BINS, FEATURES, ConditionalCalibration
 from ml_analytics.models.distribution import pit_density, sample_paths
 from ml_analytics.models.forecasters.base import ForecastConfig
 from ml_analytics.models.forecasters.combination import (
@@ -136,3 +138,30 @@ def test_a_global_training_backtests_four_weeks_back_without_look_ahead() -> Non
     assert case.actual_total == pytest.approx(float(np.nan_to_num(panel.Y[-1, -28:]).sum()))
     assert set(case.member_totals) == {"gbm", "ma28", "adida"}
     assert all(c.pit_14 is None or 0 <= c.pit_14 <= 1 for c in training.cases)
+
+
+def test_a_conditional_calibration_gives_each_product_its_own_density() -> None:
+    panel = synthetic_panel()
+    t, rows = 400, [59, 10]
+    config = ForecastConfig(horizon_days=28, sample_paths=100)
+    training = train_with_backtest(panel, t)
+    cases = [c for c in training.cases if c.pit_14 is not None and c.features is not None]
+    assert cases and all(len(c.features or ()) == len(FEATURES) for c in cases)
+    # Learned nothing (flat cut points, no slopes): the paths of a flat density.
+    flat = np.log(np.arange(1, BINS) / (BINS - np.arange(1, BINS)))
+    nothing = ConditionalCalibration(
+        tuple(flat),
+        (0.0,) * (len(FEATURES) + 1),
+        (0.0,) * (len(FEATURES) + 1),
+        (1.0,) * (len(FEATURES) + 1),
+    )
+    plain = forecast_products(panel, t, rows, DEFAULT, training.model, config, np.ones(BINS))
+    learned = forecast_products(panel, t, rows, DEFAULT, training.model, config, nothing)
+    for a, b in zip(plain, learned, strict=True):
+        assert np.allclose(a.sample_paths, b.sample_paths)
+    # A slope on the first feature moves a product's paths up or down by its features.
+    tilted = dataclasses.replace(nothing, slopes=(3.0,) + (0.0,) * len(FEATURES))
+    moved = forecast_products(panel, t, rows, DEFAULT, training.model, config, tilted)
+    assert any(
+        not np.allclose(a.sample_paths, b.sample_paths) for a, b in zip(plain, moved, strict=True)
+    )

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from ml_analytics.models.calibration import ConditionalCalibration, product_features
 from ml_analytics.models.distribution import daily_interval, sample_paths
 from ml_analytics.models.forecasters.base import (
     AccuracyMetrics,
@@ -149,7 +150,7 @@ def forecast_products(
     combination: Combination,
     global_model: GlobalModel | None,
     config: ForecastConfig,
-    calibration: np.ndarray | None = None,
+    calibration: Sequence[float] | np.ndarray | ConditionalCalibration | None = None,
     holdout: bool = True,
 ) -> list[Forecast]:
     """The service's forecast of each product of `rows`, from its data before day `t`:
@@ -166,10 +167,17 @@ def forecast_products(
     for position, row in enumerate(rows):
         history = panel.history(int(row), t)
         yhat = point.yhat[position]
+        density = (
+            calibration.density(product_features(history, yhat))[0]
+            if isinstance(calibration, ConditionalCalibration)
+            else None
+            if calibration is None
+            else np.asarray(calibration, dtype=float)
+        )
         paths = sample_paths(
             yhat,
             history,
-            calibration,
+            density,
             config.sample_paths,
             product_seed(panel.items[row], t, config.random_seed),
         )

@@ -1,0 +1,75 @@
+"""The conditional recalibration learns where actual demand falls for each kind of
+product, and changes nothing when it falls evenly."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ml_analytics.models.calibration import (
+    BINS,
+    ConditionalCalibration,
+    fit_calibration,
+    product_features,
+)
+
+
+def features(rng: np.random.Generator, n: int) -> np.ndarray:
+    ratio = rng.lognormal(0, 0.6, n)  # forecast / recent level
+    return np.column_stack(
+        [
+            ratio,
+            ratio,
+            ratio,
+            rng.random(n),
+            rng.gamma(2, 2, n),
+            rng.random(n),
+            rng.integers(0, 30, n),
+        ]
+    )
+
+
+def test_a_forecast_far_above_its_level_is_learned_to_overshoot() -> None:
+    rng = np.random.default_rng(3)
+    x = features(rng, 3000)
+    # Above its level: actual demand lands low in the paths; below: high.
+    above = x[:, 0] > 1
+    pits = np.where(above, rng.beta(1, 3, len(x)), rng.beta(3, 1, len(x)))
+    model = fit_calibration(x, pits)
+    assert model is not None
+    high, low = x[x[:, 0] > 2][:1], x[x[:, 0] < 0.5][:1]
+    lower_half = slice(0, BINS // 2)
+    assert model.density(high)[0, lower_half].mean() > 1.3
+    assert model.density(low)[0, lower_half].mean() < 0.7
+    for row in model.density(x[:50]):
+        assert np.isclose(row.mean(), 1.0)
+
+
+def test_evenly_spread_actuals_leave_the_paths_as_they_are() -> None:
+    rng = np.random.default_rng(4)
+    x = features(rng, 3000)
+    model = fit_calibration(x, rng.random(len(x)))
+    assert model is not None
+    assert np.abs(model.density(x[:200]) - 1).max() < 0.25
+
+
+def test_too_few_cases_give_no_model_and_a_stored_model_round_trips() -> None:
+    rng = np.random.default_rng(5)
+    assert fit_calibration(features(rng, 50), rng.random(50)) is None
+    x = features(rng, 500)
+    model = fit_calibration(x, rng.random(500))
+    assert model is not None
+    again = ConditionalCalibration.from_dict(model.as_dict())
+    assert np.allclose(again.density(x[:10]), model.density(x[:10]))
+
+
+def test_product_features() -> None:
+    history = np.zeros(400)
+    history[-28:] = 1.0  # one unit a day for four weeks, nothing before
+    yhat = np.full(14, 2.0)
+    f = product_features(history, yhat)
+    assert f[0] == 2.0  # twice its 28-day mean
+    assert np.isclose(f[1], 2.0 * 91 / 28)
+    assert np.isclose(f[3], 28 / 91)  # sale-day share over 91 days
+    assert f[4] == 28.0  # 28 units ahead in orders of one unit
+    assert f[5] == 0.0 and f[6] == 0.0
+    assert np.isnan(product_features(np.zeros(60), yhat)[0])
