@@ -46,6 +46,7 @@ from bench.scoring import (
     HORIZON,
     POINT_METHODS,
     Scores,
+    origin_probability_table,
     point_table,
     probability_tables,
     score_origin,
@@ -240,6 +241,7 @@ def main() -> None:
     for origin in origins:
         per_origin[origin] = point_table(f"Origin {origin}", by_origin[origin], methods)
     ratios = point_table("Pooled over the six 2011 origins", pooled, methods)
+    origin_probability_table({o: by_origin[o] for o in origins})
     probability = probability_tables(pooled)
     if args.robustness:
         robust = Scores()

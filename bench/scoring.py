@@ -72,6 +72,8 @@ class Scores:
     pinball: dict[str, dict[float, list[float]]] = field(default_factory=dict)
     probability: dict[str, list[tuple[int, float, bool]]] = field(default_factory=dict)
     levels: list[tuple[int, str, bool]] = field(default_factory=list)  # (cover, level, ran out)
+    # (service's 14-day forecast, actual 14-day demand) per case with a stockout question
+    demand14: list[tuple[float, float]] = field(default_factory=list)
 
     def extend(self, other: Scores) -> None:
         for name in ("point", "totals", "probability"):
@@ -82,6 +84,7 @@ class Scores:
             for level, values in by_level.items():
                 self.pinball.setdefault(method, {}).setdefault(level, []).extend(values)
         self.levels.extend(other.levels)
+        self.demand14.extend(other.demand14)
 
 
 def score_origin(
@@ -132,6 +135,7 @@ def score_origin(
                 )
         if m28 <= 0:
             continue
+        scores.demand14.append((float(forecasts["service"][position][:LEAD_TIME].sum()), actual14))
         for cover in COVERS:
             stock = cover * m28
             ran_out = actual14 > stock
@@ -190,6 +194,34 @@ def point_table(title: str, scores: Scores, methods: tuple[str, ...]) -> dict[st
         f"{ratios['total28']:.3f}x, 14-day total {ratios['total14']:.3f}x"
     )
     return ratios
+
+
+def origin_probability_table(by_origin: dict[date, Scores]) -> None:
+    """Per origin: how many ran out against how many the service expected, beside how
+    far the whole shop's 14-day demand fell from the service's forecast. A decile's gap
+    pooled over a few origins carries these shop-wide surprises, which no product's
+    history announces."""
+    print("\nStockout probability per origin (all covers):\n")
+    print(
+        "| origin | cases | mean predicted | observed | service Brier | skill vs the better "
+        "| 14-day demand: actual / forecast |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for origin, scores in by_origin.items():
+
+        def pick(method: str, scores: Scores = scores) -> tuple[np.ndarray, np.ndarray]:
+            chosen = scores.probability[method]
+            return np.array([c[1] for c in chosen]), np.array([c[2] for c in chosen])
+
+        p, y = pick("service")
+        briers = {m: brier(*pick(m)) for m in PROBABILITY_METHODS}
+        reference = min(briers["normal formula"], briers["Poisson 28-day rate"])
+        forecast = sum(f for f, _ in scores.demand14)
+        actual = sum(a for _, a in scores.demand14)
+        print(
+            f"| {origin} | {len(p)} | {p.mean():.3f} | {y.mean():.3f} | {briers['service']:.3f} "
+            f"| {1 - briers['service'] / reference:+.3f} | {actual / forecast:.3f} |"
+        )
 
 
 def probability_tables(scores: Scores) -> dict[str, Any]:
