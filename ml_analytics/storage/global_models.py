@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -296,6 +296,15 @@ async def panel_data(
         units.append(np.asarray(row.units, dtype=float))
     shop = await shop_demand(connection, first_day, last_day)
     return PanelData(first_day, last_day, items, firsts, days, units, shop)
+
+
+def shop_window_start(first_day: date, last_day: date, history_days: int) -> date:
+    """Where the shop's days given to a forecast start: the forecast's whole training
+    window (`history_days` to `last_day`), or the product's first day when earlier. The
+    trainer and the HTTP API both take it, so a history's shop-wide features (some
+    reach a year and a quarter back) are those the global model was trained with, not
+    cut off at the first day of a short history."""
+    return min(first_day, last_day - timedelta(days=history_days - 1))
 
 
 async def shop_demand(connection: AsyncConnection, first_day: date, last_day: date) -> np.ndarray:

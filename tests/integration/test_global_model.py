@@ -267,3 +267,58 @@ async def test_the_sample_paths_calibration_is_learned_per_product_once_backtest
         assert current.calibration.as_dict() == learned
     finally:
         await service.stop()
+
+
+async def test_a_short_posted_history_is_forecast_as_the_trainer_forecasts_the_same_days(
+    settings: Settings, engine: AsyncEngine
+) -> None:
+    """The HTTP API gives a posted history the shop's days of the whole training window,
+    as the trainer does: the global model's shop-wide features (up to 91 days back here)
+    are not cut off at the first day of a 60-day history."""
+    tag = unique("short")
+    await store_history(engine, tag)
+    clock = START + timedelta(days=DAYS)
+    await set_clock(engine, clock)
+    rng = np.random.default_rng(4)
+    first = clock - timedelta(days=60)
+    days = [(first + timedelta(days=d), float(rng.poisson(6))) for d in range(60)]
+    days[0] = (first, 9.0)  # the stored series starts on its first sale, as the posted one
+    async with engine.connect() as connection:
+        driver = (await connection.get_raw_connection()).driver_connection
+        await record_transactions(
+            driver,
+            [
+                TransactionRow(f"{tag}-R-{d}", f"{tag}-R", day, units)
+                for d, (day, units) in enumerate(days)
+                if units
+            ],
+        )
+    global_models = GlobalModelService(engine, settings)
+    trainer = ModelTrainer(engine, settings, global_models=global_models)
+    app = create_app(settings, engine, build_broker(settings), manage_broker=False)
+    try:
+        assert await global_models.train_if_due() is not None
+        await global_models.refresh()
+        stored = await trainer.train_now(f"{tag}-R", force=True)
+        assert stored is not None and stored.global_version is not None
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://api") as api:
+            answer = await api.post(
+                "/forecast/demand",
+                json={
+                    "product_id": f"{tag}-posted",
+                    "horizon_days": 28,
+                    "transaction_data": [
+                        {"date": day.isoformat(), "quantity": units} for day, units in days if units
+                    ],
+                },
+            )
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["model_metrics"]["model"] == stored.model_name
+        assert [p["yhat"] for p in answer.json()["predictions"]] == pytest.approx(
+            list(stored.yhat[:28]), abs=1e-3
+        )
+    finally:
+        app.state.predictions.stop()
+        await trainer.stop()
+        await global_models.stop()

@@ -38,7 +38,7 @@ from ml_analytics.services.predictions.requests import (
     ModelFailed,
 )
 from ml_analytics.settings import Settings
-from ml_analytics.storage.global_models import shop_demand
+from ml_analytics.storage.global_models import shop_demand, shop_window_start
 from ml_analytics.storage.models_store import StoredModel, load_model
 from ml_analytics.workers.jobs import (
     ForecastJob,
@@ -123,15 +123,16 @@ class RequestForecaster:
         combination = dataclasses.replace(job, calibration=current.calibration)
         if current.reference is None or through is None or job.last_day > through:
             return dataclasses.replace(combination, combination=tuple(LOCAL_ONLY.as_dict().items()))
+        shop_start = shop_window_start(job.first_day, job.last_day, job.config.history_days)
         async with self._engine.connect() as connection:
-            shop = await shop_demand(connection, job.first_day, job.last_day)
+            shop = await shop_demand(connection, shop_start, job.last_day)
         if not shop[-91:].any():
             return dataclasses.replace(combination, combination=tuple(LOCAL_ONLY.as_dict().items()))
         return dataclasses.replace(
             combination,
             combination=tuple(current.combination.items()),
             global_model=current.reference,
-            shop_start=job.first_day,
+            shop_start=shop_start,
             shop=shop,
         )
 

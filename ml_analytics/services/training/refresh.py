@@ -19,7 +19,12 @@ from ml_analytics.models.forecasters.base import Forecast
 from ml_analytics.models.retrain import DataState, ModelState, retrain_decision
 from ml_analytics.settings import Settings
 from ml_analytics.storage.demand import daily_demand_series, product_summary, units_between
-from ml_analytics.storage.global_models import ProductSkill, product_skill, shop_demand
+from ml_analytics.storage.global_models import (
+    ProductSkill,
+    product_skill,
+    shop_demand,
+    shop_window_start,
+)
 from ml_analytics.storage.models_store import (
     StoredModel,
     model_state,
@@ -235,7 +240,7 @@ class ProductRefresher:
         did, and the products due at once share one calendar (workers/jobs.run_forecasts)."""
         cached = self._shop_cache
         if cached is None or cached[1] != through or cached[0] > first_day:
-            start = min(first_day, through - timedelta(days=self._config.history_days - 1))
+            start = shop_window_start(first_day, through, self._config.history_days)
             demand = await shop_demand(connection, start, through)
             cached = self._shop_cache = (start, through, demand)
         start, _, demand = cached
