@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from datetime import date
 from typing import Any
 
 import numpy as np
@@ -54,6 +55,7 @@ class BacktestCase:
     # The product's features at the origin (models/calibration.py): what the
     # conditional recalibration learns the PIT from.
     features: tuple[float, ...] | None = None
+    origin: date | None = None  # the backtest's first day, once stored
 
 
 @dataclass

@@ -70,6 +70,19 @@ def _train(data: PanelData, threads: int) -> GlobalTraining:
     return train_with_backtest(panel, panel.days, threads)
 
 
+def described_cases(cases: list[BacktestCase]) -> list[BacktestCase]:
+    """The backtest cases the conditional calibration learns from: those with a PIT and
+    the product's features, when there are MIN_CALIBRATION_CASES of them at
+    MIN_CALIBRATION_ORIGINS origins or more (none otherwise). Backtests stored before
+    features were kept carry none: after an upgrade, one new origin of a large
+    catalogue would be enough cases but one week's luck."""
+    described = [c for c in cases if c.pit_14 is not None and c.features is not None]
+    origins = {c.origin for c in described}
+    if len(described) < MIN_CALIBRATION_CASES or len(origins) < MIN_CALIBRATION_ORIGINS:
+        return []
+    return described
+
+
 class GlobalModelService:
     def __init__(self, engine: AsyncEngine, settings: Settings, *, train: bool = True) -> None:
         self._engine = engine
@@ -185,8 +198,8 @@ class GlobalModelService:
         pits = np.array([c.pit_14 for c in cases if c.pit_14 is not None], dtype=float)
         if len(pits) < MIN_CALIBRATION_CASES or origins < MIN_CALIBRATION_ORIGINS:
             return None
-        described = [c for c in cases if c.pit_14 is not None and c.features is not None]
-        if len(described) >= MIN_CALIBRATION_CASES:
+        described = described_cases(cases)
+        if described:
             conditional = await self._pool.run(
                 self._settings.global_model_timeout_seconds,
                 fit_calibration,

@@ -166,7 +166,7 @@ async def recent_backtests(
     result = await connection.execute(
         text(
             "SELECT product_id, member_totals, forecast_total, actual_total, actual_14, pit_14, "
-            "rmse, mape, features FROM product_backtests WHERE origin IN (SELECT DISTINCT "
+            "rmse, mape, features, origin FROM product_backtests WHERE origin IN (SELECT DISTINCT "
             "origin FROM product_backtests WHERE CAST(:before AS date) IS NULL OR origin < :before "
             "ORDER BY origin DESC LIMIT :origins)"
         ),
@@ -185,6 +185,7 @@ async def recent_backtests(
             features=None
             if row.features is None
             else tuple(math.nan if x is None else float(x) for x in row.features),
+            origin=row.origin,
         )
         for row in result
     ]

@@ -3,14 +3,19 @@ product, and changes nothing when it falls evenly."""
 
 from __future__ import annotations
 
+from datetime import date, timedelta
+
 import numpy as np
 
+from ml_analytics.models.backtest import BacktestCase
 from ml_analytics.models.calibration import (
     BINS,
+    FEATURES,
     ConditionalCalibration,
     fit_calibration,
     product_features,
 )
+from ml_analytics.services.global_model import described_cases
 
 
 def features(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -73,3 +78,30 @@ def test_product_features() -> None:
     assert f[4] == 28.0  # 28 units ahead in orders of one unit
     assert f[5] == 0.0 and f[6] == 0.0
     assert np.isnan(product_features(np.zeros(60), yhat)[0])
+
+
+def test_the_calibration_waits_for_features_at_four_origins_not_just_enough_cases() -> None:
+    """After an upgrade the stored backtests carry no features: one new origin of a
+    large catalogue has cases enough, but one week decides nothing."""
+
+    def case(origin: date, described: bool) -> BacktestCase:
+        return BacktestCase(
+            product_id="p",
+            member_totals={},
+            forecast_total=1.0,
+            actual_total=1.0,
+            actual_14=1.0,
+            pit_14=0.5,
+            rmse=0.0,
+            mape=None,
+            features=(1.0,) * len(FEATURES) if described else None,
+            origin=origin,
+        )
+
+    weeks = [date(2026, 1, 5) + timedelta(days=7 * k) for k in range(8)]
+    upgraded = [case(week, described=week == weeks[-1]) for week in weeks for _ in range(500)]
+    assert described_cases(upgraded) == []
+    four = [case(week, described=week >= weeks[4]) for week in weeks for _ in range(60)]
+    assert len(described_cases(four)) == 240
+    too_few = [case(week, described=True) for week in weeks for _ in range(24)]
+    assert described_cases(too_few) == []  # 192 cases at eight origins
