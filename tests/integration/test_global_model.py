@@ -25,7 +25,7 @@ from ml_analytics.settings import Settings
 from ml_analytics.storage.ingest_writes import TransactionRow, record_transactions
 from ml_analytics.storage.models_store import load_model
 from ml_analytics.workers.pool import FitPool
-from tests.helpers import unique
+from tests.helpers import scalar, unique
 
 pytestmark = pytest.mark.integration
 
@@ -96,12 +96,7 @@ async def test_the_global_model_is_trained_once_per_week_of_clock_across_three_r
         loaded = await asyncio.gather(*(r.refresh() for r in replicas))
         assert {model.version for model in loaded} == {stored[-1][0]}
         assert all(model.reference is not None for model in loaded)
-        async with engine.connect() as connection:
-            origins = (
-                await connection.execute(
-                    text("SELECT count(DISTINCT origin) FROM product_backtests")
-                )
-            ).scalar_one()
+        origins = await scalar(engine, "SELECT count(DISTINCT origin) FROM product_backtests")
         assert origins == 2
     finally:
         for replica in replicas:
@@ -255,12 +250,9 @@ async def test_the_sample_paths_calibration_is_learned_per_product_once_backtest
         learned = calibrations[-1]
         assert isinstance(learned, dict) and learned["kind"] == "ordinal"
         assert len(learned["slopes"]) == len(FEATURES) + 1
-        async with engine.connect() as connection:
-            described = (
-                await connection.execute(
-                    text("SELECT count(*) FROM product_backtests WHERE features IS NOT NULL")
-                )
-            ).scalar_one()
+        described = await scalar(
+            engine, "SELECT count(*) FROM product_backtests WHERE features IS NOT NULL"
+        )
         assert described == 240
         current = await service.refresh()
         assert isinstance(current.calibration, ConditionalCalibration)
