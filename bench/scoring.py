@@ -133,30 +133,56 @@ def score_origin(
                 scores.pinball.setdefault(method, {}).setdefault(level, []).append(
                     pinball(actual14, value, level) / scale
                 )
-        if m28 <= 0:
-            continue
-        scores.demand14.append((float(forecasts["service"][position][:LEAD_TIME].sum()), actual14))
-        for cover in COVERS:
-            stock = cover * m28
-            ran_out = actual14 > stock
-            risk = assess_stockout_risk(
-                forecast_start=origin,
-                sample_paths=service[items[position]][1],
-                stock_units=stock,
-                snapshot_day=origin - timedelta(days=1),
-                window_days=LEAD_TIME,
-                thresholds=THRESHOLDS,
-            )
-            spread = max(math.sqrt(LEAD_TIME) * sd91, 1e-9)
-            probabilities = {
-                "service": risk.stockout_probability,
-                "normal formula": float(1 - stats.norm.cdf((stock - LEAD_TIME * m28) / spread)),
-                "Poisson 28-day rate": float(stats.poisson.sf(stock, LEAD_TIME * m28)),
-            }
-            for method, p in probabilities.items():
-                scores.probability.setdefault(method, []).append((cover, p, ran_out))
-            scores.levels.append((cover, risk.risk_level, ran_out))
+        add_stockout_questions(
+            scores,
+            origin,
+            forecasts["service"][position],
+            service[items[position]][1],
+            history,
+            actual,
+        )
     return scores
+
+
+def add_stockout_questions(
+    scores: Scores,
+    origin: date,
+    yhat: np.ndarray,
+    paths: np.ndarray,
+    history: np.ndarray,
+    actual: np.ndarray,
+) -> None:
+    """The stockout question at each cover (stock = k days of the 28-day mean, lead time
+    LEAD_TIME from `origin`) for one product: the service's answer from its sample
+    `paths` (around its forecast `yhat`), the normal formula's and the Poisson's, and
+    whether it ran out given the `actual` demand that followed. None for a product
+    without a sale in 28 days."""
+    m28 = float(history[-28:].mean()) if len(history) else 0.0
+    if m28 <= 0:
+        return
+    sd91 = float(history[-91:].std()) if len(history) > 1 else 0.0
+    actual14 = float(actual[:LEAD_TIME].sum())
+    scores.demand14.append((float(yhat[:LEAD_TIME].sum()), actual14))
+    for cover in COVERS:
+        stock = cover * m28
+        ran_out = actual14 > stock
+        risk = assess_stockout_risk(
+            forecast_start=origin,
+            sample_paths=paths,
+            stock_units=stock,
+            snapshot_day=origin - timedelta(days=1),
+            window_days=LEAD_TIME,
+            thresholds=THRESHOLDS,
+        )
+        spread = max(math.sqrt(LEAD_TIME) * sd91, 1e-9)
+        probabilities = {
+            "service": risk.stockout_probability,
+            "normal formula": float(1 - stats.norm.cdf((stock - LEAD_TIME * m28) / spread)),
+            "Poisson 28-day rate": float(stats.poisson.sf(stock, LEAD_TIME * m28)),
+        }
+        for method, p in probabilities.items():
+            scores.probability.setdefault(method, []).append((cover, p, ran_out))
+        scores.levels.append((cover, risk.risk_level, ran_out))
 
 
 # -- report ---------------------------------------------------------------------------
@@ -264,10 +290,13 @@ def probability_tables(scores: Scores) -> dict[str, Any]:
     print(
         f"\n`high` alerts (p >= {THRESHOLDS.high}): precision {precision:.3f}, recall {recall:.3f}"
     )
-    print("\nPinball loss of the 14-day cumulative demand (scaled by each product's daily mean):\n")
-    print("| method | q 0.5 | q 0.9 | q 0.95 |")
-    print("|---|---:|---:|---:|")
-    for method in PROBABILITY_METHODS:
-        values = [np.mean(scores.pinball[method][q]) for q in QUANTILES]
-        print(f"| {method} | " + " | ".join(f"{v:.3f}" for v in values) + " |")
+    if scores.pinball:
+        print(
+            "\nPinball loss of the 14-day cumulative demand (scaled by each product's daily mean):\n"
+        )
+        print("| method | q 0.5 | q 0.9 | q 0.95 |")
+        print("|---|---:|---:|---:|")
+        for method in PROBABILITY_METHODS:
+            values = [np.mean(scores.pinball[method][q]) for q in QUANTILES]
+            print(f"| {method} | " + " | ".join(f"{v:.3f}" for v in values) + " |")
     return {"skills": skills, "worst_gap": worst, "precision": precision, "recall": recall}

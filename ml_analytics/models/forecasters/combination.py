@@ -143,6 +143,19 @@ def product_seed(item: str, t: int, base: int) -> int:
     return (zlib.crc32(item.encode()) ^ (t * 7919) ^ base) & 0x7FFFFFFF
 
 
+def product_density(
+    calibration: Sequence[float] | np.ndarray | ConditionalCalibration | None,
+    history: np.ndarray,
+    yhat: np.ndarray,
+) -> np.ndarray | None:
+    """The PIT density a product's sample paths are recalibrated with: its own from the
+    conditional model, the pooled one, or None (raw paths)."""
+    if isinstance(calibration, ConditionalCalibration):
+        density: np.ndarray = calibration.density(product_features(history, yhat))[0]
+        return density
+    return None if calibration is None else np.asarray(calibration, dtype=float)
+
+
 def forecast_products(
     panel: Panel,
     t: int,
@@ -167,17 +180,10 @@ def forecast_products(
     for position, row in enumerate(rows):
         history = panel.history(int(row), t)
         yhat = point.yhat[position]
-        density = (
-            calibration.density(product_features(history, yhat))[0]
-            if isinstance(calibration, ConditionalCalibration)
-            else None
-            if calibration is None
-            else np.asarray(calibration, dtype=float)
-        )
         paths = sample_paths(
             yhat,
             history,
-            density,
+            product_density(calibration, history, yhat),
             config.sample_paths,
             product_seed(panel.items[row], t, config.random_seed),
         )

@@ -1,0 +1,195 @@
+"""How the sample paths' recalibration does, in minutes instead of bench/evaluate's hour.
+
+The stockout probabilities come from sample paths recalibrated with where actual
+14-day demand fell among them in the backtests (the PIT). This bench reproduces what
+the service does at bench/evaluate's origins without the database or the clock: at
+each origin and at each of the eight weekly backtests before it, the global model is
+trained on the data before that day, the default combination forecasts every product,
+and the backtests give their PITs and the products' features (the service's own
+`backtest`, `point_forecasts`, `sample_paths`). Each way of recalibrating is then
+learned from the eight backtests before an origin and scored at the origin, as
+bench/evaluate scores the service:
+
+- `none`: the raw sale-day paths;
+- `pooled`: one PIT density for every product;
+- `conditional`: each product's density from the ordinal model of its features (the
+  service's default once backtests carry features; `models/calibration.py`).
+
+Beside the pooled scores of each (2011's six origins, 2010's three as the check) it
+prints the calibration's reliability on the very backtests it was fitted on (in
+sample) and per origin how many products ran out against how many the paths said,
+with how far the shop's 14-day demand fell from the forecast: a reliability gap that
+is there out of sample only is the origins' own surprise, not the model's form.
+
+The global models and forecasts (about 80 days, 10-15 minutes on 2 cores) are kept in
+`--cache` (a pickle this bench writes and reads; delete it after changing the point
+forecasts). A variant of the recalibration is then a minute.
+
+    python -m bench.calibration [--cache .bench-cache/calibration.pkl] [--variants ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import pickle
+import time
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+
+from bench.evaluate import DATA, ORIGINS, ROBUSTNESS, load_panel
+from bench.scoring import (
+    LEAD_TIME,
+    Scores,
+    add_stockout_questions,
+    origin_probability_table,
+    probability_tables,
+)
+from ml_analytics.models.backtest import BacktestCase, backtest
+from ml_analytics.models.calibration import ConditionalCalibration, fit_calibration
+from ml_analytics.models.distribution import pit_density, sample_paths
+from ml_analytics.models.forecasters.base import ForecastConfig
+from ml_analytics.models.forecasters.combination import (
+    DEFAULT,
+    point_forecasts,
+    product_density,
+    product_seed,
+)
+from ml_analytics.models.forecasters.global_gbm import train_global
+from ml_analytics.models.forecasters.panel import Panel
+from ml_analytics.models.metrics import reliability
+
+BACKTESTS = 8  # weekly backtest origins before each origin, as the service keeps
+BACKTEST_LAG = 28  # a backtest starts four weeks before the training that makes it
+VARIANTS = ("none", "pooled", "conditional")
+Calibration = np.ndarray | ConditionalCalibration | None
+CONFIG = ForecastConfig()
+
+
+@dataclass
+class Day:
+    """What the service would know and forecast at day `t` of the panel."""
+
+    rows: np.ndarray  # products with 28 days of history before t
+    yhat: np.ndarray  # (len(rows), 28) the default combination's daily forecast
+    cases: list[BacktestCase]  # the backtest from t (PITs and features)
+
+
+def backtest_days(t: int) -> list[int]:
+    return [t - BACKTEST_LAG - 7 * k for k in range(BACKTESTS)]
+
+
+def prepare(panel: Panel, origins: list[date], cache: Path) -> dict[int, Day]:
+    days: dict[int, Day] = pickle.loads(cache.read_bytes()) if cache.exists() else {}
+    needed = sorted(
+        {panel.index(o) for o in origins}
+        | {h for o in origins for h in backtest_days(panel.index(o))}
+    )
+    for h in needed:
+        if h in days:
+            continue
+        started = time.perf_counter()
+        model = train_global(panel, h, threads=2)
+        rows = np.nonzero(panel.first <= h - 28)[0]
+        point = point_forecasts(panel, h, rows, DEFAULT, model, 28)
+        days[h] = Day(rows, point.yhat, backtest(panel, h, model))
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        cache.write_bytes(pickle.dumps(days))
+        print(
+            f"  {panel.day(h)}: {len(rows)} products, {time.perf_counter() - started:.0f} s",
+            flush=True,
+        )
+    return days
+
+
+def learn(variant: str, cases: list[BacktestCase]) -> Calibration:
+    """The recalibration learned from backtest cases, as the service learns it."""
+    described = [c for c in cases if c.pit_14 is not None and c.features is not None]
+    if variant == "none":
+        return None
+    if variant == "pooled":
+        return pit_density(np.array([c.pit_14 for c in described], dtype=float))
+    return fit_calibration(
+        np.array([c.features for c in described], dtype=float),
+        np.array([c.pit_14 for c in described], dtype=float),
+    )
+
+
+def score_day(panel: Panel, day: Day, t: int, calibration: Calibration) -> Scores:
+    """The stockout questions at day t of every product that sold in its last 28 days
+    and has 30 days of history, answered by paths recalibrated with `calibration`."""
+    scores = Scores()
+    for position, row in enumerate(day.rows):
+        if panel.first[row] > t - 30:
+            continue
+        history = panel.history(int(row), t)
+        yhat = day.yhat[position]
+        paths = sample_paths(
+            yhat,
+            history,
+            product_density(calibration, history, yhat),
+            CONFIG.sample_paths,
+            product_seed(panel.items[row], t, CONFIG.random_seed),
+        )
+        actual = np.nan_to_num(panel.Y[row, t : t + LEAD_TIME])
+        add_stockout_questions(scores, panel.day(t), yhat, paths, history, actual)
+    return scores
+
+
+def worst_gap(scores: Scores) -> float:
+    p = np.array([c[1] for c in scores.probability["service"]])
+    y = np.array([c[2] for c in scores.probability["service"]])
+    return max(
+        (
+            abs(observed - predicted)
+            for _, _, n, predicted, observed in reliability(p, y)
+            if n >= 50
+        ),
+        default=0.0,
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--data", type=Path, default=DATA)
+    parser.add_argument("--cache", type=Path, default=Path(".bench-cache/calibration.pkl"))
+    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
+    args = parser.parse_args()
+    started = time.perf_counter()
+    panel = load_panel(args.data)
+    groups = {
+        "2011 (six origins)": [date.fromisoformat(o) for g in ORIGINS.values() for o in g],
+        "2010 (three origins, the check)": [date.fromisoformat(o) for o in ROBUSTNESS["2010"]],
+    }
+    print("Point forecasts and backtests (cached in", args.cache, "):", flush=True)
+    days = prepare(panel, [o for group in groups.values() for o in group], args.cache)
+    for variant in args.variants:
+        print(f"\n## Recalibration: {variant}")
+        for name, origins in groups.items():
+            pooled, in_sample = Scores(), Scores()
+            by_origin = {}
+            for origin in origins:
+                t = panel.index(origin)
+                history_cases = [c for h in backtest_days(t) for c in days[h].cases]
+                calibration = learn(variant, history_cases)
+                by_origin[origin] = score_day(panel, days[t], t, calibration)
+                pooled.extend(by_origin[origin])
+                for h in backtest_days(t):
+                    in_sample.extend(score_day(panel, days[h], h, calibration))
+            print(f"\n### {name}")
+            probability_tables(pooled)
+            origin_probability_table(by_origin)
+            print(
+                f"\nReliability, worst decile gap: {worst_gap(pooled):.3f} at the origins, "
+                f"{worst_gap(in_sample):.3f} on the backtests it was learned from "
+                f"({len(in_sample.levels)} questions)"
+            )
+    print(f"\nbench/calibration: {time.perf_counter() - started:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
