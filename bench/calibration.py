@@ -21,9 +21,9 @@ sample) and per origin how many products ran out against how many the paths said
 with how far the shop's 14-day demand fell from the forecast: a reliability gap that
 is there out of sample only is the origins' own surprise, not the model's form.
 
-The global models and forecasts (about 80 days, 10-15 minutes on 2 cores) are kept in
+The global models and forecasts (about 80 days, 13 minutes on 2 cores) are kept in
 `--cache` (a pickle this bench writes and reads; delete it after changing the point
-forecasts). A variant of the recalibration is then a minute.
+forecasts). Each variant of the recalibration then takes about 3.5 minutes.
 
     python -m bench.calibration [--cache .bench-cache/calibration.pkl] [--variants ...]
 """
