@@ -46,25 +46,19 @@ from bench.scoring import (
     add_stockout_questions,
     origin_probability_table,
     probability_tables,
+    worst_gap,
 )
 from ml_analytics.models.backtest import BacktestCase, backtest
-from ml_analytics.models.calibration import ConditionalCalibration, fit_calibration
-from ml_analytics.models.distribution import pit_density, sample_paths
+from ml_analytics.models.calibration import Calibration, fit_calibration
+from ml_analytics.models.distribution import pit_density
 from ml_analytics.models.forecasters.base import ForecastConfig
-from ml_analytics.models.forecasters.combination import (
-    DEFAULT,
-    point_forecasts,
-    product_density,
-    product_seed,
-)
+from ml_analytics.models.forecasters.combination import DEFAULT, point_forecasts, product_paths
 from ml_analytics.models.forecasters.global_gbm import train_global
 from ml_analytics.models.forecasters.panel import Panel
-from ml_analytics.models.metrics import reliability
 
 BACKTESTS = 8  # weekly backtest origins before each origin, as the service keeps
 BACKTEST_LAG = 28  # a backtest starts four weeks before the training that makes it
 VARIANTS = ("none", "pooled", "conditional")
-Calibration = np.ndarray | ConditionalCalibration | None
 CONFIG = ForecastConfig()
 
 
@@ -104,51 +98,33 @@ def prepare(panel: Panel, origins: list[date], cache: Path) -> dict[int, Day]:
     return days
 
 
-def learn(variant: str, cases: list[BacktestCase]) -> Calibration:
+def learn(variant: str, cases: list[BacktestCase]) -> Calibration | None:
     """The recalibration learned from backtest cases, as the service learns it."""
     described = [c for c in cases if c.pit_14 is not None and c.features is not None]
     if variant == "none":
         return None
     if variant == "pooled":
-        return pit_density(np.array([c.pit_14 for c in described], dtype=float))
+        return tuple(pit_density(np.array([c.pit_14 for c in described], dtype=float)))
     return fit_calibration(
         np.array([c.features for c in described], dtype=float),
         np.array([c.pit_14 for c in described], dtype=float),
     )
 
 
-def score_day(panel: Panel, day: Day, t: int, calibration: Calibration) -> Scores:
+def score_day(panel: Panel, day: Day, t: int, calibration: Calibration | None) -> Scores:
     """The stockout questions at day t of every product that sold in its last 28 days
     and has 30 days of history, answered by paths recalibrated with `calibration`."""
     scores = Scores()
     for position, row in enumerate(day.rows):
         if panel.first[row] > t - 30:
             continue
-        history = panel.history(int(row), t)
         yhat = day.yhat[position]
-        paths = sample_paths(
-            yhat,
-            history,
-            product_density(calibration, history, yhat),
-            CONFIG.sample_paths,
-            product_seed(panel.items[row], t, CONFIG.random_seed),
-        )
+        paths = product_paths(panel, int(row), t, yhat, CONFIG, calibration)
         actual = np.nan_to_num(panel.Y[row, t : t + LEAD_TIME])
-        add_stockout_questions(scores, panel.day(t), yhat, paths, history, actual)
+        add_stockout_questions(
+            scores, panel.day(t), yhat, paths, panel.history(int(row), t), actual
+        )
     return scores
-
-
-def worst_gap(scores: Scores) -> float:
-    p = np.array([c[1] for c in scores.probability["service"]])
-    y = np.array([c[2] for c in scores.probability["service"]])
-    return max(
-        (
-            abs(observed - predicted)
-            for _, _, n, predicted, observed in reliability(p, y)
-            if n >= 50
-        ),
-        default=0.0,
-    )
 
 
 def main() -> None:

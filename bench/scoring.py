@@ -234,20 +234,40 @@ def origin_probability_table(by_origin: dict[date, Scores]) -> None:
     )
     print("|---|---:|---:|---:|---:|---:|---:|")
     for origin, scores in by_origin.items():
-
-        def pick(method: str, scores: Scores = scores) -> tuple[np.ndarray, np.ndarray]:
-            chosen = scores.probability[method]
-            return np.array([c[1] for c in chosen]), np.array([c[2] for c in chosen])
-
-        p, y = pick("service")
-        briers = {m: brier(*pick(m)) for m in PROBABILITY_METHODS}
-        reference = min(briers["normal formula"], briers["Poisson 28-day rate"])
+        p, y = answers(scores, "service")
+        briers, skill = brier_skill(scores)
         forecast = sum(f for f, _ in scores.demand14)
         actual = sum(a for _, a in scores.demand14)
         print(
             f"| {origin} | {len(p)} | {p.mean():.3f} | {y.mean():.3f} | {briers['service']:.3f} "
-            f"| {1 - briers['service'] / reference:+.3f} | {actual / forecast:.3f} |"
+            f"| {skill:+.3f} | {actual / forecast:.3f} |"
         )
+
+
+def answers(scores: Scores, method: str, cover: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """A method's stockout probabilities and the outcomes (at one cover, or all)."""
+    chosen = [c for c in scores.probability[method] if cover is None or c[0] == cover]
+    return np.array([c[1] for c in chosen]), np.array([c[2] for c in chosen])
+
+
+def brier_skill(scores: Scores, cover: int | None = None) -> tuple[dict[str, float], float]:
+    """Each method's Brier score, and the service's skill against the better of the
+    normal formula and the Poisson."""
+    briers = {m: brier(*answers(scores, m, cover)) for m in PROBABILITY_METHODS}
+    reference = min(briers["normal formula"], briers["Poisson 28-day rate"])
+    return briers, 1 - briers["service"] / reference
+
+
+def worst_gap(scores: Scores) -> float:
+    """The largest |observed - predicted| over the deciles holding 50 cases or more."""
+    return max(
+        (
+            abs(observed - predicted)
+            for _, _, cases, predicted, observed in reliability(*answers(scores, "service"))
+            if cases >= 50
+        ),
+        default=0.0,
+    )
 
 
 def probability_tables(scores: Scores) -> dict[str, Any]:
@@ -257,17 +277,10 @@ def probability_tables(scores: Scores) -> dict[str, Any]:
     )
     print("|---:|---:|---:|---:|---:|---:|---:|")
     skills = {}
-
-    def pick(method: str, cover: int | None) -> tuple[np.ndarray, np.ndarray]:
-        chosen = [c for c in scores.probability[method] if cover is None or c[0] == cover]
-        return np.array([c[1] for c in chosen]), np.array([c[2] for c in chosen])
-
     for cover in (*COVERS, None):
-        briers = {m: brier(*pick(m, cover)) for m in PROBABILITY_METHODS}
-        reference = min(briers["normal formula"], briers["Poisson 28-day rate"])
-        skill = 1 - briers["service"] / reference
+        briers, skill = brier_skill(scores, cover)
         skills["all" if cover is None else cover] = skill
-        p, y = pick("service", cover)
+        p, y = answers(scores, "service", cover)
         print(
             f"| {'all' if cover is None else cover} | {len(p)} | {int(y.sum())} | "
             f"{briers['service']:.3f} | {briers['normal formula']:.3f} | "
@@ -276,13 +289,8 @@ def probability_tables(scores: Scores) -> dict[str, Any]:
     print("\nReliability of stockout_probability (all covers), by decile:\n")
     print("| predicted | cases | mean predicted | observed | gap |")
     print("|---|---:|---:|---:|---:|")
-    p = np.array([c[1] for c in scores.probability["service"]])
-    y = np.array([c[2] for c in scores.probability["service"]])
-    worst = 0.0
-    for low, high, cases, predicted, observed in reliability(p, y):
+    for low, high, cases, predicted, observed in reliability(*answers(scores, "service")):
         gap = observed - predicted
-        if cases >= 50:
-            worst = max(worst, abs(gap))
         print(f"| {low:.1f}-{high:.1f} | {cases} | {predicted:.3f} | {observed:.3f} | {gap:+.3f} |")
     alerts = np.array([level == "high" for _, level, _ in scores.levels])
     outcomes = np.array([ran for _, _, ran in scores.levels])
@@ -299,4 +307,9 @@ def probability_tables(scores: Scores) -> dict[str, Any]:
         for method in PROBABILITY_METHODS:
             values = [np.mean(scores.pinball[method][q]) for q in QUANTILES]
             print(f"| {method} | " + " | ".join(f"{v:.3f}" for v in values) + " |")
-    return {"skills": skills, "worst_gap": worst, "precision": precision, "recall": recall}
+    return {
+        "skills": skills,
+        "worst_gap": worst_gap(scores),
+        "precision": precision,
+        "recall": recall,
+    }

@@ -143,17 +143,32 @@ def product_seed(item: str, t: int, base: int) -> int:
     return (zlib.crc32(item.encode()) ^ (t * 7919) ^ base) & 0x7FFFFFFF
 
 
-def product_density(
-    calibration: Sequence[float] | np.ndarray | ConditionalCalibration | None,
-    history: np.ndarray,
+def product_paths(
+    panel: Panel,
+    row: int,
+    t: int,
     yhat: np.ndarray,
-) -> np.ndarray | None:
-    """The PIT density a product's sample paths are recalibrated with: its own from the
-    conditional model, the pooled one, or None (raw paths)."""
-    if isinstance(calibration, ConditionalCalibration):
-        density: np.ndarray = calibration.density(product_features(history, yhat))[0]
-        return density
-    return None if calibration is None else np.asarray(calibration, dtype=float)
+    config: ForecastConfig,
+    calibration: Sequence[float] | np.ndarray | ConditionalCalibration | None,
+) -> np.ndarray:
+    """A product's sample paths around its forecast `yhat` from day `t`, recalibrated
+    with its own density from the conditional model, the pooled one, or none (raw
+    paths); seeded per product and day."""
+    history = panel.history(int(row), t)
+    density = (
+        calibration.density(product_features(history, yhat))[0]
+        if isinstance(calibration, ConditionalCalibration)
+        else None
+        if calibration is None
+        else np.asarray(calibration, dtype=float)
+    )
+    return sample_paths(
+        yhat,
+        history,
+        density,
+        config.sample_paths,
+        product_seed(panel.items[row], t, config.random_seed),
+    )
 
 
 def forecast_products(
@@ -180,13 +195,7 @@ def forecast_products(
     for position, row in enumerate(rows):
         history = panel.history(int(row), t)
         yhat = point.yhat[position]
-        paths = sample_paths(
-            yhat,
-            history,
-            product_density(calibration, history, yhat),
-            config.sample_paths,
-            product_seed(panel.items[row], t, config.random_seed),
-        )
+        paths = product_paths(panel, int(row), t, yhat, config, calibration)
         lower, upper = daily_interval(paths, yhat, config.interval_width)
         applied = point.combinations[position]
         metrics = accuracies[position] or AccuracyMetrics(0, None, None, None, None, None)
