@@ -45,6 +45,7 @@ from bench.scoring import (
     Scores,
     add_stockout_questions,
     origin_probability_table,
+    path_answers,
     probability_tables,
     worst_gap,
 )
@@ -122,7 +123,7 @@ def score_day(panel: Panel, day: Day, t: int, calibration: Calibration | None) -
         paths = product_paths(panel, int(row), t, yhat, CONFIG, calibration)
         actual = np.nan_to_num(panel.Y[row, t : t + LEAD_TIME])
         add_stockout_questions(
-            scores, panel.day(t), yhat, paths, panel.history(int(row), t), actual
+            scores, yhat, path_answers(paths, panel.day(t)), panel.history(int(row), t), actual
         )
     return scores
 

@@ -5,6 +5,7 @@ probabilities), the scores of each origin's cases, and the pooled tables."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date, timedelta
@@ -93,6 +94,8 @@ def score_origin(
     service: dict[str, tuple[np.ndarray, np.ndarray, str]],
     prophet: bool,
 ) -> Scores:
+    """The cases of one origin: the service's stored forecasts and sample paths (product
+    -> (yhat, paths, model name)) beside the baselines."""
     t = panel.index(origin)
     items = sorted(service)
     rows = np.array([panel.items.index(item) for item in items])
@@ -102,70 +105,79 @@ def score_origin(
     for position, row in enumerate(rows):
         history = panel.history(int(row), t)
         actual = np.nan_to_num(panel.Y[row, t : t + HORIZON])
-        scale = float(history[-365:].mean())  # 0: no sale in a year, no scale (skipped)
-        for method, forecast in forecasts.items():
-            f = forecast[position]
-            scores.point.setdefault(method, []).append(rmsse(actual, f, history))
-            scores.totals.setdefault(method, []).append(
-                (
-                    abs(float(f.sum() - actual.sum())),
-                    abs(float(f[:14].sum() - actual[:14].sum())),
-                    float(actual.sum()),
-                    float(actual[:14].sum()),
-                )
-            )
-        # The 14-day cumulative demand: the service's quantiles from its paths; the
-        # formula's and the Poisson's from their distributions.
-        actual14 = float(actual[:LEAD_TIME].sum())
-        m28 = float(history[-28:].mean()) if len(history) else 0.0
-        sd91 = float(history[-91:].std()) if len(history) > 1 else 0.0
-        paths14 = service[items[position]][1][:, :LEAD_TIME].sum(1)
-        for level in QUANTILES if scale > 0 else ():
-            quantile = {
-                "service": float(np.quantile(paths14, level)),
-                "normal formula": max(
-                    0.0,
-                    stats.norm.ppf(level, LEAD_TIME * m28, max(math.sqrt(LEAD_TIME) * sd91, 1e-9)),
-                ),
-                "Poisson 28-day rate": float(stats.poisson.ppf(level, LEAD_TIME * m28)),
-            }
-            for method, value in quantile.items():
-                scores.pinball.setdefault(method, {}).setdefault(level, []).append(
-                    pinball(actual14, value, level) / scale
-                )
+        add_point_cases(scores, forecasts, position, history, actual)
+        paths = service[items[position]][1]
+        add_pinball_cases(scores, paths, history, actual)
         add_stockout_questions(
             scores,
-            origin,
             forecasts["service"][position],
-            service[items[position]][1],
+            path_answers(paths, origin),
             history,
             actual,
         )
     return scores
 
 
-def add_stockout_questions(
+def add_point_cases(
     scores: Scores,
-    origin: date,
-    yhat: np.ndarray,
-    paths: np.ndarray,
+    forecasts: dict[str, np.ndarray],
+    position: int,
     history: np.ndarray,
     actual: np.ndarray,
 ) -> None:
-    """The stockout question at each cover (stock = k days of the 28-day mean, lead time
-    LEAD_TIME from `origin`) for one product: the service's answer from its sample
-    `paths` (around its forecast `yhat`), the normal formula's and the Poisson's, and
-    whether it ran out given the `actual` demand that followed. None for a product
-    without a sale in 28 days."""
-    m28 = float(history[-28:].mean()) if len(history) else 0.0
-    if m28 <= 0:
+    """RMSSE and the 28- and 14-day total errors of each method's forecast (row
+    `position` of its array) against the `actual` demand that followed."""
+    for method, forecast in forecasts.items():
+        f = forecast[position]
+        scores.point.setdefault(method, []).append(rmsse(actual, f, history))
+        scores.totals.setdefault(method, []).append(
+            (
+                abs(float(f.sum() - actual.sum())),
+                abs(float(f[:14].sum() - actual[:14].sum())),
+                float(actual.sum()),
+                float(actual[:14].sum()),
+            )
+        )
+
+
+def add_pinball_cases(
+    scores: Scores, paths: np.ndarray, history: np.ndarray, actual: np.ndarray
+) -> None:
+    """Pinball loss of the 14-day cumulative demand: the service's quantiles from its
+    paths, the formula's and the Poisson's from their distributions (scaled by the
+    product's daily mean over a year; none for a product without a sale in it)."""
+    scale = float(history[-365:].mean())
+    if scale <= 0:
         return
-    sd91 = float(history[-91:].std()) if len(history) > 1 else 0.0
     actual14 = float(actual[:LEAD_TIME].sum())
-    scores.demand14.append((float(yhat[:LEAD_TIME].sum()), actual14))
-    for cover in COVERS:
-        stock = cover * m28
-        ran_out = actual14 > stock
+    m28 = float(history[-28:].mean()) if len(history) else 0.0
+    sd91 = float(history[-91:].std()) if len(history) > 1 else 0.0
+    paths14 = paths[:, :LEAD_TIME].sum(1)
+    for level in QUANTILES:
+        quantile = {
+            "service": float(np.quantile(paths14, level)),
+            "normal formula": max(
+                0.0,
+                stats.norm.ppf(level, LEAD_TIME * m28, max(math.sqrt(LEAD_TIME) * sd91, 1e-9)),
+            ),
+            "Poisson 28-day rate": float(stats.poisson.ppf(level, LEAD_TIME * m28)),
+        }
+        for method, value in quantile.items():
+            scores.pinball.setdefault(method, {}).setdefault(level, []).append(
+                pinball(actual14, value, level) / scale
+            )
+
+
+# The service's answer to a stockout question: (probability, risk level) given the
+# cover and the stock.
+Answer = Callable[[int, float], tuple[float, str]]
+
+
+def path_answers(paths: np.ndarray, origin: date) -> Answer:
+    """The service's answers from its sample paths, as its risk assessment gives them
+    for stock counted at the end of the day before `origin`."""
+
+    def answer(cover: int, stock: float) -> tuple[float, str]:
         risk = assess_stockout_risk(
             forecast_start=origin,
             sample_paths=paths,
@@ -174,15 +186,46 @@ def add_stockout_questions(
             window_days=LEAD_TIME,
             thresholds=THRESHOLDS,
         )
+        return risk.stockout_probability, risk.risk_level
+
+    return answer
+
+
+def stock_at_cover(history: np.ndarray, cover: int) -> float:
+    """The stock of the question at `cover` days: that many days of the 28-day mean."""
+    return cover * (float(history[-28:].mean()) if len(history) else 0.0)
+
+
+def add_stockout_questions(
+    scores: Scores,
+    yhat: np.ndarray,
+    answer: Answer,
+    history: np.ndarray,
+    actual: np.ndarray,
+) -> None:
+    """The stockout question at each cover (stock = k days of the 28-day mean, lead time
+    LEAD_TIME) for one product: the service's `answer`, the normal formula's and the
+    Poisson's, and whether it ran out given the `actual` demand that followed. None for
+    a product without a sale in 28 days."""
+    m28 = float(history[-28:].mean()) if len(history) else 0.0
+    if m28 <= 0:
+        return
+    sd91 = float(history[-91:].std()) if len(history) > 1 else 0.0
+    actual14 = float(actual[:LEAD_TIME].sum())
+    scores.demand14.append((float(yhat[:LEAD_TIME].sum()), actual14))
+    for cover in COVERS:
+        stock = stock_at_cover(history, cover)
+        ran_out = actual14 > stock
+        probability, level = answer(cover, stock)
         spread = max(math.sqrt(LEAD_TIME) * sd91, 1e-9)
         probabilities = {
-            "service": risk.stockout_probability,
+            "service": probability,
             "normal formula": float(1 - stats.norm.cdf((stock - LEAD_TIME * m28) / spread)),
             "Poisson 28-day rate": float(stats.poisson.sf(stock, LEAD_TIME * m28)),
         }
         for method, p in probabilities.items():
             scores.probability.setdefault(method, []).append((cover, p, ran_out))
-        scores.levels.append((cover, risk.risk_level, ran_out))
+        scores.levels.append((cover, level, ran_out))
 
 
 # -- report ---------------------------------------------------------------------------
@@ -214,6 +257,7 @@ def point_table(title: str, scores: Scores, methods: tuple[str, ...]) -> dict[st
         "rmsse": rows["service"][0] / best[0],
         "total28": rows["service"][1] / best[1],
         "total14": rows["service"][2] / best[2],
+        "total28_ma": rows["service"][1] / rows["moving average 28"][1],
     }
     print(
         f"\nservice / best simple baseline: RMSSE {ratios['rmsse']:.3f}x, 28-day total "
