@@ -314,3 +314,56 @@ async def test_a_short_posted_history_is_forecast_as_the_trainer_forecasts_the_s
         app.state.predictions.stop()
         await trainer.stop()
         await global_models.stop()
+
+
+async def test_a_posted_history_shorter_than_a_year_gets_the_default_combination(
+    settings: Settings, engine: AsyncEngine
+) -> None:
+    """The combination chosen on the stored products' backtests (here the global model
+    alone) forecasts a posted history of a year or more; a shorter one, whose product
+    may be older than it says, gets the default's equal weights."""
+    await store_history(engine, unique("posted"))
+    clock = START + timedelta(days=DAYS)
+    await set_clock(engine, clock)
+    global_models = GlobalModelService(engine, settings)
+    try:
+        assert await global_models.train_if_due() is not None
+    finally:
+        await global_models.stop()
+    async with engine.begin() as connection:
+        await connection.execute(
+            text(
+                "UPDATE global_models SET combination = CAST(:c AS jsonb) "
+                "WHERE version = (SELECT max(version) FROM global_models)"
+            ),
+            {"c": '{"gbm": 1.0}'},
+        )
+    rng = np.random.default_rng(5)
+    app = create_app(settings, engine, build_broker(settings), manage_broker=False)
+    try:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://api") as api:
+            models = {}
+            for days in (90, 364, 365, 400):
+                first = clock - timedelta(days=days)
+                answer = await api.post(
+                    "/forecast/demand",
+                    json={
+                        "product_id": f"posted-{days}",
+                        "horizon_days": 28,
+                        "transaction_data": [
+                            {"date": (first + timedelta(days=d)).isoformat(), "quantity": q}
+                            for d, q in enumerate(rng.poisson(6, days).astype(float))
+                        ],
+                    },
+                )
+                assert answer.status_code == 200, answer.text
+                models[days] = answer.json()["model_metrics"]["model"]
+    finally:
+        app.state.predictions.stop()
+    assert models == {
+        90: "combination:gbm+ma28+adida",
+        364: "combination:gbm+ma28+adida",
+        365: "combination:gbm",
+        400: "combination:gbm",
+    }

@@ -28,7 +28,11 @@ from ml_analytics.models.forecasters.base import (
     Seasonality,
     check_history,
 )
-from ml_analytics.models.forecasters.combination import LOCAL_ONLY
+from ml_analytics.models.forecasters.combination import (
+    LOCAL_ONLY,
+    Combination,
+    for_posted_history,
+)
 from ml_analytics.models.forecasters.prophet import assemble_forecast
 from ml_analytics.services.predictions.requests import (
     BadRequest,
@@ -110,14 +114,15 @@ class RequestForecaster:
             forecaster=forecaster,
         )
         if forecaster == "combination":
-            job = await self._with_global_model(job)
+            job = await self._with_global_model(job, posted=not stored_history)
         return await self._fit(product_id, job)
 
-    async def _with_global_model(self, job: ForecastJob) -> ForecastJob:
+    async def _with_global_model(self, job: ForecastJob, posted: bool) -> ForecastJob:
         """The combination with the global model, the shop's demand and the calibration
         when the stored data covers the history's last days (the shop-wide features come
         from it); the local members alone otherwise (a service with no data yet, or a
-        history from another period)."""
+        history from another period). A `posted` history shorter than a year gets the
+        default combination (`for_posted_history`)."""
         current = await self._global.refresh()
         through = await self.through()
         combination = dataclasses.replace(job, calibration=current.calibration)
@@ -128,9 +133,12 @@ class RequestForecaster:
             shop = await shop_demand(connection, shop_start, job.last_day)
         if not shop[-91:].any():
             return dataclasses.replace(combination, combination=tuple(LOCAL_ONLY.as_dict().items()))
+        chosen = Combination.from_dict(current.combination)
+        if posted:
+            chosen = for_posted_history(chosen, len(job.values))
         return dataclasses.replace(
             combination,
-            combination=tuple(current.combination.items()),
+            combination=tuple(chosen.as_dict().items()),
             global_model=current.reference,
             shop_start=shop_start,
             shop=shop,
