@@ -28,11 +28,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import csv
 import gzip
 import platform
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -117,6 +119,27 @@ async def set_clock(engine: Any, origin: date) -> None:
         )
 
 
+@contextlib.asynccontextmanager
+async def sample_database(panel: Panel, name: str) -> AsyncIterator[Settings]:
+    """Settings on a fresh embedded PostgreSQL (migrated) that holds the panel's daily
+    demand, stored with the ingestion's own write; the combination forecaster."""
+    from ml_analytics.storage.database import migrate
+
+    with tempfile.TemporaryDirectory(prefix=f"ml-analytics-{name}-") as scratch:
+        postgres = EmbeddedPostgres(Path(scratch) / "postgres").start()
+        try:
+            settings = Settings(
+                _env_file=None,  # type: ignore[call-arg]
+                database_url=postgres.database_url(name),
+                forecast_model="combination",
+            )
+            await migrate(settings.database_url)
+            await store_sample(settings, panel)
+            yield settings
+        finally:
+            postgres.stop()
+
+
 @dataclass
 class ServiceRun:
     forecasts: dict[date, dict[str, tuple[np.ndarray, np.ndarray, str]]] = field(
@@ -129,77 +152,66 @@ class ServiceRun:
 async def run_service(panel: Panel, origins: list[date], warmup_weeks: int) -> ServiceRun:
     from ml_analytics.services.global_model import GlobalModelService
     from ml_analytics.services.training import ModelTrainer
-    from ml_analytics.storage.database import create_engine, migrate
+    from ml_analytics.storage.database import create_engine
     from ml_analytics.storage.models_store import load_model
 
     steps = sorted({o - timedelta(days=7 * k) for o in origins for k in range(warmup_weeks + 1)})
     result = ServiceRun()
-    with tempfile.TemporaryDirectory(prefix="ml-analytics-evaluate-") as scratch:
-        postgres = EmbeddedPostgres(Path(scratch) / "postgres").start()
+    async with sample_database(panel, "evaluate") as settings:
+        engine = create_engine(settings)
+        global_models = GlobalModelService(engine, settings)
+        trainer = ModelTrainer(engine, settings, global_models=global_models)
         try:
-            settings = Settings(
-                _env_file=None,  # type: ignore[call-arg]
-                database_url=postgres.database_url("evaluate"),
-                forecast_model="combination",
-            )
-            await migrate(settings.database_url)
-            await store_sample(settings, panel)
-            engine = create_engine(settings)
-            global_models = GlobalModelService(engine, settings)
-            trainer = ModelTrainer(engine, settings, global_models=global_models)
-            try:
-                for step in steps:
-                    await set_clock(engine, step)
-                    stored = await global_models.train_if_due(force=True)
-                    await global_models.refresh()
-                    assert stored is not None
-                    result.trainings.append(
-                        {"clock": step, "seconds": stored.seconds, "selection": stored.selection}
-                    )
-                    print(
-                        f"  clock {step}: global model {stored.seconds.get('total', 0):.0f} s, "
-                        f"combination {stored.selection.get('chosen')}, "
-                        f"calibrated {stored.calibration is not None}",
-                        flush=True,
-                    )
-                    if step not in origins:
-                        continue
-                    t = panel.index(step)
-                    items = [panel.items[r] for r in np.nonzero(panel.first <= t - 30)[0]]
-                    started = time.perf_counter()
-                    semaphore = asyncio.Semaphore(4)
+            for step in steps:
+                await set_clock(engine, step)
+                stored = await global_models.train_if_due(force=True)
+                await global_models.refresh()
+                assert stored is not None
+                result.trainings.append(
+                    {"clock": step, "seconds": stored.seconds, "selection": stored.selection}
+                )
+                print(
+                    f"  clock {step}: global model {stored.seconds.get('total', 0):.0f} s, "
+                    f"combination {stored.selection.get('chosen')}, "
+                    f"calibrated {stored.calibration is not None}",
+                    flush=True,
+                )
+                if step not in origins:
+                    continue
+                t = panel.index(step)
+                items = [panel.items[r] for r in np.nonzero(panel.first <= t - 30)[0]]
+                started = time.perf_counter()
+                semaphore = asyncio.Semaphore(4)
 
-                    async def refresh(item: str, gate: asyncio.Semaphore = semaphore) -> None:
-                        async with gate:
-                            try:
-                                await trainer.train_now(item, force=True)
-                            except BrokenProcessPool:  # a worker died: the pool is replaced
-                                await trainer.train_now(item, force=True)
+                async def refresh(item: str, gate: asyncio.Semaphore = semaphore) -> None:
+                    async with gate:
+                        try:
+                            await trainer.train_now(item, force=True)
+                        except BrokenProcessPool:  # a worker died: the pool is replaced
+                            await trainer.train_now(item, force=True)
 
-                    await asyncio.gather(*(refresh(item) for item in items))
-                    result.refresh_seconds.append(time.perf_counter() - started)
-                    found: dict[str, tuple[np.ndarray, np.ndarray, str]] = {}
-                    async with engine.connect() as connection:
-                        for item in items:
-                            model = await load_model(connection, item)
-                            assert model is not None and model.forecast_start == step
-                            found[item] = (
-                                np.asarray(model.yhat),
-                                model.sample_paths,
-                                model.model_name,
-                            )
-                    result.forecasts[step] = found
-                    print(
-                        f"  origin {step}: {len(items)} products refreshed in "
-                        f"{result.refresh_seconds[-1]:.0f} s",
-                        flush=True,
-                    )
-            finally:
-                await trainer.stop()
-                await global_models.stop()
-                await engine.dispose()
+                await asyncio.gather(*(refresh(item) for item in items))
+                result.refresh_seconds.append(time.perf_counter() - started)
+                found: dict[str, tuple[np.ndarray, np.ndarray, str]] = {}
+                async with engine.connect() as connection:
+                    for item in items:
+                        model = await load_model(connection, item)
+                        assert model is not None and model.forecast_start == step
+                        found[item] = (
+                            np.asarray(model.yhat),
+                            model.sample_paths,
+                            model.model_name,
+                        )
+                result.forecasts[step] = found
+                print(
+                    f"  origin {step}: {len(items)} products refreshed in "
+                    f"{result.refresh_seconds[-1]:.0f} s",
+                    flush=True,
+                )
         finally:
-            postgres.stop()
+            await trainer.stop()
+            await global_models.stop()
+            await engine.dispose()
     return result
 
 

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import platform
-import tempfile
 import time
 import zlib
 from dataclasses import dataclass, field
@@ -39,24 +38,20 @@ from typing import Any
 import httpx
 import numpy as np
 
-from bench.evaluate import DATA, ORIGINS, ROBUSTNESS, load_panel, set_clock, store_sample
+from bench.evaluate import DATA, ORIGINS, ROBUSTNESS, load_panel, sample_database, set_clock
 from bench.scoring import (
     COVERS,
     HORIZON,
     LEAD_TIME,
     Answer,
     Scores,
-    add_point_cases,
-    add_stockout_questions,
-    baseline_forecasts,
     origin_probability_table,
     point_table,
     probability_tables,
+    score_cases,
     stock_at_cover,
 )
-from ml_analytics.devstack import EmbeddedPostgres
 from ml_analytics.models.forecasters.panel import Panel
-from ml_analytics.settings import Settings
 
 CONCURRENCY = 4
 MIN_HISTORY_DAYS = 30
@@ -142,56 +137,45 @@ async def run_service(
     from ml_analytics.consumers.broker import build_broker
     from ml_analytics.http.app import create_app
     from ml_analytics.services.global_model import GlobalModelService
-    from ml_analytics.storage.database import create_engine, migrate
+    from ml_analytics.storage.database import create_engine
 
     stored, held = split(panel)
     steps = sorted({o - timedelta(days=7 * k) for o in origins for k in range(warmup_weeks + 1)})
     found: dict[int, dict[date, dict[str, Posted]]] = {n: {} for n in lengths}
-    with tempfile.TemporaryDirectory(prefix="ml-analytics-posted-") as scratch:
-        postgres = EmbeddedPostgres(Path(scratch) / "postgres").start()
+    async with sample_database(stored, "posted") as settings:
+        engine = create_engine(settings)
+        global_models = GlobalModelService(engine, settings)
+        app = create_app(settings, engine, build_broker(settings), manage_broker=False)
+        transport = httpx.ASGITransport(app=app)
         try:
-            settings = Settings(
-                _env_file=None,  # type: ignore[call-arg]
-                database_url=postgres.database_url("posted"),
-                forecast_model="combination",
-            )
-            await migrate(settings.database_url)
-            await store_sample(settings, stored)
-            engine = create_engine(settings)
-            global_models = GlobalModelService(engine, settings)
-            app = create_app(settings, engine, build_broker(settings), manage_broker=False)
-            transport = httpx.ASGITransport(app=app)
-            try:
-                async with httpx.AsyncClient(
-                    transport=transport, base_url="http://bench", timeout=600
-                ) as api:
-                    for step in steps:
-                        await set_clock(engine, step)
-                        trained = await global_models.train_if_due(force=True)
-                        assert trained is not None
+            async with httpx.AsyncClient(
+                transport=transport, base_url="http://bench", timeout=600
+            ) as api:
+                for step in steps:
+                    await set_clock(engine, step)
+                    trained = await global_models.train_if_due(force=True)
+                    assert trained is not None
+                    print(
+                        f"  clock {step}: global model {trained.seconds.get('total', 0):.0f} s, "
+                        f"calibrated {trained.calibration is not None}",
+                        flush=True,
+                    )
+                    if step not in origins:
+                        continue
+                    t = panel.index(step)
+                    rows = [int(r) for r in held if panel.first[r] <= t - MIN_HISTORY_DAYS]
+                    for length in lengths:
+                        started = time.perf_counter()
+                        found[length][step] = await post_all(api, panel, rows, step, length)
                         print(
-                            f"  clock {step}: global model {trained.seconds.get('total', 0):.0f} s, "
-                            f"calibrated {trained.calibration is not None}",
+                            f"  origin {step}: {len(rows)} held-back products posted "
+                            f"({length} days) in {time.perf_counter() - started:.0f} s",
                             flush=True,
                         )
-                        if step not in origins:
-                            continue
-                        t = panel.index(step)
-                        rows = [int(r) for r in held if panel.first[r] <= t - MIN_HISTORY_DAYS]
-                        for length in lengths:
-                            started = time.perf_counter()
-                            found[length][step] = await post_all(api, panel, rows, step, length)
-                            print(
-                                f"  origin {step}: {len(rows)} held-back products posted "
-                                f"({length} days) in {time.perf_counter() - started:.0f} s",
-                                flush=True,
-                            )
-            finally:
-                app.state.predictions.stop()
-                await global_models.stop()
-                await engine.dispose()
         finally:
-            postgres.stop()
+            app.state.predictions.stop()
+            await global_models.stop()
+            await engine.dispose()
     return found
 
 
@@ -205,24 +189,13 @@ def given_answers(posted: Posted) -> Answer:
 
 
 def score_posted(panel: Panel, origin: date, posted: dict[str, Posted]) -> Scores:
-    t = panel.index(origin)
-    items = sorted(posted)
-    rows = np.array([panel.items.index(item) for item in items])
-    forecasts = {"service": np.stack([posted[i].yhat[:HORIZON] for i in items])}
-    forecasts.update(baseline_forecasts(panel, t, rows, False))
-    scores = Scores()
-    for position, row in enumerate(rows):
-        history = panel.history(int(row), t)
-        actual = np.nan_to_num(panel.Y[row, t : t + HORIZON])
-        add_point_cases(scores, forecasts, position, history, actual)
-        add_stockout_questions(
-            scores,
-            forecasts["service"][position],
-            given_answers(posted[items[position]]),
-            history,
-            actual,
-        )
-    return scores
+    return score_cases(
+        panel,
+        origin,
+        {item: answer.yhat for item, answer in posted.items()},
+        {item: given_answers(answer) for item, answer in posted.items()},
+        prophet=False,
+    )
 
 
 def report(panel: Panel, name: str, by_origin: dict[date, dict[str, Posted]]) -> dict[str, Any]:

@@ -96,24 +96,41 @@ def score_origin(
 ) -> Scores:
     """The cases of one origin: the service's stored forecasts and sample paths (product
     -> (yhat, paths, model name)) beside the baselines."""
+    return score_cases(
+        panel,
+        origin,
+        {item: forecast[0] for item, forecast in service.items()},
+        {item: path_answers(forecast[1], origin) for item, forecast in service.items()},
+        prophet,
+        {item: forecast[1] for item, forecast in service.items()},
+    )
+
+
+def score_cases(
+    panel: Panel,
+    origin: date,
+    yhat: dict[str, np.ndarray],
+    answers: dict[str, Answer],
+    prophet: bool,
+    paths: dict[str, np.ndarray] | None = None,
+) -> Scores:
+    """The cases of one origin: each product's forecast `yhat` and its `answers` to the
+    stockout questions beside the baselines' (and, given its sample `paths`, the
+    pinball loss of its 14-day demand)."""
     t = panel.index(origin)
-    items = sorted(service)
+    items = sorted(yhat)
     rows = np.array([panel.items.index(item) for item in items])
-    forecasts = {"service": np.stack([service[i][0][:HORIZON] for i in items])}
+    forecasts = {"service": np.stack([yhat[i][:HORIZON] for i in items])}
     forecasts.update(baseline_forecasts(panel, t, rows, prophet))
     scores = Scores()
-    for position, row in enumerate(rows):
+    for position, (item, row) in enumerate(zip(items, rows, strict=True)):
         history = panel.history(int(row), t)
         actual = np.nan_to_num(panel.Y[row, t : t + HORIZON])
         add_point_cases(scores, forecasts, position, history, actual)
-        paths = service[items[position]][1]
-        add_pinball_cases(scores, paths, history, actual)
+        if paths is not None:
+            add_pinball_cases(scores, paths[item], history, actual)
         add_stockout_questions(
-            scores,
-            forecasts["service"][position],
-            path_answers(paths, origin),
-            history,
-            actual,
+            scores, forecasts["service"][position], answers[item], history, actual
         )
     return scores
 
