@@ -53,6 +53,7 @@ from bench.scoring import (
     origin_probability_table,
     path_answers,
     probability_tables,
+    shop_surprise,
     worst_gap,
 )
 from ml_analytics.models.backtest import BacktestCase, backtest
@@ -126,11 +127,10 @@ def score_day(panel: Panel, day: Day, t: int, calibration: Calibration | None) -
         if panel.first[row] > t - 30:
             continue
         yhat = day.yhat[position]
-        paths = product_paths(panel, int(row), t, yhat, CONFIG, calibration)
+        history = panel.history(int(row), t)
+        paths = product_paths(panel.items[row], t, history, yhat, CONFIG, calibration)
         actual = np.nan_to_num(panel.Y[row, t : t + LEAD_TIME])
-        add_stockout_questions(
-            scores, yhat, path_answers(paths, panel.day(t)), panel.history(int(row), t), actual
-        )
+        add_stockout_questions(scores, yhat, path_answers(paths, panel.day(t)), history, actual)
     return scores
 
 
@@ -160,7 +160,7 @@ def pseudo_origin_table(
             scores = score_day(panel, days[h], h, calibration)
             pooled.extend(scores)
             p, y = answers(scores, "service")
-            shop = sum(a for _, a in scores.demand14) / sum(f for f, _ in scores.demand14)
+            shop = shop_surprise(scores)
             print(
                 f"| {panel.day(h)} | {len(learned_from)} | {p.mean():.3f} | {y.mean():.3f} "
                 f"| {y.mean() - p.mean():+.3f} | {shop:.3f} |"

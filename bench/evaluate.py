@@ -39,7 +39,7 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -56,6 +56,12 @@ from bench.scoring import (
 from ml_analytics.devstack import EmbeddedPostgres
 from ml_analytics.models.forecasters.panel import Panel
 from ml_analytics.settings import Settings
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
+    from ml_analytics.services.global_model import GlobalModelService
+    from ml_analytics.storage.global_models import StoredGlobalModel
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "data/online-retail-ii/daily_demand.csv.gz"
@@ -140,6 +146,24 @@ async def sample_database(panel: Panel, name: str) -> AsyncIterator[Settings]:
             postgres.stop()
 
 
+async def train_at(
+    engine: AsyncEngine, global_models: GlobalModelService, step: date
+) -> StoredGlobalModel:
+    """The clock moved to `step`, and the service's global model trained (with its
+    backtest and calibration) and loaded there, as the weekly training does."""
+    await set_clock(engine, step)
+    stored = await global_models.train_if_due(force=True)
+    await global_models.refresh()
+    assert stored is not None
+    print(
+        f"  clock {step}: global model {stored.seconds.get('total', 0):.0f} s, "
+        f"combination {stored.selection.get('chosen')}, "
+        f"calibrated {stored.calibration is not None}",
+        flush=True,
+    )
+    return stored
+
+
 @dataclass
 class ServiceRun:
     forecasts: dict[date, dict[str, tuple[np.ndarray, np.ndarray, str]]] = field(
@@ -163,18 +187,9 @@ async def run_service(panel: Panel, origins: list[date], warmup_weeks: int) -> S
         trainer = ModelTrainer(engine, settings, global_models=global_models)
         try:
             for step in steps:
-                await set_clock(engine, step)
-                stored = await global_models.train_if_due(force=True)
-                await global_models.refresh()
-                assert stored is not None
+                stored = await train_at(engine, global_models, step)
                 result.trainings.append(
                     {"clock": step, "seconds": stored.seconds, "selection": stored.selection}
-                )
-                print(
-                    f"  clock {step}: global model {stored.seconds.get('total', 0):.0f} s, "
-                    f"combination {stored.selection.get('chosen')}, "
-                    f"calibrated {stored.calibration is not None}",
-                    flush=True,
                 )
                 if step not in origins:
                     continue

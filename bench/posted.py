@@ -41,7 +41,7 @@ from typing import Any
 import httpx
 import numpy as np
 
-from bench.evaluate import DATA, ORIGINS, ROBUSTNESS, load_panel, sample_database, set_clock
+from bench.evaluate import DATA, ORIGINS, ROBUSTNESS, load_panel, sample_database, train_at
 from bench.scoring import (
     COVERS,
     HORIZON,
@@ -155,14 +155,7 @@ async def run_service(
                 transport=transport, base_url="http://bench", timeout=600
             ) as api:
                 for step in steps:
-                    await set_clock(engine, step)
-                    trained = await global_models.train_if_due(force=True)
-                    assert trained is not None
-                    print(
-                        f"  clock {step}: global model {trained.seconds.get('total', 0):.0f} s, "
-                        f"calibrated {trained.calibration is not None}",
-                        flush=True,
-                    )
+                    await train_at(engine, global_models, step)
                     if step not in origins:
                         continue
                     t = panel.index(step)

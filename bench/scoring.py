@@ -297,12 +297,16 @@ def origin_probability_table(by_origin: dict[date, Scores]) -> None:
     for origin, scores in by_origin.items():
         p, y = answers(scores, "service")
         briers, skill = brier_skill(scores)
-        forecast = sum(f for f, _ in scores.demand14)
-        actual = sum(a for _, a in scores.demand14)
         print(
             f"| {origin} | {len(p)} | {p.mean():.3f} | {y.mean():.3f} | {briers['service']:.3f} "
-            f"| {skill:+.3f} | {actual / forecast:.3f} |"
+            f"| {skill:+.3f} | {shop_surprise(scores):.3f} |"
         )
+
+
+def shop_surprise(scores: Scores) -> float:
+    """The shop's 14-day demand over the service's forecast of it, summed over the
+    products asked the stockout questions."""
+    return sum(a for _, a in scores.demand14) / sum(f for f, _ in scores.demand14)
 
 
 def answers(scores: Scores, method: str, cover: int | None = None) -> tuple[np.ndarray, np.ndarray]:

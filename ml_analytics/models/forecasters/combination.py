@@ -162,17 +162,16 @@ def product_seed(item: str, t: int, base: int) -> int:
 
 
 def product_paths(
-    panel: Panel,
-    row: int,
+    item: str,
     t: int,
+    history: np.ndarray,
     yhat: np.ndarray,
     config: ForecastConfig,
     calibration: Sequence[float] | np.ndarray | ConditionalCalibration | None,
 ) -> np.ndarray:
-    """A product's sample paths around its forecast `yhat` from day `t`, recalibrated
-    with its own density from the conditional model, the pooled one, or none (raw
-    paths); seeded per product and day."""
-    history = panel.history(int(row), t)
+    """Product `item`'s sample paths around its forecast `yhat` from day `t` (its
+    `history` the days before), recalibrated with its own density from the conditional
+    model, the pooled one, or none (raw paths); seeded per product and day."""
     density = (
         calibration.density(product_features(history, yhat))[0]
         if isinstance(calibration, ConditionalCalibration)
@@ -185,7 +184,7 @@ def product_paths(
         history,
         density,
         config.sample_paths,
-        product_seed(panel.items[row], t, config.random_seed),
+        product_seed(item, t, config.random_seed),
     )
 
 
@@ -213,7 +212,7 @@ def forecast_products(
     for position, row in enumerate(rows):
         history = panel.history(int(row), t)
         yhat = point.yhat[position]
-        paths = product_paths(panel, int(row), t, yhat, config, calibration)
+        paths = product_paths(panel.items[row], t, history, yhat, config, calibration)
         lower, upper = daily_interval(paths, yhat, config.interval_width)
         applied = point.combinations[position]
         metrics = accuracies[position] or AccuracyMetrics(0, None, None, None, None, None)
