@@ -26,7 +26,7 @@ backtests at least 14 days before it.
 
 The global models and forecasts (about 80 days, 13 minutes on 2 cores) are kept in
 `--cache` (a pickle this bench writes and reads; delete it after changing the point
-forecasts). Each variant of the recalibration then takes about 3.5 minutes.
+forecasts; the products' features are recomputed from it when their set changed). Each variant of the recalibration then takes about 3.5 minutes.
 
     python -m bench.calibration [--cache .bench-cache/calibration.pkl] [--variants ...]
 """
@@ -34,6 +34,7 @@ forecasts). Each variant of the recalibration then takes about 3.5 minutes.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import pickle
 import time
 from dataclasses import dataclass
@@ -57,7 +58,12 @@ from bench.scoring import (
     worst_gap,
 )
 from ml_analytics.models.backtest import BacktestCase, backtest
-from ml_analytics.models.calibration import Calibration, fit_calibration
+from ml_analytics.models.calibration import (
+    FEATURES,
+    Calibration,
+    fit_calibration,
+    product_features,
+)
 from ml_analytics.models.distribution import pit_density
 from ml_analytics.models.forecasters.base import ForecastConfig
 from ml_analytics.models.forecasters.combination import DEFAULT, point_forecasts, product_paths
@@ -83,6 +89,21 @@ def backtest_days(t: int) -> list[int]:
     return [t - BACKTEST_LAG - 7 * k for k in range(BACKTESTS)]
 
 
+def with_current_features(panel: Panel, h: int, day: Day) -> Day:
+    """The cached day with each backtest case's features as product_features computes
+    them now (they need only the history and the cached forecast)."""
+    if all(c.features is None or len(c.features) == len(FEATURES) for c in day.cases):
+        return day
+    position = {panel.items[row]: p for p, row in enumerate(day.rows)}
+    cases = []
+    for case in day.cases:
+        p = position[case.product_id]
+        history = panel.history(int(day.rows[p]), h)
+        features = tuple(float(x) for x in product_features(history, day.yhat[p]))
+        cases.append(dataclasses.replace(case, features=features))
+    return Day(day.rows, day.yhat, cases)
+
+
 def prepare(panel: Panel, origins: list[date], cache: Path) -> dict[int, Day]:
     days: dict[int, Day] = pickle.loads(cache.read_bytes()) if cache.exists() else {}
     needed = sorted(
@@ -91,6 +112,7 @@ def prepare(panel: Panel, origins: list[date], cache: Path) -> dict[int, Day]:
     )
     for h in needed:
         if h in days:
+            days[h] = with_current_features(panel, h, days[h])
             continue
         started = time.perf_counter()
         model = train_global(panel, h, threads=2)

@@ -5,8 +5,8 @@ so one pooled PIT density corrects the average product and leaves the others wro
 
 A proportional-odds (ordinal logistic) model of the PIT's bin given a few features
 of the product at the backtest: P(bin <= j | x) = sigmoid(a_j - x . b), with 9 cut
-points for 10 bins and one slope for each of the seven features and a flag for a
-missing ratio (17 numbers). Fitted on the stored backtests, it gives each product its
+points for 10 bins and one slope for each of the nine features and a flag for a
+missing ratio (19 numbers). Fitted on the stored backtests, it gives each product its
 own PIT density, which `distribution.sample_paths` uses as it uses the pooled one.
 
 Measured through the service by bench/evaluate (six 2011 origins, three 2010 as a
@@ -39,6 +39,8 @@ FEATURES = (
     "expected sale days",
     "CV of order sizes",
     "days since the last sale",
+    "biggest day's share of the last 28 days' demand",
+    "share of sale days (14 days)",
 )
 RIDGE = 1.0  # L2 penalty on the slopes (features are standardised)
 MIN_CASES = 200
@@ -58,8 +60,20 @@ def product_features(history: np.ndarray, yhat: np.ndarray) -> np.ndarray:
     sold = np.nonzero(history > 0)[0]
     since = float(len(history) - 1 - sold[-1]) if len(sold) else float(len(history))
     share = float((history[-91:] > 0).mean()) if len(history) else 0.0
+    month = history[-28:]
+    biggest = float(month.max() / month.sum()) if month.sum() > 0 else 1.0
+    recent = float((history[-14:] > 0).mean()) if len(history) else 0.0
     return np.array(
-        [*ratios, share, ahead / size_mean, float(sizes.std() / size_mean), since], dtype=float
+        [
+            *ratios,
+            share,
+            ahead / size_mean,
+            float(sizes.std() / size_mean),
+            since,
+            biggest,
+            recent,
+        ],
+        dtype=float,
     )
 
 
@@ -156,9 +170,13 @@ Calibration = tuple[float, ...] | ConditionalCalibration
 
 def calibration_from_stored(stored: list[float] | dict[str, Any] | None) -> Calibration | None:
     """The calibration as `global_models.calibration` holds it: a list is a pooled
-    density, a dict the conditional model."""
+    density, a dict the conditional model. A conditional model of another set of
+    features (stored by an earlier version) cannot read today's: None, raw paths until
+    the next training learns one."""
     if stored is None:
         return None
     if isinstance(stored, dict):
+        if len(stored.get("slopes", ())) != len(FEATURES) + 1:
+            return None
         return ConditionalCalibration.from_dict(stored)
     return tuple(float(x) for x in stored)

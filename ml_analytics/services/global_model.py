@@ -34,7 +34,11 @@ from ml_analytics.models.backtest import (
     summary,
     train_with_backtest,
 )
-from ml_analytics.models.calibration import calibration_from_stored, fit_calibration
+from ml_analytics.models.calibration import (
+    FEATURES,
+    calibration_from_stored,
+    fit_calibration,
+)
 from ml_analytics.models.distribution import pit_density
 from ml_analytics.models.forecasters.combination import DEFAULT, LOCAL_ONLY, choose_combination
 from ml_analytics.settings import Settings
@@ -74,9 +78,14 @@ def described_cases(cases: list[BacktestCase]) -> list[BacktestCase]:
     """The backtest cases the conditional calibration learns from: those with a PIT and
     the product's features, when there are MIN_CALIBRATION_CASES of them at
     MIN_CALIBRATION_ORIGINS origins or more (none otherwise). Backtests stored before
-    features were kept carry none: after an upgrade, one new origin of a large
+    features were kept carry none, and those stored by a version with other features
+    carry another number of them: after an upgrade, one new origin of a large
     catalogue would be enough cases but one week's luck."""
-    described = [c for c in cases if c.pit_14 is not None and c.features is not None]
+    described = [
+        c
+        for c in cases
+        if c.pit_14 is not None and c.features is not None and len(c.features) == len(FEATURES)
+    ]
     origins = {c.origin for c in described}
     if len(described) < MIN_CALIBRATION_CASES or len(origins) < MIN_CALIBRATION_ORIGINS:
         return []

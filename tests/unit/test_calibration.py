@@ -3,6 +3,7 @@ product, and changes nothing when it falls evenly."""
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import date, timedelta
 
 import numpy as np
@@ -12,6 +13,7 @@ from ml_analytics.models.calibration import (
     BINS,
     FEATURES,
     ConditionalCalibration,
+    calibration_from_stored,
     fit_calibration,
     product_features,
 )
@@ -29,6 +31,8 @@ def features(rng: np.random.Generator, n: int) -> np.ndarray:
             rng.gamma(2, 2, n),
             rng.random(n),
             rng.integers(0, 30, n),
+            rng.random(n),
+            rng.random(n),
         ]
     )
 
@@ -51,7 +55,7 @@ def test_a_forecast_far_above_its_level_is_learned_to_overshoot() -> None:
 
 def test_evenly_spread_actuals_leave_the_paths_as_they_are() -> None:
     rng = np.random.default_rng(4)
-    x = features(rng, 3000)
+    x = features(rng, 6000)
     model = fit_calibration(x, rng.random(len(x)))
     assert model is not None
     assert np.abs(model.density(x[:200]) - 1).max() < 0.25
@@ -77,7 +81,39 @@ def test_product_features() -> None:
     assert np.isclose(f[3], 28 / 91)  # sale-day share over 91 days
     assert f[4] == 28.0  # 28 units ahead in orders of one unit
     assert f[5] == 0.0 and f[6] == 0.0
+    assert np.isclose(f[7], 1 / 28)  # no day bigger than another
+    assert f[8] == 1.0  # a sale every one of the last 14 days
+    assert len(f) == len(FEATURES)
     assert np.isnan(product_features(np.zeros(60), yhat)[0])
+
+
+def test_one_wholesale_order_in_the_month_is_a_feature_of_its_own() -> None:
+    """A 28-day mean made by one big order and one made by steady sales are the same
+    mean; where actual demand falls among the paths differs, so the features tell them
+    apart: the biggest day's share of the month and the recent sale days."""
+    steady = np.zeros(400)
+    steady[-28:] = 10.0
+    lumpy = np.zeros(400)
+    lumpy[-20] = 280.0  # the same 28-day total, in one order three weeks ago
+    yhat = np.full(14, 10.0)
+    f_steady, f_lumpy = product_features(steady, yhat), product_features(lumpy, yhat)
+    assert f_steady[0] == f_lumpy[0]  # same forecast / 28-day mean
+    assert np.isclose(f_steady[7], 1 / 28) and f_lumpy[7] == 1.0
+    assert f_steady[8] == 1.0 and f_lumpy[8] == 0.0
+    assert product_features(np.zeros(0), yhat)[7] == 1.0  # no history: no sale, no error
+
+
+def test_a_calibration_stored_with_other_features_is_not_applied() -> None:
+    """After an upgrade that changed the features, the stored model's slopes do not fit
+    them: raw paths until the next training, not a shape error on every forecast."""
+    rng = np.random.default_rng(6)
+    model = fit_calibration(features(rng, 500), rng.random(500))
+    assert model is not None
+    stored = model.as_dict()
+    assert isinstance(calibration_from_stored(stored), ConditionalCalibration)
+    older = {**stored, "slopes": stored["slopes"][:-2], "center": stored["center"][:-2]}
+    assert calibration_from_stored(older) is None
+    assert calibration_from_stored([1.0] * 10) == (1.0,) * 10
 
 
 def test_the_calibration_waits_for_features_at_four_origins_not_just_enough_cases() -> None:
@@ -105,3 +141,9 @@ def test_the_calibration_waits_for_features_at_four_origins_not_just_enough_case
     assert len(described_cases(four)) == 240
     too_few = [case(week, described=True) for week in weeks for _ in range(24)]
     assert described_cases(too_few) == []  # 192 cases at eight origins
+    # Stored by a version with fewer features: not learned from beside today's.
+    older = [
+        dataclasses.replace(c, features=(1.0,) * (len(FEATURES) - 2)) if c.origin < weeks[6] else c
+        for c in four
+    ]
+    assert described_cases(older) == []  # today's features at two origins only
