@@ -12,9 +12,10 @@ own PIT density, which `distribution.sample_paths` uses as it uses the pooled on
 Measured through the service by bench/evaluate (six 2011 origins, three 2010 as a
 check, 600 products): Brier skill against the better of the normal formula and the
 Poisson went from +0.154 / +0.088 / +0.071 (pooled density) to +0.196 / +0.094 /
-+0.074 at 7/14/21 days of cover in 2011, and from +0.089 / +0.030 / +0.044 to
-+0.169 / +0.082 / +0.078 in 2010; sharper, but the middle deciles under-predict by
-up to 0.09 (README, "Forecast evaluation").
++0.074 at 7/14/21 days of cover in 2011 with the first seven features, +0.209 /
++0.109 / +0.084 with all nine; in 2010 from +0.089 / +0.030 / +0.044 to +0.169 /
++0.082 / +0.078, then +0.173 / +0.095 / +0.081. Sharper, but the middle deciles
+under-predict by up to 0.07 (README, "Forecast evaluation").
 Pure: numpy and scipy.
 """
 
