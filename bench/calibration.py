@@ -26,7 +26,8 @@ backtests at least 14 days before it.
 
 The global models and forecasts (about 80 days, 13 minutes on 2 cores) are kept in
 `--cache` (a pickle this bench writes and reads; delete it after changing the point
-forecasts; the products' features are recomputed from it when their set changed). Each variant of the recalibration then takes about 3.5 minutes.
+forecasts; the products' features are recomputed from it when their set changed).
+Each variant of the recalibration then takes about 3.5 minutes.
 
     python -m bench.calibration [--cache .bench-cache/calibration.pkl] [--variants ...]
 """
@@ -59,9 +60,9 @@ from bench.scoring import (
 )
 from ml_analytics.models.backtest import BacktestCase, backtest
 from ml_analytics.models.calibration import (
-    FEATURES,
     Calibration,
     fit_calibration,
+    has_current_features,
     product_features,
 )
 from ml_analytics.models.distribution import pit_density
@@ -92,7 +93,7 @@ def backtest_days(t: int) -> list[int]:
 def with_current_features(panel: Panel, h: int, day: Day) -> Day:
     """The cached day with each backtest case's features as product_features computes
     them now (they need only the history and the cached forecast)."""
-    if all(c.features is None or len(c.features) == len(FEATURES) for c in day.cases):
+    if all(has_current_features(c.features) for c in day.cases):
         return day
     position = {panel.items[row]: p for p, row in enumerate(day.rows)}
     cases = []

@@ -78,6 +78,12 @@ def product_features(history: np.ndarray, yhat: np.ndarray) -> np.ndarray:
     )
 
 
+def has_current_features(features: tuple[float, ...] | None) -> bool:
+    """Whether a backtest case's features are those product_features computes now: an
+    earlier version kept none, or another set of them."""
+    return features is not None and len(features) == len(FEATURES)
+
+
 def _design(features: np.ndarray) -> np.ndarray:
     """Logs of the features (skewed ratios and counts) and a flag for a missing ratio."""
     features = np.atleast_2d(np.asarray(features, dtype=float))

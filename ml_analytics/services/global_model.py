@@ -35,9 +35,9 @@ from ml_analytics.models.backtest import (
     train_with_backtest,
 )
 from ml_analytics.models.calibration import (
-    FEATURES,
     calibration_from_stored,
     fit_calibration,
+    has_current_features,
 )
 from ml_analytics.models.distribution import pit_density
 from ml_analytics.models.forecasters.combination import DEFAULT, LOCAL_ONLY, choose_combination
@@ -81,11 +81,7 @@ def described_cases(cases: list[BacktestCase]) -> list[BacktestCase]:
     features were kept carry none, and those stored by a version with other features
     carry another number of them: after an upgrade, one new origin of a large
     catalogue would be enough cases but one week's luck."""
-    described = [
-        c
-        for c in cases
-        if c.pit_14 is not None and c.features is not None and len(c.features) == len(FEATURES)
-    ]
+    described = [c for c in cases if c.pit_14 is not None and has_current_features(c.features)]
     origins = {c.origin for c in described}
     if len(described) < MIN_CALIBRATION_CASES or len(origins) < MIN_CALIBRATION_ORIGINS:
         return []
