@@ -8,6 +8,9 @@ has moved a week (services/global_model.py runs it in a worker process). Pure.
    sample paths is kept. These rows are stored: each product's skill against the
    moving average comes from its last backtests, the combination is chosen over the
    last weeks' rows, and the sample paths are recalibrated with their PITs.
+   Each product is also forecast from a cut history, its last 30 to 364 days (drawn
+   per product), as a history posted to the API would be: the PITs of those
+   forecasts teach the recalibration of posted histories shorter than a year.
 2. The global model that forecasts from now on, trained on everything before the clock.
 
 The same stored data always gives the same result: a replay of history reaches the
@@ -23,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from ml_analytics.models.calibration import product_features
+from ml_analytics.models.calibration import YEAR_DAYS, posted_features, product_features
 from ml_analytics.models.distribution import order_sizes, pit, sale_day_paths
 from ml_analytics.models.forecasters.combination import DEFAULT, GLOBAL, point_forecasts
 from ml_analytics.models.forecasters.global_gbm import (
@@ -31,12 +34,13 @@ from ml_analytics.models.forecasters.global_gbm import (
     NotEnoughData,
     train_global,
 )
-from ml_analytics.models.forecasters.panel import Panel
+from ml_analytics.models.forecasters.panel import Panel, cut_histories
 
 BACKTEST_DAYS = 28
 PIT_WINDOW_DAYS = 14
 PIT_PATHS = 200
 MEMBERS = ("gbm", "ma28", "adida")
+CUT_MIN_DAYS = 30  # a cut history's length: from the API's shortest useful history
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,11 @@ class BacktestCase:
     # conditional recalibration learns the PIT from.
     features: tuple[float, ...] | None = None
     origin: date | None = None  # the backtest's first day, once stored
+    # The same product forecast from a cut history (its last 30 to 364 days, as if
+    # posted to the API): the PIT of the actual 14-day demand under those paths and
+    # the cut history's posted_features. None where not applicable.
+    posted_pit_14: float | None = None
+    posted_features: tuple[float, ...] | None = None
 
 
 @dataclass
@@ -75,6 +84,7 @@ def backtest(panel: Panel, h: int, model: GlobalModel | None, seed: int = 11) ->
     if len(rows) == 0:
         return []
     point = point_forecasts(panel, h, rows, DEFAULT, model, BACKTEST_DAYS)
+    posted = posted_cases(panel, h, rows, model, seed + 1)
     rng = np.random.default_rng(seed)
     cases = []
     for position, row in enumerate(rows):
@@ -105,6 +115,34 @@ def backtest(panel: Panel, h: int, model: GlobalModel | None, seed: int = 11) ->
                 if nonzero.any()
                 else None,
                 features=tuple(float(x) for x in product_features(history, forecast)),
+                posted_pit_14=posted[position][0],
+                posted_features=posted[position][1],
+            )
+        )
+    return cases
+
+
+def posted_cases(
+    panel: Panel, h: int, rows: np.ndarray, model: GlobalModel | None, seed: int
+) -> list[tuple[float | None, tuple[float, ...]]]:
+    """Each product of `rows` forecast at `h` from only its last 30 to 364 days (drawn
+    per product, reproducibly) with the combination a posted history that short gets
+    (the default): the PIT of its actual 14-day demand under the raw paths of that
+    forecast, and the cut history's posted_features."""
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(CUT_MIN_DAYS, YEAR_DAYS, len(rows))
+    cut = cut_histories(panel, h, rows, lengths)
+    point = point_forecasts(cut, h, np.arange(len(rows)), DEFAULT, model, PIT_WINDOW_DAYS)
+    cases: list[tuple[float | None, tuple[float, ...]]] = []
+    for position, row in enumerate(rows):
+        history = cut.history(position, h)
+        forecast = point.yhat[position]
+        actual = float(np.nan_to_num(panel.Y[row, h : h + PIT_WINDOW_DAYS]).sum())
+        paths = sale_day_paths(forecast, order_sizes(history), PIT_PATHS, rng).sum(1)
+        cases.append(
+            (
+                pit(paths, actual, rng) if forecast.sum() > 0 else None,
+                tuple(float(x) for x in posted_features(history, forecast)),
             )
         )
     return cases

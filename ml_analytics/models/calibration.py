@@ -43,6 +43,11 @@ FEATURES = (
     "biggest day's share of the last 28 days' demand",
     "share of sale days (14 days)",
 )
+# A history posted to the API that is shorter than a year is read with a second model,
+# learned from backtest cases whose histories were cut short (models/backtest.py): its
+# features are the same and the days of history the product was seen for.
+POSTED_FEATURES = (*FEATURES, "days of history (at most 365)")
+YEAR_DAYS = 365
 RIDGE = 1.0  # L2 penalty on the slopes (features are standardised)
 MIN_CASES = 200
 
@@ -78,10 +83,18 @@ def product_features(history: np.ndarray, yhat: np.ndarray) -> np.ndarray:
     )
 
 
-def has_current_features(features: tuple[float, ...] | None) -> bool:
-    """Whether a backtest case's features are those product_features computes now: an
-    earlier version kept none, or another set of them."""
-    return features is not None and len(features) == len(FEATURES)
+def posted_features(history: np.ndarray, yhat: np.ndarray) -> np.ndarray:
+    """The features of a history posted to the API (or cut short as one, in a
+    backtest): product_features and how many days of history there are, at most a
+    year."""
+    return np.append(product_features(history, yhat), float(min(len(history), YEAR_DAYS)))
+
+
+def has_current_features(features: tuple[float, ...] | None, posted: bool = False) -> bool:
+    """Whether a backtest case's features are those product_features (posted_features)
+    computes now: an earlier version kept none, or another set of them."""
+    names = POSTED_FEATURES if posted else FEATURES
+    return features is not None and len(features) == len(names)
 
 
 def _design(features: np.ndarray) -> np.ndarray:
@@ -98,6 +111,11 @@ class ConditionalCalibration:
     slopes: tuple[float, ...]
     center: tuple[float, ...]
     scale: tuple[float, ...]
+    posted: bool = False  # learned from cut histories: reads posted_features
+
+    def features(self, history: np.ndarray, yhat: np.ndarray) -> np.ndarray:
+        """What this model reads of a product: its history and forecast's features."""
+        return (posted_features if self.posted else product_features)(history, yhat)
 
     def density(self, features: np.ndarray) -> np.ndarray:
         """(n, BINS) PIT densities of mean 1 (one row when given one product)."""
@@ -117,6 +135,7 @@ class ConditionalCalibration:
             "slopes": list(self.slopes),
             "center": list(self.center),
             "scale": list(self.scale),
+            "features": "posted" if self.posted else "stored",
         }
 
     @classmethod
@@ -128,12 +147,15 @@ class ConditionalCalibration:
             tuple(stored["slopes"]),
             tuple(stored["center"]),
             tuple(stored["scale"]),
+            posted=stored.get("features") == "posted",
         )
 
 
-def fit_calibration(features: np.ndarray, pits: np.ndarray) -> ConditionalCalibration | None:
+def fit_calibration(
+    features: np.ndarray, pits: np.ndarray, posted: bool = False
+) -> ConditionalCalibration | None:
     """The ordinal model of PIT bins given the products' features (None with fewer
-    than MIN_CASES cases)."""
+    than MIN_CASES cases); `posted`: features are posted_features, of cut histories."""
     pits = np.asarray(pits, dtype=float)
     if len(pits) < MIN_CASES:
         return None
@@ -167,6 +189,7 @@ def fit_calibration(features: np.ndarray, pits: np.ndarray) -> ConditionalCalibr
         tuple(float(s) for s in slopes),
         tuple(float(c) for c in center),
         tuple(float(s) for s in scale),
+        posted=posted,
     )
 
 
@@ -187,3 +210,17 @@ def calibration_from_stored(stored: list[float] | dict[str, Any] | None) -> Cali
             return None
         return ConditionalCalibration.from_dict(stored)
     return tuple(float(x) for x in stored)
+
+
+def posted_calibration_from_stored(
+    stored: list[float] | dict[str, Any] | None,
+) -> ConditionalCalibration | None:
+    """The model for posted histories shorter than a year, which a conditional model's
+    dict holds under "posted" once backtests of cut histories were learned from; None
+    before (such a history is then read as a stored product's)."""
+    if not isinstance(stored, dict) or not isinstance(stored.get("posted"), dict):
+        return None
+    posted = stored["posted"]
+    if len(posted.get("slopes", ())) != len(POSTED_FEATURES) + 1:
+        return None
+    return ConditionalCalibration.from_dict(posted)

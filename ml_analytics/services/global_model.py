@@ -38,6 +38,7 @@ from ml_analytics.models.calibration import (
     calibration_from_stored,
     fit_calibration,
     has_current_features,
+    posted_calibration_from_stored,
 )
 from ml_analytics.models.distribution import pit_density
 from ml_analytics.models.forecasters.combination import DEFAULT, LOCAL_ONLY, choose_combination
@@ -74,14 +75,20 @@ def _train(data: PanelData, threads: int) -> GlobalTraining:
     return train_with_backtest(panel, panel.days, threads)
 
 
-def described_cases(cases: list[BacktestCase]) -> list[BacktestCase]:
+def described_cases(cases: list[BacktestCase], posted: bool = False) -> list[BacktestCase]:
     """The backtest cases the conditional calibration learns from: those with a PIT and
     the product's features, when there are MIN_CALIBRATION_CASES of them at
     MIN_CALIBRATION_ORIGINS origins or more (none otherwise). Backtests stored before
     features were kept carry none, and those stored by a version with other features
     carry another number of them: after an upgrade, one new origin of a large
-    catalogue would be enough cases but one week's luck."""
-    described = [c for c in cases if c.pit_14 is not None and has_current_features(c.features)]
+    catalogue would be enough cases but one week's luck. `posted`: the cases of the
+    products' cut histories (their posted PIT and features) instead."""
+    described = [
+        c
+        for c in cases
+        if (c.posted_pit_14 if posted else c.pit_14) is not None
+        and has_current_features(c.posted_features if posted else c.features, posted)
+    ]
     origins = {c.origin for c in described}
     if len(described) < MIN_CALIBRATION_CASES or len(origins) < MIN_CALIBRATION_ORIGINS:
         return []
@@ -146,6 +153,7 @@ class GlobalModelService:
             reference=reference,
             combination=stored.combination,
             calibration=calibration_from_stored(stored.calibration),
+            posted_calibration=posted_calibration_from_stored(stored.calibration),
         )
         logger.info(
             "global model loaded",
@@ -212,7 +220,19 @@ class GlobalModelService:
                 np.array([c.pit_14 for c in described], dtype=float),
             )
             if conditional is not None:
-                return dict(conditional.as_dict())
+                stored = dict(conditional.as_dict())
+                posted = described_cases(cases, posted=True)
+                if posted:
+                    for_posted = await self._pool.run(
+                        self._settings.global_model_timeout_seconds,
+                        fit_calibration,
+                        np.array([c.posted_features for c in posted], dtype=float),
+                        np.array([c.posted_pit_14 for c in posted], dtype=float),
+                        True,
+                    )
+                    if for_posted is not None:
+                        stored["posted"] = for_posted.as_dict()
+                return stored
         return [round(float(x), 5) for x in pit_density(pits)]
 
     async def _train(self, through: date) -> StoredGlobalModel:

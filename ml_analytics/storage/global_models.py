@@ -115,14 +115,16 @@ async def record_backtests(
     await connection.execute(
         text(
             "INSERT INTO product_backtests (product_id, origin, member_totals, forecast_total, "
-            "actual_total, actual_14, pit_14, rmse, mape, features) VALUES (:product_id, "
-            ":origin, CAST(:member_totals AS jsonb), :forecast_total, :actual_total, "
-            ":actual_14, :pit_14, :rmse, :mape, CAST(:features AS jsonb)) "
+            "actual_total, actual_14, pit_14, rmse, mape, features, posted_pit_14, "
+            "posted_features) VALUES (:product_id, :origin, CAST(:member_totals AS jsonb), "
+            ":forecast_total, :actual_total, :actual_14, :pit_14, :rmse, :mape, "
+            "CAST(:features AS jsonb), :posted_pit_14, CAST(:posted_features AS jsonb)) "
             "ON CONFLICT (product_id, origin) DO UPDATE SET "
             "member_totals = EXCLUDED.member_totals, forecast_total = EXCLUDED.forecast_total, "
             "actual_total = EXCLUDED.actual_total, actual_14 = EXCLUDED.actual_14, "
             "pit_14 = EXCLUDED.pit_14, rmse = EXCLUDED.rmse, mape = EXCLUDED.mape, "
-            "features = EXCLUDED.features"
+            "features = EXCLUDED.features, posted_pit_14 = EXCLUDED.posted_pit_14, "
+            "posted_features = EXCLUDED.posted_features"
         ),
         [
             {
@@ -135,13 +137,24 @@ async def record_backtests(
                 "pit_14": case.pit_14,
                 "rmse": case.rmse,
                 "mape": case.mape,
-                "features": None
-                if case.features is None
-                else json.dumps([None if math.isnan(x) else x for x in case.features]),
+                "features": _stored_features(case.features),
+                "posted_pit_14": case.posted_pit_14,
+                "posted_features": _stored_features(case.posted_features),
             }
             for case in cases
         ],
     )
+
+
+def _stored_features(features: tuple[float, ...] | None) -> str | None:
+    """Features as JSON, NaN (a ratio to an empty window) as null."""
+    if features is None:
+        return None
+    return json.dumps([None if math.isnan(x) else x for x in features])
+
+
+def _read_features(stored: list[float | None] | None) -> tuple[float, ...] | None:
+    return None if stored is None else tuple(math.nan if x is None else float(x) for x in stored)
 
 
 async def backtest_origins(connection: AsyncConnection, origins: int) -> int:
@@ -166,7 +179,8 @@ async def recent_backtests(
     result = await connection.execute(
         text(
             "SELECT product_id, member_totals, forecast_total, actual_total, actual_14, pit_14, "
-            "rmse, mape, features, origin FROM product_backtests WHERE origin IN (SELECT DISTINCT "
+            "rmse, mape, features, posted_pit_14, posted_features, origin FROM product_backtests "
+            "WHERE origin IN (SELECT DISTINCT "
             "origin FROM product_backtests WHERE CAST(:before AS date) IS NULL OR origin < :before "
             "ORDER BY origin DESC LIMIT :origins)"
         ),
@@ -182,10 +196,10 @@ async def recent_backtests(
             pit_14=row.pit_14,
             rmse=row.rmse,
             mape=row.mape,
-            features=None
-            if row.features is None
-            else tuple(math.nan if x is None else float(x) for x in row.features),
+            features=_read_features(row.features),
             origin=row.origin,
+            posted_pit_14=row.posted_pit_14,
+            posted_features=_read_features(row.posted_features),
         )
         for row in result
     ]

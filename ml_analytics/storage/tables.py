@@ -240,5 +240,8 @@ product_backtests = Table(
     Column("rmse", Float, nullable=False),
     Column("mape", Float, nullable=True),
     Column("features", JSONB, nullable=True),  # models/calibration.py; NaN stored as null
+    # The product forecast from a cut history, as if posted (models/backtest.py).
+    Column("posted_pit_14", Float, nullable=True),
+    Column("posted_features", JSONB, nullable=True),
     Index("ix_product_backtests_origin", "origin"),
 )

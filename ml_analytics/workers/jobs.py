@@ -17,7 +17,7 @@ from typing import Protocol
 
 import numpy as np
 
-from ml_analytics.models.calibration import Calibration
+from ml_analytics.models.calibration import Calibration, ConditionalCalibration
 from ml_analytics.models.forecasters import prophet
 from ml_analytics.models.forecasters.base import (
     Forecast,
@@ -45,13 +45,15 @@ class GlobalModelRef:
 @dataclass(frozen=True)
 class CurrentModel:
     """What product forecasts use now: the newest global model (None: local members
-    only), the combination and the calibration."""
+    only), the combination and the calibration (and the one for histories posted to
+    the API shorter than a year, None until learned)."""
 
     version: int | None
     trained_through: date | None
     reference: GlobalModelRef | None
     combination: dict[str, float]
     calibration: Calibration | None
+    posted_calibration: ConditionalCalibration | None = None
 
 
 NO_MODEL = CurrentModel(None, None, None, LOCAL_ONLY.as_dict(), None)

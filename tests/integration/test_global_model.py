@@ -5,6 +5,7 @@ their product forecasts; Prophet still answers when a request asks for it."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -17,7 +18,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ml_analytics.consumers.broker import build_broker
 from ml_analytics.http.app import create_app
-from ml_analytics.models.calibration import FEATURES, ConditionalCalibration
+from ml_analytics.models.calibration import (
+    BINS,
+    FEATURES,
+    POSTED_FEATURES,
+    ConditionalCalibration,
+)
 from ml_analytics.services.global_model import GlobalModelService
 from ml_analytics.services.training import ModelTrainer
 from ml_analytics.services.training.trainer import CLOCK_POLL_SECONDS
@@ -254,9 +260,22 @@ async def test_the_sample_paths_calibration_is_learned_per_product_once_backtest
             engine, "SELECT count(*) FROM product_backtests WHERE features IS NOT NULL"
         )
         assert described == 240
+        # Beside it, the model for posted histories shorter than a year, learned from
+        # the same products forecast from cut histories of 30 to 364 days.
+        cut = await scalar(
+            engine,
+            "SELECT count(*) FROM product_backtests WHERE posted_pit_14 IS NOT NULL "
+            "AND jsonb_array_length(posted_features) = :n "
+            "AND (posted_features->>-1)::float BETWEEN 30 AND 364",
+            n=len(POSTED_FEATURES),
+        )
+        assert cut == 240
+        assert len(learned["posted"]["slopes"]) == len(POSTED_FEATURES) + 1
         current = await service.refresh()
         assert isinstance(current.calibration, ConditionalCalibration)
-        assert current.calibration.as_dict() == learned
+        assert current.calibration.as_dict() == {k: v for k, v in learned.items() if k != "posted"}
+        assert current.posted_calibration is not None and current.posted_calibration.posted
+        assert current.posted_calibration.as_dict() == learned["posted"]
     finally:
         await service.stop()
 
@@ -367,3 +386,80 @@ async def test_a_posted_history_shorter_than_a_year_gets_the_default_combination
         365: "combination:gbm",
         400: "combination:gbm",
     }
+
+
+def ordinal(features: int, cuts_at: float, posted: bool = False) -> dict[str, Any]:
+    """A stored conditional calibration that reads no feature: every product's actual
+    demand lands at the top of its paths (cuts far below zero), at the bottom (far
+    above), or anywhere (cuts at the logits of 1/10 ... 9/10, cuts_at=0)."""
+    even = [float(np.log(j / (BINS - j))) for j in range(1, BINS)]
+    return {
+        "kind": "ordinal",
+        "bins": BINS,
+        "cuts": [cuts_at + c for c in even],
+        "slopes": [0.0] * (features + 1),
+        "center": [0.0] * (features + 1),
+        "scale": [1.0] * (features + 1),
+        "features": "posted" if posted else "stored",
+    }
+
+
+async def test_a_posted_history_shorter_than_a_year_is_recalibrated_as_cut_histories_were(
+    settings: Settings, engine: AsyncEngine
+) -> None:
+    """A posted history shorter than a year gets its paths recalibrated by the model
+    learned from cut histories (stored under "posted"); a year or more, by the stored
+    products' model, whatever the posted one says."""
+    await store_history(engine, unique("cut"))
+    clock = START + timedelta(days=DAYS)
+    await set_clock(engine, clock)
+    global_models = GlobalModelService(engine, settings)
+    try:
+        assert await global_models.train_if_due() is not None
+    finally:
+        await global_models.stop()
+    rng = np.random.default_rng(6)
+    histories = {days: rng.poisson(6, days).astype(float) for days in (90, 400)}
+
+    async def probabilities(posted_cuts_at: float) -> dict[int, float]:
+        stored = {
+            **ordinal(len(FEATURES), 0.0),
+            "posted": ordinal(len(POSTED_FEATURES), posted_cuts_at, posted=True),
+        }
+        async with engine.begin() as connection:
+            await connection.execute(
+                text(
+                    "UPDATE global_models SET calibration = CAST(:c AS jsonb) "
+                    "WHERE version = (SELECT max(version) FROM global_models)"
+                ),
+                {"c": json.dumps(stored)},
+            )
+        app = create_app(settings, engine, build_broker(settings), manage_broker=False)
+        answers = {}
+        try:
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://api") as api:
+                for days, history in histories.items():
+                    first = clock - timedelta(days=days)
+                    answer = await api.post(
+                        "/predict/stockout",
+                        json={
+                            "product_id": f"cut-{days}",
+                            "current_stock_units": float(history[-28:].mean() * 14),
+                            "lead_time_days": 14,
+                            "cache_bypass": True,
+                            "transaction_data": [
+                                {"date": (first + timedelta(days=d)).isoformat(), "quantity": q}
+                                for d, q in enumerate(history)
+                            ],
+                        },
+                    )
+                    assert answer.status_code == 200, answer.text
+                    answers[days] = answer.json()["stockout_probability"]
+        finally:
+            app.state.predictions.stop()
+        return answers
+
+    high, low = await probabilities(-20.0), await probabilities(20.0)
+    assert high[90] > 0.9 and low[90] < 0.1  # the posted model decides
+    assert high[400] == low[400]  # a year posted: the stored products' model

@@ -12,9 +12,12 @@ from ml_analytics.models.backtest import BacktestCase
 from ml_analytics.models.calibration import (
     BINS,
     FEATURES,
+    POSTED_FEATURES,
     ConditionalCalibration,
     calibration_from_stored,
     fit_calibration,
+    posted_calibration_from_stored,
+    posted_features,
     product_features,
 )
 from ml_analytics.services.global_model import described_cases
@@ -147,3 +150,58 @@ def test_the_calibration_waits_for_features_at_four_origins_not_just_enough_case
         for c in four
     ]
     assert described_cases(older) == []  # today's features at two origins only
+
+
+def test_posted_histories_have_a_model_of_their_own_that_reads_their_length() -> None:
+    """The model learned from cut histories reads the product's features and how many
+    days it was seen for; it is stored inside the stored products' model and comes
+    back as itself, and a stored model without one (or of other features) gives none."""
+    rng = np.random.default_rng(8)
+    x = features(rng, 2000)
+    days = rng.integers(30, 365, len(x)).astype(float)
+    # Short histories: actual demand lands high in the paths; long ones: anywhere.
+    pits = np.where(days < 120, rng.beta(3, 1, len(x)), rng.random(len(x)))
+    posted = fit_calibration(np.column_stack([x, days]), pits, posted=True)
+    stored = fit_calibration(x, rng.random(len(x)))
+    assert posted is not None and posted.posted and stored is not None
+    history, yhat = np.ones(60), np.ones(14)
+    assert np.array_equal(posted.features(history, yhat), posted_features(history, yhat))
+    assert posted.features(np.ones(500), yhat)[-1] == 365  # at most a year
+    assert len(posted.features(history, yhat)) == len(POSTED_FEATURES)
+    assert np.array_equal(stored.features(history, yhat), product_features(history, yhat), True)
+    short, long = (posted.density(posted.features(np.ones(n), yhat))[0] for n in (40, 360))
+    upper = slice(BINS // 2, BINS)
+    assert short[upper].mean() > long[upper].mean() + 0.2
+    both = {**stored.as_dict(), "posted": posted.as_dict()}
+    again = posted_calibration_from_stored(both)
+    assert again == posted
+    assert calibration_from_stored(both) == stored
+    assert posted_calibration_from_stored(stored.as_dict()) is None
+    assert posted_calibration_from_stored([1.0] * 10) is None
+    older = {**both, "posted": {**posted.as_dict(), "slopes": posted.slopes[:-1]}}
+    assert posted_calibration_from_stored(older) is None
+
+
+def test_the_posted_model_learns_only_from_cases_with_cut_histories() -> None:
+    def case(origin: date, cut: bool) -> BacktestCase:
+        return BacktestCase(
+            product_id="p",
+            member_totals={},
+            forecast_total=1.0,
+            actual_total=1.0,
+            actual_14=1.0,
+            pit_14=0.5,
+            rmse=0.0,
+            mape=None,
+            features=(1.0,) * len(FEATURES),
+            origin=origin,
+            posted_pit_14=0.5 if cut else None,
+            posted_features=(1.0,) * len(POSTED_FEATURES) if cut else None,
+        )
+
+    weeks = [date(2026, 1, 5) + timedelta(days=7 * k) for k in range(8)]
+    cases = [case(week, cut=week >= weeks[4]) for week in weeks for _ in range(60)]
+    assert len(described_cases(cases)) == 480
+    assert len(described_cases(cases, posted=True)) == 240
+    stored_before = [case(week, cut=week == weeks[-1]) for week in weeks for _ in range(60)]
+    assert described_cases(stored_before, posted=True) == []  # one origin decides nothing

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from ml_analytics.models.backtest import train_with_backtest
-from ml_analytics.models.calibration import BINS, FEATURES, ConditionalCalibration
+from ml_analytics.models.calibration import BINS, FEATURES, POSTED_FEATURES, ConditionalCalibration
 from ml_analytics.models.distribution import pit_density, sample_paths
 from ml_analytics.models.forecasters.base import ForecastConfig
 from ml_analytics.models.forecasters.combination import (
@@ -22,7 +22,7 @@ from ml_analytics.models.forecasters.combination import (
     forecast_products,
 )
 from ml_analytics.models.forecasters.global_gbm import build_features, predict_weekly, train_global
-from ml_analytics.models.forecasters.panel import Panel, weekday_profile
+from ml_analytics.models.forecasters.panel import Panel, cut_histories, weekday_profile
 
 START = date(2024, 1, 1)  # a Monday
 
@@ -138,6 +138,39 @@ def test_a_global_training_backtests_four_weeks_back_without_look_ahead() -> Non
     assert case.actual_total == pytest.approx(float(np.nan_to_num(panel.Y[-1, -28:]).sum()))
     assert set(case.member_totals) == {"gbm", "ma28", "adida"}
     assert all(c.pit_14 is None or 0 <= c.pit_14 <= 1 for c in training.cases)
+
+
+def test_a_backtest_also_forecasts_each_product_from_a_cut_history_as_if_posted() -> None:
+    """Each product is forecast again from only its last 30 to 364 days (its whole
+    history when shorter), for the recalibration of posted histories."""
+    panel = synthetic_panel(days=300)
+    training = train_with_backtest(panel, panel.days)
+    h = panel.days - 28
+    lengths = []
+    for row, case in enumerate(training.cases):
+        assert case.posted_features is not None
+        assert len(case.posted_features) == len(POSTED_FEATURES)
+        assert case.posted_pit_14 is None or 0 <= case.posted_pit_14 <= 1
+        length = int(case.posted_features[-1])
+        history = panel.history(row, h)
+        assert 30 <= length <= min(364, len(history))
+        # The cut history is the product's last `length` days: its share of sale days
+        # over 91 days is that of those days.
+        kept = history[-length:][-91:]
+        assert case.posted_features[3] == pytest.approx(float((kept > 0).mean()))
+        lengths.append(length)
+    assert len(set(lengths)) > 10  # drawn per product, not one length for all
+    again = train_with_backtest(panel, panel.days)
+    assert [c.posted_features for c in again.cases] == [c.posted_features for c in training.cases]
+
+
+def test_a_cut_history_keeps_the_last_days_on_the_same_calendar() -> None:
+    panel = synthetic_panel(days=200)
+    cut = cut_histories(panel, 150, np.array([5, 40]), np.array([30, 200]))
+    assert cut.items == [panel.items[5], panel.items[40]] and cut.days == 150
+    assert cut.first[0] == 120 and np.array_equal(cut.Y[0, 120:], panel.Y[5, 120:150])
+    assert cut.first[1] == panel.first[40]  # asked for more than it has: all of it
+    assert np.array_equal(cut.shop, panel.shop[:150])
 
 
 def test_a_conditional_calibration_gives_each_product_its_own_density() -> None:

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from ml_analytics.models.calibration import ConditionalCalibration, product_features
+from ml_analytics.models.calibration import YEAR_DAYS, ConditionalCalibration
 from ml_analytics.models.distribution import daily_interval, sample_paths
 from ml_analytics.models.forecasters.base import (
     AccuracyMetrics,
@@ -108,9 +108,8 @@ class PanelForecast:
     yhat: np.ndarray  # (rows, horizon)
 
 
-# A posted history shorter than this is forecast with the default combination, not
-# the one chosen on the stored products' backtests (`for_posted_history`).
-YEAR_DAYS = 365
+# A posted history shorter than YEAR_DAYS is forecast with the default combination,
+# not the one chosen on the stored products' backtests (`for_posted_history`).
 
 
 def for_posted_history(chosen: Combination, days: int) -> Combination:
@@ -173,7 +172,7 @@ def product_paths(
     `history` the days before), recalibrated with its own density from the conditional
     model, the pooled one, or none (raw paths); seeded per product and day."""
     density = (
-        calibration.density(product_features(history, yhat))[0]
+        calibration.density(calibration.features(history, yhat))[0]
         if isinstance(calibration, ConditionalCalibration)
         else None
         if calibration is None

@@ -73,6 +73,17 @@ def panel_from_series(
     return Panel([item for item, _, _ in series], shop_start, Y, shop)
 
 
+def cut_histories(panel: Panel, t: int, rows: np.ndarray, lengths: np.ndarray) -> Panel:
+    """Products `rows` of the panel as if each had been seen for only its last
+    `lengths` days before day `t` (a history posted to the API), on the same calendar
+    and with the same shop, which ends the day before `t`."""
+    rows = np.asarray(rows, dtype=int)
+    Y = panel.Y[rows, :t].copy()
+    before = np.arange(t)[None, :] < (t - np.asarray(lengths, dtype=int))[:, None]
+    Y[before] = np.nan
+    return Panel([panel.items[row] for row in rows], panel.start, Y, panel.shop[:t])
+
+
 def window_mean(
     C: np.ndarray, t: int, k: int, first: np.ndarray, need_full: bool = True
 ) -> np.ndarray:

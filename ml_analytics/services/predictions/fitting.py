@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ml_analytics import metrics
 from ml_analytics.configs import clock_through
+from ml_analytics.models.calibration import YEAR_DAYS
 from ml_analytics.models.forecasters.base import (
     AccuracyMetrics,
     Forecast,
@@ -122,10 +123,14 @@ class RequestForecaster:
         when the stored data covers the history's last days (the shop-wide features come
         from it); the local members alone otherwise (a service with no data yet, or a
         history from another period). A `posted` history shorter than a year gets the
-        default combination (`for_posted_history`)."""
+        default combination (`for_posted_history`) and the calibration learned from
+        backtests of histories cut as short (models/backtest.py), once there is one."""
         current = await self._global.refresh()
         through = await self.through()
-        combination = dataclasses.replace(job, calibration=current.calibration)
+        calibration = current.calibration
+        if posted and len(job.values) < YEAR_DAYS and current.posted_calibration is not None:
+            calibration = current.posted_calibration
+        combination = dataclasses.replace(job, calibration=calibration)
         if current.reference is None or through is None or job.last_day > through:
             return dataclasses.replace(combination, combination=tuple(LOCAL_ONLY.as_dict().items()))
         shop_start = shop_window_start(job.first_day, job.last_day, job.config.history_days)
