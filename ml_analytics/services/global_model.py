@@ -35,6 +35,7 @@ from ml_analytics.models.backtest import (
     train_with_backtest,
 )
 from ml_analytics.models.calibration import (
+    ConditionalCalibration,
     calibration_from_stored,
     fit_calibration,
     has_current_features,
@@ -211,29 +212,33 @@ class GlobalModelService:
         pits = np.array([c.pit_14 for c in cases if c.pit_14 is not None], dtype=float)
         if len(pits) < MIN_CALIBRATION_CASES or origins < MIN_CALIBRATION_ORIGINS:
             return None
-        described = described_cases(cases)
-        if described:
-            conditional = await self._pool.run(
-                self._settings.global_model_timeout_seconds,
-                fit_calibration,
-                np.array([c.features for c in described], dtype=float),
-                np.array([c.pit_14 for c in described], dtype=float),
-            )
-            if conditional is not None:
-                stored = dict(conditional.as_dict())
-                posted = described_cases(cases, posted=True)
-                if posted:
-                    for_posted = await self._pool.run(
-                        self._settings.global_model_timeout_seconds,
-                        fit_calibration,
-                        np.array([c.posted_features for c in posted], dtype=float),
-                        np.array([c.posted_pit_14 for c in posted], dtype=float),
-                        True,
-                    )
-                    if for_posted is not None:
-                        stored["posted"] = for_posted.as_dict()
-                return stored
-        return [round(float(x), 5) for x in pit_density(pits)]
+        conditional = await self._conditional(cases, posted=False)
+        if conditional is None:
+            return [round(float(x), 5) for x in pit_density(pits)]
+        stored = dict(conditional.as_dict())
+        for_posted = await self._conditional(cases, posted=True)
+        if for_posted is not None:
+            stored["posted"] = for_posted.as_dict()
+        return stored
+
+    async def _conditional(
+        self, cases: list[BacktestCase], posted: bool
+    ) -> ConditionalCalibration | None:
+        """The ordinal model of the stored products' PITs (`posted`: of their cut
+        histories'), fitted in a worker process; None without enough described cases."""
+        described = described_cases(cases, posted)
+        if not described:
+            return None
+        features = [c.posted_features if posted else c.features for c in described]
+        pits = [c.posted_pit_14 if posted else c.pit_14 for c in described]
+        model: ConditionalCalibration | None = await self._pool.run(
+            self._settings.global_model_timeout_seconds,
+            fit_calibration,
+            np.array(features, dtype=float),
+            np.array(pits, dtype=float),
+            posted,
+        )
+        return model
 
     async def _train(self, through: date) -> StoredGlobalModel:
         started = time.perf_counter()

@@ -75,6 +75,34 @@ async def versions(engine: AsyncEngine) -> list[tuple[int, date]]:
         return [(row.version, row.trained_through) for row in rows]
 
 
+async def trained_once(engine: AsyncEngine, settings: Settings, tag: str) -> date:
+    """Stores `tag`'s products, moves the clock to the day after them and trains one
+    global model (with its backtest); that day."""
+    await store_history(engine, tag)
+    clock = START + timedelta(days=DAYS)
+    await set_clock(engine, clock)
+    global_models = GlobalModelService(engine, settings)
+    try:
+        assert await global_models.train_if_due() is not None
+    finally:
+        await global_models.stop()
+    return clock
+
+
+async def overwrite_newest_model(engine: AsyncEngine, column: str, value: Any) -> None:
+    """Sets the newest stored global model's `column` (combination, calibration) to
+    `value`, as a training that had learned it would have stored it."""
+    assert column in ("combination", "calibration")
+    async with engine.begin() as connection:
+        await connection.execute(
+            text(
+                f"UPDATE global_models SET {column} = CAST(:value AS jsonb) "
+                "WHERE version = (SELECT max(version) FROM global_models)"
+            ),
+            {"value": json.dumps(value)},
+        )
+
+
 async def test_the_global_model_is_trained_once_per_week_of_clock_across_three_replicas(
     settings: Settings, engine: AsyncEngine
 ) -> None:
@@ -341,22 +369,8 @@ async def test_a_posted_history_shorter_than_a_year_gets_the_default_combination
     """The combination chosen on the stored products' backtests (here the global model
     alone) forecasts a posted history of a year or more; a shorter one, whose product
     may be older than it says, gets the default's equal weights."""
-    await store_history(engine, unique("posted"))
-    clock = START + timedelta(days=DAYS)
-    await set_clock(engine, clock)
-    global_models = GlobalModelService(engine, settings)
-    try:
-        assert await global_models.train_if_due() is not None
-    finally:
-        await global_models.stop()
-    async with engine.begin() as connection:
-        await connection.execute(
-            text(
-                "UPDATE global_models SET combination = CAST(:c AS jsonb) "
-                "WHERE version = (SELECT max(version) FROM global_models)"
-            ),
-            {"c": '{"gbm": 1.0}'},
-        )
+    clock = await trained_once(engine, settings, unique("posted"))
+    await overwrite_newest_model(engine, "combination", {"gbm": 1.0})
     rng = np.random.default_rng(5)
     app = create_app(settings, engine, build_broker(settings), manage_broker=False)
     try:
@@ -410,14 +424,7 @@ async def test_a_posted_history_shorter_than_a_year_is_recalibrated_as_cut_histo
     """A posted history shorter than a year gets its paths recalibrated by the model
     learned from cut histories (stored under "posted"); a year or more, by the stored
     products' model, whatever the posted one says."""
-    await store_history(engine, unique("cut"))
-    clock = START + timedelta(days=DAYS)
-    await set_clock(engine, clock)
-    global_models = GlobalModelService(engine, settings)
-    try:
-        assert await global_models.train_if_due() is not None
-    finally:
-        await global_models.stop()
+    clock = await trained_once(engine, settings, unique("cut"))
     rng = np.random.default_rng(6)
     histories = {days: rng.poisson(6, days).astype(float) for days in (90, 400)}
 
@@ -426,14 +433,7 @@ async def test_a_posted_history_shorter_than_a_year_is_recalibrated_as_cut_histo
             **ordinal(len(FEATURES), 0.0),
             "posted": ordinal(len(POSTED_FEATURES), posted_cuts_at, posted=True),
         }
-        async with engine.begin() as connection:
-            await connection.execute(
-                text(
-                    "UPDATE global_models SET calibration = CAST(:c AS jsonb) "
-                    "WHERE version = (SELECT max(version) FROM global_models)"
-                ),
-                {"c": json.dumps(stored)},
-            )
+        await overwrite_newest_model(engine, "calibration", stored)
         app = create_app(settings, engine, build_broker(settings), manage_broker=False)
         answers = {}
         try:

@@ -119,23 +119,28 @@ def test_a_calibration_stored_with_other_features_is_not_applied() -> None:
     assert calibration_from_stored([1.0] * 10) == (1.0,) * 10
 
 
+def case(origin: date, described: bool = True, cut: bool = False) -> BacktestCase:
+    """A stored backtest case with the product's features (`described`) and those of
+    its cut history (`cut`), or none."""
+    return BacktestCase(
+        product_id="p",
+        member_totals={},
+        forecast_total=1.0,
+        actual_total=1.0,
+        actual_14=1.0,
+        pit_14=0.5,
+        rmse=0.0,
+        mape=None,
+        features=(1.0,) * len(FEATURES) if described else None,
+        origin=origin,
+        posted_pit_14=0.5 if cut else None,
+        posted_features=(1.0,) * len(POSTED_FEATURES) if cut else None,
+    )
+
+
 def test_the_calibration_waits_for_features_at_four_origins_not_just_enough_cases() -> None:
     """After an upgrade the stored backtests carry no features: one new origin of a
     large catalogue has cases enough, but one week decides nothing."""
-
-    def case(origin: date, described: bool) -> BacktestCase:
-        return BacktestCase(
-            product_id="p",
-            member_totals={},
-            forecast_total=1.0,
-            actual_total=1.0,
-            actual_14=1.0,
-            pit_14=0.5,
-            rmse=0.0,
-            mape=None,
-            features=(1.0,) * len(FEATURES) if described else None,
-            origin=origin,
-        )
 
     weeks = [date(2026, 1, 5) + timedelta(days=7 * k) for k in range(8)]
     upgraded = [case(week, described=week == weeks[-1]) for week in weeks for _ in range(500)]
@@ -183,22 +188,8 @@ def test_posted_histories_have_a_model_of_their_own_that_reads_their_length() ->
 
 
 def test_the_posted_model_learns_only_from_cases_with_cut_histories() -> None:
-    def case(origin: date, cut: bool) -> BacktestCase:
-        return BacktestCase(
-            product_id="p",
-            member_totals={},
-            forecast_total=1.0,
-            actual_total=1.0,
-            actual_14=1.0,
-            pit_14=0.5,
-            rmse=0.0,
-            mape=None,
-            features=(1.0,) * len(FEATURES),
-            origin=origin,
-            posted_pit_14=0.5 if cut else None,
-            posted_features=(1.0,) * len(POSTED_FEATURES) if cut else None,
-        )
-
+    """Backtests stored before cut histories were kept carry none: the model for posted
+    histories waits for four origins of them, as the stored products' model does."""
     weeks = [date(2026, 1, 5) + timedelta(days=7 * k) for k in range(8)]
     cases = [case(week, cut=week >= weeks[4]) for week in weeks for _ in range(60)]
     assert len(described_cases(cases)) == 480
