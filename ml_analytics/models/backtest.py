@@ -66,6 +66,15 @@ class BacktestCase:
     posted_pit_14: float | None = None
     posted_features: tuple[float, ...] | None = None
 
+    def calibration_case(
+        self, posted: bool = False
+    ) -> tuple[float | None, tuple[float, ...] | None]:
+        """The PIT and the features a recalibration learns from: the whole history's,
+        or (`posted`) the cut history's."""
+        if posted:
+            return self.posted_pit_14, self.posted_features
+        return self.pit_14, self.features
+
 
 @dataclass
 class GlobalTraining:
@@ -95,9 +104,6 @@ def backtest(panel: Panel, h: int, model: GlobalModel | None, seed: int = 11) ->
             level = point.weekly[member][position, :4]
             totals[member] = None if np.isnan(level).any() else float(level.sum() * 7)
         history = panel.history(int(row), h)
-        raw = sale_day_paths(forecast[:PIT_WINDOW_DAYS], order_sizes(history), PIT_PATHS, rng).sum(
-            1
-        )
         nonzero = actual > 0
         cases.append(
             BacktestCase(
@@ -106,9 +112,7 @@ def backtest(panel: Panel, h: int, model: GlobalModel | None, seed: int = 11) ->
                 forecast_total=float(forecast.sum()),
                 actual_total=float(actual.sum()),
                 actual_14=float(actual[:PIT_WINDOW_DAYS].sum()),
-                pit_14=pit(raw, float(actual[:PIT_WINDOW_DAYS].sum()), rng)
-                if forecast[:PIT_WINDOW_DAYS].sum() > 0
-                else None,
+                pit_14=pit_14(forecast, history, float(actual[:PIT_WINDOW_DAYS].sum()), rng),
                 rmse=float(np.sqrt(np.mean((forecast - actual) ** 2))),
                 mape=float(np.mean(np.abs(forecast[nonzero] - actual[nonzero]) / actual[nonzero]))
                 * 100
@@ -120,6 +124,16 @@ def backtest(panel: Panel, h: int, model: GlobalModel | None, seed: int = 11) ->
             )
         )
     return cases
+
+
+def pit_14(
+    forecast: np.ndarray, history: np.ndarray, actual_14: float, rng: np.random.Generator
+) -> float | None:
+    """The PIT of the actual demand of the forecast's first PIT_WINDOW_DAYS under the
+    raw sale-day paths around it (sizes from `history`); None for a zero forecast."""
+    window = np.asarray(forecast)[:PIT_WINDOW_DAYS]
+    paths = sale_day_paths(window, order_sizes(history), PIT_PATHS, rng).sum(1)
+    return pit(paths, actual_14, rng) if window.sum() > 0 else None
 
 
 def posted_cases(
@@ -138,10 +152,9 @@ def posted_cases(
         history = cut.history(position, h)
         forecast = point.yhat[position]
         actual = float(np.nan_to_num(panel.Y[row, h : h + PIT_WINDOW_DAYS]).sum())
-        paths = sale_day_paths(forecast, order_sizes(history), PIT_PATHS, rng).sum(1)
         cases.append(
             (
-                pit(paths, actual, rng) if forecast.sum() > 0 else None,
+                pit_14(forecast, history, actual, rng),
                 tuple(float(x) for x in posted_features(history, forecast)),
             )
         )

@@ -211,10 +211,16 @@ def calibration_from_stored(stored: list[float] | dict[str, Any] | None) -> Cali
     if stored is None:
         return None
     if isinstance(stored, dict):
-        if len(stored.get("slopes", ())) != len(FEATURES) + 1:
-            return None
-        return ConditionalCalibration.from_dict(stored)
+        return _ordinal_of(stored, FEATURES)
     return tuple(float(x) for x in stored)
+
+
+def _ordinal_of(stored: dict[str, Any], features: tuple[str, ...]) -> ConditionalCalibration | None:
+    """The stored ordinal model, or None when it has slopes for another set of features
+    than `features` (and the missing-ratio flag)."""
+    if len(stored.get("slopes", ())) != len(features) + 1:
+        return None
+    return ConditionalCalibration.from_dict(stored)
 
 
 def posted_calibration_from_stored(
@@ -225,7 +231,4 @@ def posted_calibration_from_stored(
     before (such a history is then read as a stored product's)."""
     if not isinstance(stored, dict) or not isinstance(stored.get("posted"), dict):
         return None
-    posted = stored["posted"]
-    if len(posted.get("slopes", ())) != len(POSTED_FEATURES) + 1:
-        return None
-    return ConditionalCalibration.from_dict(posted)
+    return _ordinal_of(stored["posted"], POSTED_FEATURES)

@@ -87,8 +87,8 @@ def described_cases(cases: list[BacktestCase], posted: bool = False) -> list[Bac
     described = [
         c
         for c in cases
-        if (c.posted_pit_14 if posted else c.pit_14) is not None
-        and has_current_features(c.posted_features if posted else c.features, posted)
+        if c.calibration_case(posted)[0] is not None
+        and has_current_features(c.calibration_case(posted)[1], posted)
     ]
     origins = {c.origin for c in described}
     if len(described) < MIN_CALIBRATION_CASES or len(origins) < MIN_CALIBRATION_ORIGINS:
@@ -229,8 +229,7 @@ class GlobalModelService:
         described = described_cases(cases, posted)
         if not described:
             return None
-        features = [c.posted_features if posted else c.features for c in described]
-        pits = [c.posted_pit_14 if posted else c.pit_14 for c in described]
+        pits, features = zip(*(c.calibration_case(posted) for c in described), strict=True)
         model: ConditionalCalibration | None = await self._pool.run(
             self._settings.global_model_timeout_seconds,
             fit_calibration,

@@ -108,10 +108,6 @@ class PanelForecast:
     yhat: np.ndarray  # (rows, horizon)
 
 
-# A posted history shorter than YEAR_DAYS is forecast with the default combination,
-# not the one chosen on the stored products' backtests (`for_posted_history`).
-
-
 def for_posted_history(chosen: Combination, days: int) -> Combination:
     """The combination for a history posted to the API, whose product's age is unknown:
     the chosen one when the history holds a year, else the default (equal weights).
