@@ -13,10 +13,11 @@ products' forecasts with it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
+import shutil
 import tempfile
 import time
+import weakref
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -102,7 +103,13 @@ class GlobalModelService:
         self._settings = settings
         self._train_here = train
         self._pool = FitPool(1, 1)  # a fresh process per training: its memory goes with it
+        # The loaded model's text, for the forecasting workers to read. Removed at
+        # stop(), or when the service is dropped without one (an app built for a
+        # request or a test): nothing is left behind in the temporary directory.
         self._directory = Path(tempfile.mkdtemp(prefix="ml-analytics-models-"))
+        self._remove_files = weakref.finalize(
+            self, shutil.rmtree, self._directory, ignore_errors=True
+        )
         self.current = NO_MODEL
         self._follower = Poller(self._follow_step, POLL_SECONDS, "global-model")
         self._listeners: list[asyncio.Event] = []
@@ -121,10 +128,7 @@ class GlobalModelService:
     async def stop(self) -> None:
         await self._follower.stop()
         self._pool.shutdown()
-        for path in self._directory.glob("*"):
-            path.unlink(missing_ok=True)
-        with contextlib.suppress(OSError):
-            self._directory.rmdir()
+        self._remove_files()
 
     async def _follow_step(self) -> None:
         try:

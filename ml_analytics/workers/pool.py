@@ -6,6 +6,12 @@ BrokenProcessPool and are tried again later. Workers are spawned (a clean
 interpreter), replaced after `max_jobs_per_worker` jobs so memory cannot creep, and
 end with the service however it ends (lifecycle.die_with_parent). The pool itself
 starts with its first job: a replica that never needs it does not hold its memory.
+
+Workers keep their temporary files (cmdstanpy writes each Prophet fit's there) in a
+directory of the pool's: a worker's own is removed when it ends, and the pool's
+whole directory when the pool is stopped or replaced (its workers killed, which
+gives them no chance to clean up). A worker's end does not run `atexit`, where
+libraries clean their temporary directories, so without this they stay behind.
 """
 
 from __future__ import annotations
@@ -13,7 +19,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import multiprocessing
+import multiprocessing.util
 import os
+import shutil
+import tempfile
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -33,15 +42,17 @@ class FitPool:
         self._workers = workers
         self._max_jobs = max_jobs_per_worker
         self._executor: ProcessPoolExecutor | None = None
+        self._scratch: str | None = None  # the workers' temporary files
 
     def _current(self) -> ProcessPoolExecutor:
         if self._executor is None:
+            self._scratch = tempfile.mkdtemp(prefix="ml-analytics-workers-")
             self._executor = ProcessPoolExecutor(
                 max_workers=self._workers,
                 mp_context=multiprocessing.get_context("spawn"),
                 max_tasks_per_child=self._max_jobs,
-                initializer=die_with_parent,
-                initargs=(os.getpid(),),
+                initializer=start_worker,
+                initargs=(os.getpid(), self._scratch),
             )
         return self._executor
 
@@ -78,13 +89,29 @@ class FitPool:
 
     def _replace(self, broken: ProcessPoolExecutor) -> None:
         if broken is self._executor:  # else already replaced by another job's failure
-            _kill(broken)
-            self._executor = None
+            self.shutdown()
 
     def shutdown(self) -> None:
         if self._executor is not None:
             _kill(self._executor)
             self._executor = None
+        if self._scratch is not None:
+            shutil.rmtree(self._scratch, ignore_errors=True)
+            self._scratch = None
+
+
+def start_worker(parent_pid: int, scratch: str) -> None:
+    """A worker's initializer: it ends with the service, and its temporary files go to
+    a directory of its own inside the pool's `scratch`, removed when it ends."""
+    die_with_parent(parent_pid)
+    tempfile.tempdir = tempfile.mkdtemp(prefix="worker-", dir=scratch)
+    multiprocessing.util.Finalize(
+        None,
+        shutil.rmtree,
+        args=(tempfile.tempdir,),
+        kwargs={"ignore_errors": True},
+        exitpriority=0,
+    )
 
 
 def _kill(executor: ProcessPoolExecutor) -> None:

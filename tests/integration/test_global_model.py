@@ -5,6 +5,7 @@ their product forecasts; Prophet still answers when a request asks for it."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 from datetime import UTC, date, datetime, timedelta
@@ -101,6 +102,27 @@ async def overwrite_newest_model(engine: AsyncEngine, column: str, value: Any) -
             ),
             {"value": json.dumps(value)},
         )
+
+
+async def test_a_loaded_models_file_is_removed_when_its_service_stops_or_is_dropped(
+    settings: Settings, engine: AsyncEngine
+) -> None:
+    """Each replica writes the model it loads to a file of its own for the forecasting
+    workers; stopping the service removes it, and so does dropping a service nobody
+    stopped (an HTTP app built without the service around it, a test's)."""
+    await trained_once(engine, settings, unique("files"))
+    stopped, dropped = GlobalModelService(engine, settings), GlobalModelService(engine, settings)
+    files = []
+    for service in (stopped, dropped):
+        reference = (await service.refresh()).reference
+        assert reference is not None and reference.path.is_file()
+        files.append(reference.path)
+    await stopped.stop()
+    assert not files[0].parent.exists()
+    assert files[1].is_file()
+    del service, dropped
+    gc.collect()
+    assert not files[1].parent.exists()
 
 
 async def test_the_global_model_is_trained_once_per_week_of_clock_across_three_replicas(

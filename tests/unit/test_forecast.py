@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import date, timedelta
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -35,6 +36,17 @@ def test_steady_demand_is_forecast_near_its_level_and_never_negative() -> None:
     assert forecast.metrics.holdout_days == 28
     assert forecast.metrics.mape is not None and forecast.metrics.mape < 40
     assert forecast.training_days == 120 and forecast.units_seen == history.sum()
+
+
+def test_a_prophet_fit_leaves_no_files_in_the_temporary_directory() -> None:
+    """cmdstanpy writes each fit's estimate and console output to a directory of its
+    own, removed otherwise only when the process exits through atexit (a fitting
+    worker never does): the forecaster removes them after each fit."""
+    import cmdstanpy
+
+    before = set(Path(cmdstanpy._TMPDIR).iterdir())
+    fit_forecast(np.random.default_rng(2).poisson(5, 90).astype(float), START, CONFIG)
+    assert set(Path(cmdstanpy._TMPDIR).iterdir()) == before
 
 
 def test_intermittent_demand_forecast_is_clipped_at_zero() -> None:

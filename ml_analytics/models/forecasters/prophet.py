@@ -11,8 +11,11 @@ a 28-day moving average (README); the default forecaster is the combination.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from datetime import date, timedelta
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -139,7 +142,25 @@ def _fit_predict(
         predicted = model.predict(future)
     except Exception as error:  # Stan and Prophet raise many kinds
         raise ModelFailure(f"{type(error).__name__}: {error}") from error
+    finally:
+        remove_fit_files(model)
     yhat = np.clip(predicted["yhat"].to_numpy(), 0, None)
     lower = np.clip(predicted["yhat_lower"].to_numpy(), 0, None)
     upper = np.clip(predicted["yhat_upper"].to_numpy(), 0, None)
     return yhat, lower, upper
+
+
+def remove_fit_files(model: Any) -> None:
+    """Remove the files cmdstanpy wrote for this fit (its estimate as CSV, Stan's
+    console output, in a directory of their own): it removes them only when the
+    process exits through `atexit`, which a worker process never does, so a worker
+    that fits thousands of products would fill its temporary directory."""
+    backend = getattr(model, "stan_backend", None)
+    fit = getattr(backend, "stan_fit", None)
+    if backend is None or fit is None:
+        return
+    files = [Path(f) for f in fit.runset.csv_files + fit.runset.stdout_files]
+    backend.cleanup()
+    for directory in {f.parent for f in files}:
+        with contextlib.suppress(OSError):  # not empty: something else is in it
+            directory.rmdir()

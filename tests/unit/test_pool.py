@@ -1,0 +1,49 @@
+"""The fitting pool's workers leave no temporary files behind: a worker's are removed
+when it ends after its jobs, and all of the pool's when the pool is stopped (its
+workers killed). Real spawned processes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import tempfile
+from pathlib import Path
+
+from ml_analytics.workers.pool import FitPool
+
+
+def write_temporary_file() -> str:
+    """A job that leaves a file in its temporary directory, as cmdstanpy does."""
+    handle, path = tempfile.mkstemp(suffix=".csv")
+    os.close(handle)
+    return path
+
+
+async def gone_within(path: Path, seconds: float) -> bool:
+    for _ in range(int(seconds * 10)):
+        if not await asyncio.to_thread(path.exists):
+            return True
+        await asyncio.sleep(0.1)
+    return not await asyncio.to_thread(path.exists)
+
+
+async def test_a_workers_temporary_files_go_when_it_ends_after_its_jobs() -> None:
+    pool = FitPool(1, 1)  # each worker ends after one job
+    try:
+        first = Path(await pool.run(60, write_temporary_file))
+        assert first.parent.parent.name.startswith("ml-analytics-workers-")
+        assert await gone_within(first.parent, 10)
+        second = Path(await pool.run(60, write_temporary_file))  # a fresh worker
+        assert second.parent != first.parent and second.parent.parent == first.parent.parent
+    finally:
+        pool.shutdown()
+
+
+async def test_the_pools_temporary_files_go_when_it_stops_and_kills_its_workers() -> None:
+    pool = FitPool(1, 100)
+    try:
+        written = Path(await pool.run(60, write_temporary_file))
+        assert await asyncio.to_thread(written.is_file)  # its worker is still there
+    finally:
+        pool.shutdown()
+    assert not written.parent.parent.exists()
