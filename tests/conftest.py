@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -56,6 +57,11 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     ]
     if lingering:
         sys.stderr.write(f"threads still running at the end of the session: {lingering}\n")
+    # The one interpreter-exit handler that matters here: cmdstanpy's, which removes
+    # its temporary directory (tests that fit Prophet in this process import it).
+    cmdstanpy = sys.modules.get("cmdstanpy")
+    if cmdstanpy is not None:
+        shutil.rmtree(cmdstanpy._TMPDIR, ignore_errors=True)
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(config.stash[EXIT_STATUS])
