@@ -47,7 +47,7 @@ class FitPool:
     def _current(self) -> ProcessPoolExecutor:
         if self._executor is None:
             self._scratch = tempfile.mkdtemp(prefix="ml-analytics-workers-")
-            self._executor = ProcessPoolExecutor(
+            self._executor = _Workers(
                 max_workers=self._workers,
                 mp_context=multiprocessing.get_context("spawn"),
                 max_tasks_per_child=self._max_jobs,
@@ -114,10 +114,27 @@ def start_worker(parent_pid: int, scratch: str) -> None:
     )
 
 
+class _Workers(ProcessPoolExecutor):
+    def _adjust_process_count(self) -> None:
+        """The executor's manager thread replaces a worker that ended after its last
+        job; a pool being stopped has none to replace. Python 3.11's own check reads
+        `_processes`, which a shutdown(wait=False) from another thread sets to None
+        meanwhile: the manager thread then died of a TypeError (seen in the tests)."""
+        if self._shutdown_thread or self._processes is None:  # type: ignore[attr-defined]
+            return
+        try:
+            super()._adjust_process_count()  # type: ignore[misc]
+        except TypeError:
+            if self._processes is not None:  # type: ignore[attr-defined]
+                raise  # not the shutdown between the check and the count
+
+
 def _kill(executor: ProcessPoolExecutor) -> None:
-    """Stop a pool now, jobs in progress included. Python 3.11 has no public way to
-    stop a busy worker, hence the private `_processes`."""
-    for process in list((getattr(executor, "_processes", None) or {}).values()):
+    """Stop a pool now, jobs in progress included: shut it down (no worker is started
+    after this), then kill its workers. Python 3.11 has no public way to stop a busy
+    worker, hence the private `_processes`."""
+    workers = list((getattr(executor, "_processes", None) or {}).values())
+    executor.shutdown(wait=False, cancel_futures=True)
+    for process in workers:
         with contextlib.suppress(Exception):
             process.kill()
-    executor.shutdown(wait=False, cancel_futures=True)

@@ -47,3 +47,16 @@ async def test_the_pools_temporary_files_go_when_it_stops_and_kills_its_workers(
     finally:
         pool.shutdown()
     assert not written.parent.parent.exists()
+
+
+async def test_a_pool_stopped_as_a_worker_ends_starts_no_other_and_its_manager_lives() -> None:
+    """When a worker ends after its last job just as the pool is stopped, the executor's
+    manager thread asks for a replacement of a pool whose workers are gone: none is
+    started, and the thread does not die of it."""
+    pool = FitPool(1, 1)
+    await pool.run(60, write_temporary_file)
+    executor = pool._executor
+    assert executor is not None
+    pool.shutdown()
+    executor._adjust_process_count()  # what the manager thread does next
+    assert executor._processes is None
