@@ -44,6 +44,9 @@ def test_the_service_scales_out_and_starts_after_its_dependencies() -> None:
     assert all(":" not in str(port) for port in service["ports"])
     assert service["restart"] == "unless-stopped"
     assert service["mem_limit"] == "2g"
+    # /tmp in memory, bounded, fresh at each restart (nothing a killed replica left).
+    (scratch,) = [v for v in service["volumes"] if v["target"] == "/tmp"]
+    assert scratch["type"] == "tmpfs" and 0 < scratch["tmpfs"]["size"] <= 512 * 2**20
     assert "/health" in " ".join(service["healthcheck"]["test"])
     assert service["depends_on"]["init"]["condition"] == "service_completed_successfully"
     assert service["depends_on"]["kafka"]["condition"] == "service_healthy"
