@@ -52,7 +52,10 @@ async def test_replicas_stopped_killed_and_added_during_a_replay_lose_and_duplic
         _env_file=None, **{**settings.model_dump(), "business_timezone": "Europe/London"}
     )
     replicas = [
-        ServiceProcess(settings, tmp_path / f"replica{i}.log", **REPLICA_ENV).start()
+        # One is killed outright: its temporary files (not removable) go to tmp_path.
+        ServiceProcess(
+            settings, tmp_path / f"replica{i}.log", **REPLICA_ENV, TMPDIR=str(tmp_path)
+        ).start()
         for i in range(3)
     ]
     try:

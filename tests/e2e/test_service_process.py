@@ -77,7 +77,10 @@ async def test_service_killed_mid_stream_and_restarted_loses_nothing_and_counts_
 ) -> None:
     events = make_events(24_000, products=150, tag=unique("kill"), seed=1)
     republished = events[:2_000]  # upstream sends some of them again
-    first = ServiceProcess(settings, tmp_path / "first.log", INGEST_BATCH_MAX_RECORDS="300").start()
+    # Killed outright, it cannot remove its temporary files: they go to tmp_path.
+    first = ServiceProcess(
+        settings, tmp_path / "first.log", INGEST_BATCH_MAX_RECORDS="300", TMPDIR=str(tmp_path)
+    ).start()
     try:
         first.wait_healthy()
         publisher = asyncio.create_task(publish_paced(settings, events, chunks=24, pause=0.25))
@@ -306,7 +309,9 @@ def _poll_demand(url: str, process: subprocess.Popen[bytes], tmp_path: Path) -> 
 async def test_fit_workers_end_with_a_service_killed_mid_fit(
     settings: Settings, engine: AsyncEngine, tmp_path: Path
 ) -> None:
-    service = ServiceProcess(settings, tmp_path / "service.log", MIN_TRAINING_DAYS="14").start()
+    service = ServiceProcess(  # killed outright: its temporary files go to tmp_path
+        settings, tmp_path / "service.log", MIN_TRAINING_DAYS="14", TMPDIR=str(tmp_path)
+    ).start()
     tag = unique("orphans")
     events = [
         {
