@@ -29,7 +29,12 @@ The global models and forecasts (about 80 days, 13 minutes on 2 cores) are kept 
 forecasts; the products' features are recomputed from it when their set changed).
 Each variant of the recalibration then takes about 3.5 minutes.
 
+`--level-sd S` scores sample paths with a level factor per path (σ of its log S;
+`distribution.LEVEL_SD`, 0 in the service): the cached backtests' PITs are drawn
+again under those paths, as the service's backtest would have drawn them.
+
     python -m bench.calibration [--cache .bench-cache/calibration.pkl] [--variants ...]
+        [--level-sd S]
 """
 
 from __future__ import annotations
@@ -58,7 +63,8 @@ from bench.scoring import (
     shop_surprise,
     worst_gap,
 )
-from ml_analytics.models.backtest import BacktestCase, backtest
+from ml_analytics.models import distribution
+from ml_analytics.models.backtest import BacktestCase, backtest, pit_14
 from ml_analytics.models.calibration import (
     Calibration,
     fit_calibration,
@@ -74,6 +80,7 @@ from ml_analytics.models.forecasters.panel import Panel
 BACKTESTS = 8  # weekly backtest origins before each origin, as the service keeps
 BACKTEST_LAG = 28  # a backtest starts four weeks before the training that makes it
 VARIANTS = ("none", "pooled", "conditional")
+BACKTEST_SEED = 11  # models/backtest.py's default
 CONFIG = ForecastConfig()
 
 
@@ -127,6 +134,21 @@ def prepare(panel: Panel, origins: list[date], cache: Path) -> dict[int, Day]:
             flush=True,
         )
     return days
+
+
+def with_current_pits(panel: Panel, h: int, day: Day) -> Day:
+    """The cached day with each backtest case's PIT drawn again under the sample paths
+    as they are now made (distribution.LEVEL_SD), in the order and with the seed the
+    service's backtest draws them."""
+    position = {panel.items[row]: p for p, row in enumerate(day.rows)}
+    rng = np.random.default_rng(BACKTEST_SEED)
+    cases = []
+    for case in day.cases:
+        p = position[case.product_id]
+        history = panel.history(int(day.rows[p]), h)
+        drawn = pit_14(day.yhat[p], history, case.actual_14, rng)
+        cases.append(dataclasses.replace(case, pit_14=drawn))
+    return Day(day.rows, day.yhat, cases)
 
 
 def learn(variant: str, cases: list[BacktestCase]) -> Calibration | None:
@@ -205,6 +227,9 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--cache", type=Path, default=Path(".bench-cache/calibration.pkl"))
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
+    parser.add_argument(
+        "--level-sd", type=float, default=distribution.LEVEL_SD, help="σ of a path's level"
+    )
     args = parser.parse_args()
     started = time.perf_counter()
     panel = load_panel(args.data)
@@ -214,6 +239,10 @@ def main() -> None:
     }
     print("Point forecasts and backtests (cached in", args.cache, "):", flush=True)
     days = prepare(panel, [o for group in groups.values() for o in group], args.cache)
+    if args.level_sd != distribution.LEVEL_SD:
+        distribution.LEVEL_SD = args.level_sd
+        days = {h: with_current_pits(panel, h, day) for h, day in days.items()}
+        print(f"Sample paths with a level factor per path, σ {args.level_sd:g}", flush=True)
     for variant in args.variants:
         print(f"\n## Recalibration: {variant}")
         for name, origins in groups.items():

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from ml_analytics.models import distribution
 from ml_analytics.models.calibration import YEAR_DAYS, posted_features, product_features
 from ml_analytics.models.distribution import order_sizes, pit, sale_day_paths
 from ml_analytics.models.forecasters.combination import DEFAULT, GLOBAL, point_forecasts
@@ -65,6 +66,8 @@ class BacktestCase:
     # the cut history's posted_features. None where not applicable.
     posted_pit_14: float | None = None
     posted_features: tuple[float, ...] | None = None
+    # How the raw paths behind both PITs were drawn (distribution.PATHS_VERSION).
+    paths_version: int = field(default_factory=lambda: distribution.PATHS_VERSION)
 
     def calibration_case(
         self, posted: bool = False
@@ -124,6 +127,12 @@ def backtest(panel: Panel, h: int, model: GlobalModel | None, seed: int = 11) ->
             )
         )
     return cases
+
+
+def drawn_as_now(cases: list[BacktestCase]) -> list[BacktestCase]:
+    """The cases whose PITs were drawn under today's sample paths: a recalibration
+    learned from PITs of paths drawn otherwise would correct what is no longer there."""
+    return [c for c in cases if c.paths_version == distribution.PATHS_VERSION]
 
 
 def pit_14(

@@ -31,6 +31,7 @@ from ml_analytics.lifecycle import Poller
 from ml_analytics.models.backtest import (
     BacktestCase,
     GlobalTraining,
+    drawn_as_now,
     member_totals_table,
     summary,
     train_with_backtest,
@@ -212,7 +213,10 @@ class GlobalModelService:
         """How the sample paths are recalibrated, learned from the backtests' PITs: the
         conditional model (models/calibration.py, fitted in a worker process) when
         enough backtests carry the products' features, else one pooled density; None
-        with too few backtests."""
+        with too few backtests. Only backtests whose paths were drawn as they are now
+        count (after a change to the paths, the earlier ones teach nothing)."""
+        cases = drawn_as_now(cases)
+        origins = min(origins, len({c.origin for c in cases}))
         pits = np.array([c.pit_14 for c in cases if c.pit_14 is not None], dtype=float)
         if len(pits) < MIN_CALIBRATION_CASES or origins < MIN_CALIBRATION_ORIGINS:
             return None

@@ -116,15 +116,17 @@ async def record_backtests(
         text(
             "INSERT INTO product_backtests (product_id, origin, member_totals, forecast_total, "
             "actual_total, actual_14, pit_14, rmse, mape, features, posted_pit_14, "
-            "posted_features) VALUES (:product_id, :origin, CAST(:member_totals AS jsonb), "
+            "posted_features, paths_version) VALUES (:product_id, :origin, "
+            "CAST(:member_totals AS jsonb), "
             ":forecast_total, :actual_total, :actual_14, :pit_14, :rmse, :mape, "
-            "CAST(:features AS jsonb), :posted_pit_14, CAST(:posted_features AS jsonb)) "
+            "CAST(:features AS jsonb), :posted_pit_14, CAST(:posted_features AS jsonb), "
+            ":paths_version) "
             "ON CONFLICT (product_id, origin) DO UPDATE SET "
             "member_totals = EXCLUDED.member_totals, forecast_total = EXCLUDED.forecast_total, "
             "actual_total = EXCLUDED.actual_total, actual_14 = EXCLUDED.actual_14, "
             "pit_14 = EXCLUDED.pit_14, rmse = EXCLUDED.rmse, mape = EXCLUDED.mape, "
             "features = EXCLUDED.features, posted_pit_14 = EXCLUDED.posted_pit_14, "
-            "posted_features = EXCLUDED.posted_features"
+            "posted_features = EXCLUDED.posted_features, paths_version = EXCLUDED.paths_version"
         ),
         [
             {
@@ -140,6 +142,7 @@ async def record_backtests(
                 "features": _stored_features(case.features),
                 "posted_pit_14": case.posted_pit_14,
                 "posted_features": _stored_features(case.posted_features),
+                "paths_version": case.paths_version,
             }
             for case in cases
         ],
@@ -179,7 +182,8 @@ async def recent_backtests(
     result = await connection.execute(
         text(
             "SELECT product_id, member_totals, forecast_total, actual_total, actual_14, pit_14, "
-            "rmse, mape, features, posted_pit_14, posted_features, origin FROM product_backtests "
+            "rmse, mape, features, posted_pit_14, posted_features, paths_version, origin "
+            "FROM product_backtests "
             "WHERE origin IN (SELECT DISTINCT "
             "origin FROM product_backtests WHERE CAST(:before AS date) IS NULL OR origin < :before "
             "ORDER BY origin DESC LIMIT :origins)"
@@ -200,6 +204,7 @@ async def recent_backtests(
             origin=row.origin,
             posted_pit_14=row.posted_pit_14,
             posted_features=_read_features(row.posted_features),
+            paths_version=row.paths_version,
         )
         for row in result
     ]

@@ -243,5 +243,7 @@ product_backtests = Table(
     # The product forecast from a cut history, as if posted (models/backtest.py).
     Column("posted_pit_14", Float, nullable=True),
     Column("posted_features", JSONB, nullable=True),
+    # How the raw sample paths behind the PITs were drawn (distribution.PATHS_VERSION).
+    Column("paths_version", SmallInteger, nullable=False, server_default="1"),
     Index("ix_product_backtests_origin", "origin"),
 )

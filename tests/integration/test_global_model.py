@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ml_analytics.consumers.broker import build_broker
 from ml_analytics.http.app import create_app
+from ml_analytics.models import distribution
 from ml_analytics.models.calibration import (
     BINS,
     FEATURES,
@@ -290,7 +291,7 @@ async def test_products_due_at_once_are_forecast_together_each_with_the_newest_g
 
 
 async def test_the_sample_paths_calibration_is_learned_per_product_once_backtests_suffice(
-    settings: Settings, engine: AsyncEngine
+    settings: Settings, engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     await store_history(engine, unique("c"), products=60)
     service = GlobalModelService(engine, settings)
@@ -326,6 +327,19 @@ async def test_the_sample_paths_calibration_is_learned_per_product_once_backtest
         assert current.calibration.as_dict() == {k: v for k, v in learned.items() if k != "posted"}
         assert current.posted_calibration is not None and current.posted_calibration.posted
         assert current.posted_calibration.as_dict() == learned["posted"]
+        # Each backtest keeps how its paths were drawn; once they are drawn otherwise
+        # (a new version here: the training's worker still draws the old), the
+        # backtests drawn before teach the recalibration nothing.
+        drawn = await scalar(
+            engine,
+            "SELECT count(*) FROM product_backtests WHERE paths_version = :v",
+            v=distribution.PATHS_VERSION,
+        )
+        assert drawn == 240
+        monkeypatch.setattr(distribution, "PATHS_VERSION", distribution.PATHS_VERSION + 1)
+        await set_clock(engine, clock + timedelta(days=28))
+        retrained = await service.train_if_due()
+        assert retrained is not None and retrained.calibration is None
     finally:
         await service.stop()
 

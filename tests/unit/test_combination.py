@@ -10,6 +10,7 @@ from datetime import date
 import numpy as np
 import pytest
 
+from ml_analytics.models import distribution
 from ml_analytics.models.backtest import train_with_backtest
 from ml_analytics.models.calibration import BINS, FEATURES, POSTED_FEATURES, ConditionalCalibration
 from ml_analytics.models.distribution import pit_density, sample_paths
@@ -117,6 +118,24 @@ def test_sale_day_paths_keep_the_forecast_as_their_mean_and_lumps_whole() -> Non
     paths = sample_paths(yhat, history, None, paths=4000, seed=3)
     assert paths.mean() == pytest.approx(2.4, rel=0.05)
     assert set(np.unique(paths)) <= {0.0, 24.0, 48.0, 72.0, 96.0}
+
+
+def test_a_level_factor_per_path_widens_its_totals_and_keeps_the_mean(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A daily seller's 14-day totals vary little when its days are independent; a
+    level factor per path (distribution.LEVEL_SD) spreads them as a moving level
+    would, around the same mean. Off (0), the paths are as before, draw for draw."""
+    history = np.random.default_rng(4).poisson(10, 365).astype(float)
+    yhat = np.full(14, 10.0)
+    plain = sample_paths(yhat, history, None, paths=4000, seed=5).sum(1)
+    monkeypatch.setattr(distribution, "LEVEL_SD", 0.3)
+    levelled = sample_paths(yhat, history, None, paths=4000, seed=5).sum(1)
+    monkeypatch.setattr(distribution, "LEVEL_SD", 0.0)
+    assert np.array_equal(sample_paths(yhat, history, None, paths=4000, seed=5).sum(1), plain)
+    assert levelled.mean() == pytest.approx(plain.mean(), rel=0.03)
+    assert levelled.std() > 2.5 * plain.std()
+    assert 0.25 < levelled.std() / levelled.mean() < 0.35  # the factor's own spread, ~0.3
 
 
 def test_recalibration_moves_the_paths_towards_where_outcomes_fell() -> None:
