@@ -29,9 +29,10 @@ The global models and forecasts (about 80 days, 13 minutes on 2 cores) are kept 
 forecasts; the products' features are recomputed from it when their set changed).
 Each variant of the recalibration then takes about 3.5 minutes.
 
-`--level-sd S` scores sample paths with a level factor per path (σ of its log S;
-`distribution.LEVEL_SD`, 0 in the service): the cached backtests' PITs are drawn
-again under those paths, as the service's backtest would have drawn them.
+`--level-sd S` scores sample paths with a level factor per path of another σ (of its
+log) than the service's (`distribution.LEVEL_SD`; 0: none): the cached backtests' PITs
+are drawn again under those paths, as the service's backtest would have drawn them
+(so are those of a cache built under another `distribution.PATHS_VERSION`).
 
     python -m bench.calibration [--cache .bench-cache/calibration.pkl] [--variants ...]
         [--level-sd S]
@@ -147,7 +148,9 @@ def with_current_pits(panel: Panel, h: int, day: Day) -> Day:
         p = position[case.product_id]
         history = panel.history(int(day.rows[p]), h)
         drawn = pit_14(day.yhat[p], history, case.actual_14, rng)
-        cases.append(dataclasses.replace(case, pit_14=drawn))
+        cases.append(
+            dataclasses.replace(case, pit_14=drawn, paths_version=distribution.PATHS_VERSION)
+        )
     return Day(day.rows, day.yhat, cases)
 
 
@@ -241,8 +244,15 @@ def main() -> None:
     days = prepare(panel, [o for group in groups.values() for o in group], args.cache)
     if args.level_sd != distribution.LEVEL_SD:
         distribution.LEVEL_SD = args.level_sd
-        days = {h: with_current_pits(panel, h, day) for h, day in days.items()}
+        redraw = list(days)
         print(f"Sample paths with a level factor per path, σ {args.level_sd:g}", flush=True)
+    else:  # a cache built under other paths (cases from before versions were kept: 1)
+        redraw = [
+            h
+            for h, day in days.items()
+            if any(getattr(c, "paths_version", 1) != distribution.PATHS_VERSION for c in day.cases)
+        ]
+    days.update({h: with_current_pits(panel, h, days[h]) for h in redraw})
     for variant in args.variants:
         print(f"\n## Recalibration: {variant}")
         for name, origins in groups.items():

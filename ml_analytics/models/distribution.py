@@ -20,11 +20,12 @@ up at the top (demand higher than the paths said) moves weight to the upper path
 What each does to the Brier score and the deciles is measured by bench/evaluate
 (README, "Forecast evaluation"). Pure: numpy.
 
-Level uncertainty (LEVEL_SD, off: 0): each path's days can also be scaled by one
-log-normal factor of mean one, as real demand's level moves from week to week while
-independent days around the forecast average out over 14 days. Offline
-(bench/calibration --level-sd 0.3) it narrows the worst reliability decile at the
-same Brier skill; not yet the service's default (README, "Forecast evaluation").
+Level uncertainty (LEVEL_SD): each path's days are also scaled by one log-normal
+factor of mean one (σ 0.3 of its log), as real demand's level moves from week to
+week while independent days around the forecast average out over 14 days: without
+it a daily seller's 14-day totals are too narrow, which re-weighting the paths
+cannot widen enough. It narrowed the worst reliability decile at the same Brier
+skill (bench/calibration --level-sd 0 against 0.3; bench/evaluate in the README).
 """
 
 from __future__ import annotations
@@ -36,11 +37,11 @@ CAL_WINDOW_DAYS = 14
 CAL_BINS = 20
 OVERSAMPLE = 4
 SIZE_WINDOW_DAYS = 365
-LEVEL_SD = 0.0  # σ of the log of each path's level factor; 0: none
+LEVEL_SD = 0.3  # σ of the log of each path's level factor; 0: none
 # How the raw paths are drawn: a backtest's PITs teach a recalibration only of paths
 # drawn the same way, so each stored backtest keeps the version it was drawn under.
 # Bump it with any change to what sale_day_paths draws (2: the level factor on).
-PATHS_VERSION = 1
+PATHS_VERSION = 2
 
 
 def order_sizes(history: np.ndarray, window: int = SIZE_WINDOW_DAYS) -> np.ndarray:

@@ -79,9 +79,11 @@ async def test_stock_levels_with_orders_get_recommendations_on_the_topic_and_the
 
     needing = first[short]
     assert needing["risk_level"] == "high" and needing["target_service_level"] == 0.95
-    # ~20 a day: the 95% quantile of 7 days' demand, and of 14 days' (lead time + review).
-    assert 140 <= needing["reorder_point_units"] <= 200
-    assert 280 <= needing["order_up_to_units"] <= 360
+    # ~20 a day: the 95% quantile of 7 days' demand, and of 14 days' (lead time + review),
+    # above what a level known for sure gives (~160, ~310), within what a level that
+    # can move by the paths' level factor gives (~230, ~450).
+    assert 150 <= needing["reorder_point_units"] <= 260
+    assert 300 <= needing["order_up_to_units"] <= 500
     order = needing["recommended_order_units"]
     assert order % 24 == 0 and 0 <= order - (needing["order_up_to_units"] - 100) < 24
     assert needing["order_by_date"] == str(LAST_DAY)  # below the reorder point: order today
