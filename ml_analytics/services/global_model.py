@@ -104,13 +104,11 @@ class GlobalModelService:
         self._settings = settings
         self._train_here = train
         self._pool = FitPool(1, 1)  # a fresh process per training: its memory goes with it
-        # The loaded model's text, for the forecasting workers to read. Removed at
-        # stop(), or when the service is dropped without one (an app built for a
-        # request or a test): nothing is left behind in the temporary directory.
-        self._directory = Path(tempfile.mkdtemp(prefix="ml-analytics-models-"))
-        self._remove_files = weakref.finalize(
-            self, shutil.rmtree, self._directory, ignore_errors=True
-        )
+        # The loaded model's text, for the forecasting workers to read, in a directory
+        # made when the first model is loaded. Removed at stop(), or when the service
+        # is dropped without one (an app built for a request or a test).
+        self._directory: Path | None = None
+        self._remove_files: weakref.finalize | None = None
         self.current = NO_MODEL
         self._follower = Poller(self._follow_step, POLL_SECONDS, "global-model")
         self._listeners: list[asyncio.Event] = []
@@ -129,7 +127,16 @@ class GlobalModelService:
     async def stop(self) -> None:
         await self._follower.stop()
         self._pool.shutdown()
-        self._remove_files()
+        if self._remove_files is not None:
+            self._remove_files()
+
+    def _model_file(self, version: int) -> Path:
+        if self._directory is None:
+            self._directory = Path(tempfile.mkdtemp(prefix="ml-analytics-models-"))
+            self._remove_files = weakref.finalize(
+                self, shutil.rmtree, self._directory, ignore_errors=True
+            )
+        return self._directory / f"global-{version}.txt"
 
     async def _follow_step(self) -> None:
         try:
@@ -150,7 +157,7 @@ class GlobalModelService:
         assert stored is not None
         reference = None
         if stored.model_text is not None:
-            path = self._directory / f"global-{stored.version}.txt"
+            path = self._model_file(stored.version)
             path.write_text(stored.model_text)
             reference = GlobalModelRef(stored.version, path)
         self.current = CurrentModel(

@@ -8,7 +8,9 @@ import asyncio
 import gc
 import json
 import logging
+import tempfile
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -105,13 +107,22 @@ async def overwrite_newest_model(engine: AsyncEngine, column: str, value: Any) -
         )
 
 
+def model_directories() -> set[Path]:
+    return set(Path(tempfile.gettempdir()).glob("ml-analytics-models-*"))
+
+
 async def test_a_loaded_models_file_is_removed_when_its_service_stops_or_is_dropped(
     settings: Settings, engine: AsyncEngine
 ) -> None:
     """Each replica writes the model it loads to a file of its own for the forecasting
     workers; stopping the service removes it, and so does dropping a service nobody
-    stopped (an HTTP app built without the service around it, a test's)."""
+    stopped (an HTTP app built without the service around it, a test's); one that
+    loads no model writes nothing."""
     await trained_once(engine, settings, unique("files"))
+    before = model_directories()
+    idle = GlobalModelService(engine, settings)  # loads nothing: writes nothing
+    assert model_directories() == before
+    await idle.stop()
     stopped, dropped = GlobalModelService(engine, settings), GlobalModelService(engine, settings)
     files = []
     for service in (stopped, dropped):
