@@ -65,7 +65,7 @@ from bench.scoring import (
     worst_gap,
 )
 from ml_analytics.models import distribution
-from ml_analytics.models.backtest import BacktestCase, backtest, pit_14
+from ml_analytics.models.backtest import PIT_SEED, BacktestCase, backtest, pit_14
 from ml_analytics.models.calibration import (
     Calibration,
     fit_calibration,
@@ -81,7 +81,6 @@ from ml_analytics.models.forecasters.panel import Panel
 BACKTESTS = 8  # weekly backtest origins before each origin, as the service keeps
 BACKTEST_LAG = 28  # a backtest starts four weeks before the training that makes it
 VARIANTS = ("none", "pooled", "conditional")
-BACKTEST_SEED = 11  # models/backtest.py's default
 CONFIG = ForecastConfig()
 
 
@@ -142,7 +141,7 @@ def with_current_pits(panel: Panel, h: int, day: Day) -> Day:
     as they are now made (distribution.LEVEL_SD), in the order and with the seed the
     service's backtest draws them."""
     position = {panel.items[row]: p for p, row in enumerate(day.rows)}
-    rng = np.random.default_rng(BACKTEST_SEED)
+    rng = np.random.default_rng(PIT_SEED)
     cases = []
     for case in day.cases:
         p = position[case.product_id]

@@ -41,6 +41,7 @@ BACKTEST_DAYS = 28
 PIT_WINDOW_DAYS = 14
 PIT_PATHS = 200
 MEMBERS = ("gbm", "ma28", "adida")
+PIT_SEED = 11  # the PITs' random draws, reproducible
 CUT_MIN_DAYS = 30  # a cut history's length: from the API's shortest useful history
 
 
@@ -88,7 +89,9 @@ class GlobalTraining:
     note: str = ""
 
 
-def backtest(panel: Panel, h: int, model: GlobalModel | None, seed: int = 11) -> list[BacktestCase]:
+def backtest(
+    panel: Panel, h: int, model: GlobalModel | None, seed: int = PIT_SEED
+) -> list[BacktestCase]:
     """Every product old enough at origin `h`, forecast from its data before `h` (the
     default combination; `model` must have seen nothing from `h` on) and scored on the
     BACKTEST_DAYS from `h`, which the panel must hold."""

@@ -214,16 +214,14 @@ class GlobalModelService:
                 return None
             return await self._train(through)
 
-    async def _calibration(
-        self, cases: list[BacktestCase], origins: int
-    ) -> list[float] | dict[str, Any] | None:
+    async def _calibration(self, cases: list[BacktestCase]) -> list[float] | dict[str, Any] | None:
         """How the sample paths are recalibrated, learned from the backtests' PITs: the
         conditional model (models/calibration.py, fitted in a worker process) when
         enough backtests carry the products' features, else one pooled density; None
         with too few backtests. Only backtests whose paths were drawn as they are now
         count (after a change to the paths, the earlier ones teach nothing)."""
         cases = drawn_as_now(cases)
-        origins = min(origins, len({c.origin for c in cases}))
+        origins = len({c.origin for c in cases})
         pits = np.array([c.pit_14 for c in cases if c.pit_14 is not None], dtype=float)
         if len(pits) < MIN_CALIBRATION_CASES or origins < MIN_CALIBRATION_ORIGINS:
             return None
@@ -291,7 +289,7 @@ class GlobalModelService:
                 }
             selection["origins"] = origins
             selection["backtest"] = summary(training.cases)
-            calibration = await self._calibration(cases, origins)
+            calibration = await self._calibration(cases)
             stored = StoredGlobalModel(
                 version=0,
                 trained_at=datetime.now(UTC),
