@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import shutil
-import tempfile
 import time
 import weakref
 from datetime import UTC, date, datetime, timedelta
@@ -45,6 +44,7 @@ from ml_analytics.models.calibration import (
 )
 from ml_analytics.models.distribution import pit_density
 from ml_analytics.models.forecasters.combination import DEFAULT, LOCAL_ONLY, choose_combination
+from ml_analytics.scratch import make_directory
 from ml_analytics.settings import Settings
 from ml_analytics.storage.global_models import (
     PanelData,
@@ -132,7 +132,7 @@ class GlobalModelService:
 
     def _model_file(self, version: int) -> Path:
         if self._directory is None:
-            self._directory = Path(tempfile.mkdtemp(prefix="ml-analytics-models-"))
+            self._directory = make_directory("models")
             self._remove_files = weakref.finalize(
                 self, shutil.rmtree, self._directory, ignore_errors=True
             )

@@ -11,7 +11,9 @@ Workers keep their temporary files (cmdstanpy writes each Prophet fit's there) i
 directory of the pool's: a worker's own is removed when it ends, and the pool's
 whole directory when the pool is stopped or replaced (its workers killed, which
 gives them no chance to clean up). A worker's end does not run `atexit`, where
-libraries clean their temporary directories, so without this they stay behind.
+libraries clean their temporary directories, so without this they stay behind. A
+pool's directory left by a service killed outright is removed by the next pool made
+on the host (ml_analytics.scratch).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import Any, TypeVar
 
 from ml_analytics.lifecycle import die_with_parent
+from ml_analytics.scratch import make_directory
 
 T = TypeVar("T")
 
@@ -46,7 +49,7 @@ class FitPool:
 
     def _current(self) -> ProcessPoolExecutor:
         if self._executor is None:
-            self._scratch = tempfile.mkdtemp(prefix="ml-analytics-workers-")
+            self._scratch = str(make_directory("workers"))
             self._executor = _Workers(
                 max_workers=self._workers,
                 mp_context=multiprocessing.get_context("spawn"),
