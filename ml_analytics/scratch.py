@@ -45,7 +45,8 @@ def remove_left_behind(kind: str, directory: Path | None = None) -> list[Path]:
         if match is None or _running(int(match.group(1))) or not entry.is_dir():
             continue
         shutil.rmtree(entry, ignore_errors=True)
-        removed.append(entry)
+        if not entry.exists():  # another user's may not be ours to remove
+            removed.append(entry)
     if removed:
         logger.info(
             "removed temporary directories left by ended processes",
