@@ -30,10 +30,10 @@ def make_directory(kind: str) -> Path:
     return Path(tempfile.mkdtemp(prefix=f"{PREFIX}{kind}-{_host()}-{os.getpid()}-"))
 
 
-def remove_left_behind(kind: str, directory: Path | None = None) -> list[Path]:
-    """Remove the `kind` directories in `directory` (the temporary directory) made on
-    this host by a process that no longer runs; the ones removed."""
-    root = Path(directory or tempfile.gettempdir())
+def remove_left_behind(kind: str) -> list[Path]:
+    """Remove the `kind` directories in the temporary directory made on this host by a
+    process that no longer runs; the ones removed."""
+    root = Path(tempfile.gettempdir())
     named = re.compile(rf"{re.escape(PREFIX + kind)}-{re.escape(_host())}-(\d+)-[a-z0-9_]+")
     removed: list[Path] = []
     try:

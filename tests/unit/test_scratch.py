@@ -17,7 +17,7 @@ from ml_analytics import scratch
 from ml_analytics.workers.pool import FitPool
 
 MAKE_AND_WAIT = (
-    "import sys, time\n"
+    "import time\n"
     "from ml_analytics.scratch import make_directory\n"
     "for kind in ('workers', 'models'):\n"
     "    (make_directory(kind) / 'file').write_text('x')\n"
