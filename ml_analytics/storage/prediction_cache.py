@@ -10,13 +10,17 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from ml_analytics.storage.rows import one_or_none
 
 
-async def cached_response(connection: AsyncConnection, cache_key: str, now: datetime) -> str | None:
-    """The stored response (a JSON text) for this key, unless it has expired."""
+async def cached_response(
+    connection: AsyncConnection, cache_key: str, now: datetime
+) -> tuple[str, datetime] | None:
+    """The stored response (a JSON text) for this key and when it expires, unless it
+    has expired."""
     return await one_or_none(
         connection,
-        "SELECT response FROM prediction_cache WHERE cache_key = :key AND expires_at > :now",
+        "SELECT response, expires_at FROM prediction_cache "
+        "WHERE cache_key = :key AND expires_at > :now",
         {"key": cache_key, "now": now},
-        lambda row: str(row.response),
+        lambda row: (str(row.response), row.expires_at),
     )
 
 

@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ml_analytics.consumers.broker import build_broker
@@ -127,6 +128,50 @@ async def test_second_identical_request_is_served_from_the_cache_and_bypass_refi
     changed = {**request, "transaction_data": history(90, level=20)}
     other = await api.post("/forecast/demand", json=changed)
     assert other.json()["cached"] is False  # different content, different entry
+
+
+async def test_a_replica_serves_an_answer_another_made_and_then_holds_it(
+    api_settings: Settings,
+) -> None:
+    request = {"product_id": unique("SKU"), "horizon_days": 14, "transaction_data": history(90)}
+    async with client_for(api_settings) as (first, _), client_for(api_settings) as (second, _):
+        made = await first.post("/forecast/demand", json=request)
+        shared = await second.post("/forecast/demand", json=request)
+        assert (made.json()["cached"], shared.json()["cached"]) == (False, True)
+        assert shared.json()["generated_at"] == made.json()["generated_at"]
+        # The shared entry goes: each replica still holds the answer it has served...
+        engine = create_engine(api_settings)
+        try:
+            async with engine.begin() as connection:
+                await connection.execute(
+                    text("DELETE FROM prediction_cache WHERE product_id = :p"),
+                    {"p": request["product_id"]},
+                )
+        finally:
+            await engine.dispose()
+        for replica in (first, second):
+            held = await replica.post("/forecast/demand", json=request)
+            assert held.json()["cached"] is True
+            assert held.json()["generated_at"] == made.json()["generated_at"]
+        # ...and a replica that never served it has nothing.
+        async with client_for(api_settings) as (third, _):
+            fresh = await third.post("/forecast/demand", json=request)
+            assert fresh.json()["cached"] is False
+
+
+async def test_an_answer_held_in_memory_expires_with_the_cache_entry(
+    services: StackServices, database_url: str
+) -> None:
+    settings = make_settings(services, database_url, prediction_cache_ttl=1)
+    request = {"product_id": unique("SKU"), "horizon_days": 14, "transaction_data": history(60)}
+    async with client_for(settings) as (client, _):
+        first = await client.post("/forecast/demand", json=request)
+        second = await client.post("/forecast/demand", json=request)
+        assert (first.json()["cached"], second.json()["cached"]) == (False, True)
+        await asyncio.sleep(1.2)
+        third = await client.post("/forecast/demand", json=request)
+        assert third.json()["cached"] is False
+        assert third.json()["generated_at"] > first.json()["generated_at"]
 
 
 async def test_points_on_the_same_day_are_summed(api: httpx.AsyncClient) -> None:

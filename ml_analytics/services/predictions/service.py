@@ -3,7 +3,9 @@
 The same forecaster and risk model as the consumers' retraining. A request brings
 its history (`transaction_data`) or uses the stored daily aggregates; either way
 the cache key is a digest of the history actually used, the stock, and the model
-settings, so a cached answer is never served for different data.
+settings, so a cached answer is never served for different data. The cache is a
+PostgreSQL table shared by the replicas; each process also keeps the newest answers
+it made or served (`recent.py`), so a repeated request needs no round trip.
 
 Fits run in their own small process pool (the holdout fit and the final fit side
 by side, for latency), never on the event loop. At most `HTTP_MAX_FITS_IN_FLIGHT`
@@ -33,6 +35,7 @@ from ml_analytics.models.forecasters.base import (
 )
 from ml_analytics.models.risk import NotAssessable, assess_stockout_risk, risk_window_days
 from ml_analytics.services.predictions.fitting import RequestForecaster
+from ml_analytics.services.predictions.recent import RecentAnswers
 from ml_analytics.services.predictions.requests import (
     MAX_HORIZON_DAYS,
     BadRequest,
@@ -70,6 +73,7 @@ class PredictionService:
         self._forecasts = RequestForecaster(engine, settings, global_models, pool)
         self._thresholds = risk_thresholds(settings)
         self._pending: dict[str, asyncio.Future[str]] = {}
+        self._recent = RecentAnswers()  # this process's copy of the newest cached answers
         self._last_prune = 0.0
 
     def stop(self) -> None:
@@ -305,8 +309,14 @@ class PredictionService:
         """
         ttl = self._settings.prediction_cache_ttl
         if ttl > 0 and not bypass:
-            async with self._engine.connect() as connection:
-                hit = await cached_response(connection, key, datetime.now(UTC))
+            now = datetime.now(UTC)
+            hit = self._recent.get(key, now)
+            if hit is None:
+                async with self._engine.connect() as connection:
+                    stored = await cached_response(connection, key, now)
+                if stored is not None:
+                    hit = stored[0]
+                    self._recent.put(key, *stored)
             if hit is not None:
                 metrics.PREDICTIONS.labels(endpoint, "hit").inc()
                 return with_cached_flag(hit, True)
@@ -347,4 +357,5 @@ class PredictionService:
                     pruned = await prune_expired(connection, now)
                     if pruned:
                         logger.info("pruned expired predictions", extra={"entries": pruned})
+            self._recent.put(key, response, now + timedelta(seconds=ttl))
         return response
