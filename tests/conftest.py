@@ -46,12 +46,12 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     its status. Nothing left in this process (a native client library's thread, an
     interpreter-exit handler of a library whose server is gone) may hold the exit:
     a finished run once sat for an hour after printing its summary. Threads still
-    running are named, so their cause can be found (ML_ANALYTICS_TEST_NORMAL_EXIT=1
+    running are named with their class and target, so their cause can be found (ML_ANALYTICS_TEST_NORMAL_EXIT=1
     lets the interpreter exit as usual, to see what holds it)."""
     if EXIT_STATUS not in config.stash or os.environ.get("ML_ANALYTICS_TEST_NORMAL_EXIT"):
         return
     lingering = [
-        thread.name
+        f"{thread.name} ({type(thread).__qualname__}, {getattr(thread, '_target', None)!r})"
         for thread in threading.enumerate()
         if thread is not threading.main_thread() and not thread.daemon
     ]
