@@ -10,6 +10,7 @@ import signal
 import sys
 import threading
 import time
+import traceback
 import uuid
 from collections.abc import AsyncIterator, Iterator
 
@@ -46,17 +47,29 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     its status. Nothing left in this process (a native client library's thread, an
     interpreter-exit handler of a library whose server is gone) may hold the exit:
     a finished run once sat for an hour after printing its summary. Threads still
-    running are named with their class and target, so their cause can be found (ML_ANALYTICS_TEST_NORMAL_EXIT=1
-    lets the interpreter exit as usual, to see what holds it)."""
+    running are named with their class and where they are, so their cause can be
+    found (ML_ANALYTICS_TEST_NORMAL_EXIT=1 lets the interpreter exit as usual, to
+    see what holds it)."""
     if EXIT_STATUS not in config.stash or os.environ.get("ML_ANALYTICS_TEST_NORMAL_EXIT"):
         return
     lingering = [
-        f"{thread.name} ({type(thread).__qualname__}, {getattr(thread, '_target', None)!r})"
+        thread
         for thread in threading.enumerate()
         if thread is not threading.main_thread() and not thread.daemon
     ]
-    if lingering:
-        sys.stderr.write(f"threads still running at the end of the session: {lingering}\n")
+    deadline = time.monotonic() + 3  # one just told to stop may be on its way out
+    for thread in lingering:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    frames = sys._current_frames()
+    for thread in lingering:
+        frame = frames.get(thread.ident) if thread.is_alive() and thread.ident else None
+        if frame is None:
+            continue
+        where = "".join(traceback.format_stack(frame)[-4:])
+        sys.stderr.write(
+            f"a thread still running at the end of the session: {thread.name} "
+            f"({type(thread).__qualname__}), at\n{where}"
+        )
     # The one interpreter-exit handler that matters here: cmdstanpy's, which removes
     # its temporary directory (tests that fit Prophet in this process import it).
     cmdstanpy = sys.modules.get("cmdstanpy")
