@@ -1,10 +1,12 @@
 """The newest cached answers, kept in this process beside the shared cache.
 
 A cache key names everything an answer depends on (the history's digest, the model
-settings, the global model's version), so an answer held here is the one the shared
-table holds for its key, and it expires when that entry does. A hit found here needs
-no round trip to PostgreSQL. Bounded by the characters held; the least recently used
-answers go first.
+settings, the global model's version), so an answer held here answers exactly that
+content, and it expires when the shared entry it was stored or found as does. (Another
+replica's `cache_bypass` may meanwhile store a newer answer under the same key: one
+for the same content, with a later `generated_at`.) A hit found here needs no round
+trip to PostgreSQL. Bounded by the characters held; the least recently used answers
+go first.
 """
 
 from __future__ import annotations
