@@ -92,9 +92,12 @@ class EventTimeWindow:
     def around(cls, now: datetime, earliest: date, max_future_days: int) -> EventTimeWindow:
         return cls(earliest, now.date() + timedelta(days=max_future_days))
 
+    def contains(self, day: date) -> bool:
+        return self.earliest <= day <= self.latest
+
     def problem(self, field: str, day: date) -> str | None:
         """None when `day` is inside the window, else the reason, naming `field`."""
-        if self.earliest <= day <= self.latest:
+        if self.contains(day):
             return None
         return (
             f"{field}: {day.isoformat()} is outside the accepted dates {self.earliest.isoformat()}"

@@ -33,7 +33,9 @@ async def store_response(
     response: str,
     now: datetime,
     ttl: timedelta,
-) -> None:
+) -> datetime:
+    """Store (or replace) the response for this key; returns when it expires."""
+    expires_at = now + ttl
     await connection.execute(
         text(
             "INSERT INTO prediction_cache "
@@ -48,9 +50,10 @@ async def store_response(
             "product_id": product_id,
             "response": response,
             "now": now,
-            "expires": now + ttl,
+            "expires": expires_at,
         },
     )
+    return expires_at
 
 
 async def prune_expired(connection: AsyncConnection, now: datetime) -> int:

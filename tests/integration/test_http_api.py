@@ -131,7 +131,7 @@ async def test_second_identical_request_is_served_from_the_cache_and_bypass_refi
 
 
 async def test_a_replica_serves_an_answer_another_made_and_then_holds_it(
-    api_settings: Settings,
+    api_settings: Settings, engine: AsyncEngine
 ) -> None:
     request = {"product_id": unique("SKU"), "horizon_days": 14, "transaction_data": history(90)}
     async with client_for(api_settings) as (first, _), client_for(api_settings) as (second, _):
@@ -140,15 +140,11 @@ async def test_a_replica_serves_an_answer_another_made_and_then_holds_it(
         assert (made.json()["cached"], shared.json()["cached"]) == (False, True)
         assert shared.json()["generated_at"] == made.json()["generated_at"]
         # The shared entry goes: each replica still holds the answer it has served...
-        engine = create_engine(api_settings)
-        try:
-            async with engine.begin() as connection:
-                await connection.execute(
-                    text("DELETE FROM prediction_cache WHERE product_id = :p"),
-                    {"p": request["product_id"]},
-                )
-        finally:
-            await engine.dispose()
+        async with engine.begin() as connection:
+            await connection.execute(
+                text("DELETE FROM prediction_cache WHERE product_id = :p"),
+                {"p": request["product_id"]},
+            )
         for replica in (first, second):
             held = await replica.post("/forecast/demand", json=request)
             assert held.json()["cached"] is True

@@ -32,7 +32,7 @@ def _points(data: list[DemandPoint] | None, settings: Settings) -> list[tuple[da
     window = settings.event_time_window(datetime.now(UTC))
     points = [(point["date"], point["quantity"]) for point in data]
     days = [day for day, _ in points]
-    if days and window.problem("", min(days)) is None and window.problem("", max(days)) is None:
+    if days and window.contains(min(days)) and window.contains(max(days)):
         return points
     for index, day in enumerate(days):  # the first point outside, by name
         if problem := window.problem(f"transaction_data[{index}].date", day):

@@ -343,7 +343,7 @@ class PredictionService:
         if ttl > 0:
             now = datetime.now(UTC)
             async with self._engine.begin() as connection:
-                await store_response(
+                expires_at = await store_response(
                     connection,
                     cache_key=key,
                     endpoint=endpoint,
@@ -357,5 +357,5 @@ class PredictionService:
                     pruned = await prune_expired(connection, now)
                     if pruned:
                         logger.info("pruned expired predictions", extra={"entries": pruned})
-            self._recent.put(key, response, now + timedelta(seconds=ttl))
+            self._recent.put(key, response, expires_at)
         return response
