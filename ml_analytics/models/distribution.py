@@ -42,6 +42,7 @@ LEVEL_SD = 0.3  # σ of the log of each path's level factor; 0: none
 # drawn the same way, so each stored backtest keeps the version it was drawn under.
 # Bump it with any change to what sale_day_paths draws (2: the level factor on).
 PATHS_VERSION = 2
+CONTINUE_DAYS = 28  # past its horizon, a path repeats its own last four weeks
 
 
 def order_sizes(history: np.ndarray, window: int = SIZE_WINDOW_DAYS) -> np.ndarray:
@@ -123,3 +124,17 @@ def daily_interval(
     lower = np.quantile(paths, (1 - width) / 2, axis=0)
     upper = np.quantile(paths, 1 - (1 - width) / 2, axis=0)
     return np.minimum(lower, yhat), np.maximum(upper, yhat)
+
+
+def continue_paths(paths: np.ndarray, days: int) -> np.ndarray:
+    """The paths, at least `days` days long: a path shorter than that continues with
+    its own last four weeks, repeated (its level and weekday rhythm kept). A stored
+    forecast covers FORECAST_HORIZON_DAYS; a lead time or risk window may be longer."""
+    paths = np.asarray(paths, dtype=float)
+    have = paths.shape[1]
+    if days <= have or have == 0:
+        return paths
+    block = min(CONTINUE_DAYS, have // 7 * 7) or have  # whole weeks when there are any
+    repeats = -(-(days - have) // block)
+    tail = np.tile(paths[:, have - block :], (1, repeats))[:, : days - have]
+    return np.hstack([paths, tail])

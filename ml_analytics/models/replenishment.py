@@ -8,13 +8,18 @@ it arrives: the lead time plus one review period. So:
   right tail that z·σ·√L misses);
 - `reorder_point_units`: the `service_level` quantile of demand over the lead time;
 - the stock position: units on hand (less demand seen since the stock was counted)
-  plus units on order;
+  plus units on order, as it stands now: on the stock's day, or, when the stock was
+  counted before the forecast's first day, on the day before it (the demand of the
+  days between has been seen). The quantiles cover demand from then on: an order
+  can only be placed now;
 - `recommended_order_units`: the order-up-to level less the position, rounded up to
   the order multiple; 0 when the position reaches it;
 - `order_by_date`: the last day on which an order placed still arrives before the
   projected stock falls below what the lead time needs: the first day on which the
-  position, less the expected demand until then, reaches the reorder point (the
-  snapshot's day when it already has; None when not within the forecast).
+  position, less the expected demand until then, reaches the reorder point (now
+  when it already has; None when not within the forecast). A lead time and review
+  period longer than the forecast continue its paths with their last four weeks
+  (`distribution.continue_paths`).
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 
 import numpy as np
+
+from ml_analytics.models.distribution import continue_paths
 
 
 @dataclass(frozen=True)
@@ -65,16 +72,22 @@ def recommend(
     order_multiple_units: float | None = None,
     observed_since_snapshot_units: float = 0.0,
 ) -> Replenishment:
-    ahead = demand_ahead(sample_paths, forecast_start, snapshot_day)
+    ahead = continue_paths(
+        demand_ahead(sample_paths, forecast_start, snapshot_day),
+        lead_time_days + policy.review_days,
+    )
+    # Days between the stock's day and the forecast's first day have been seen: the
+    # position stands on the last of them, and an order placed then covers the
+    # forecast's days from its first.
     gap_days = max(0, (forecast_start - snapshot_day - timedelta(days=1)).days)
+    now = snapshot_day + timedelta(days=gap_days)
     cumulative = np.cumsum(ahead, axis=1)
     horizon = cumulative.shape[1]
 
     def quantile_over(days: int) -> float:
-        days_in_forecast = days - gap_days
-        if days_in_forecast <= 0 or horizon == 0:
+        if days <= 0 or horizon == 0:
             return 0.0
-        column = cumulative[:, min(days_in_forecast, horizon) - 1]
+        column = cumulative[:, min(days, horizon) - 1]
         return float(np.quantile(column, policy.service_level, method="higher"))
 
     reorder_point = quantile_over(lead_time_days)
@@ -85,12 +98,10 @@ def recommend(
         needed = math.ceil(needed / order_multiple_units - 1e-9) * order_multiple_units
     expected = cumulative.mean(axis=0) if horizon else np.zeros(0)
     if position <= reorder_point:
-        order_by: date | None = snapshot_day
+        order_by: date | None = now
     else:
         reached = np.nonzero(position - expected <= reorder_point)[0]
-        order_by = (
-            snapshot_day + timedelta(days=int(reached[0]) + 1 + gap_days) if reached.size else None
-        )
+        order_by = now + timedelta(days=int(reached[0]) + 1) if reached.size else None
     return Replenishment(
         target_service_level=policy.service_level,
         review_days=policy.review_days,

@@ -11,7 +11,9 @@ Conventions (documented in the README):
 - `predicted_stockout_date`: the day by which a stockout is more likely than not:
   the median over the paths of the first day their cumulative demand since D
   exceeds the stock (the first day a customer cannot be served); None when fewer
-  than half run out within the forecast horizon. `days_until_stockout` counts from
+  than half run out within the forecast horizon (or the risk window, when that is
+  longer: the paths then continue with their last four weeks,
+  `distribution.continue_paths`). `days_until_stockout` counts from
   D. The same rule as the probability, so a date inside the risk window means
   `stockout_probability` >= 0.5, and the other way round.
 - `confidence`: the share of paths that themselves run out within ±2 days of the
@@ -26,6 +28,8 @@ from datetime import date, timedelta
 from typing import Literal
 
 import numpy as np
+
+from ml_analytics.models.distribution import continue_paths
 
 RiskLevel = Literal["high", "medium", "low"]
 CONFIDENCE_TOLERANCE_DAYS = 2
@@ -89,17 +93,16 @@ def assess_stockout_risk(
     # observed demand is taken off the stock by the caller-supplied figure.
     gap_days = max(0, -skip)
     remaining = stock_units - observed_since_snapshot_units
-    ahead = paths[:, max(0, skip) :]
+    window_in_forecast = max(0, window_days - gap_days)
+    ahead = continue_paths(paths[:, max(0, skip) :], window_in_forecast)
     cumulative = np.cumsum(ahead, axis=1)  # demand from first_day + gap_days onwards
 
-    window_in_forecast = max(0, window_days - gap_days)
     if remaining <= 0:
         probability = 1.0  # nothing left on hand: it is out of stock now
     elif window_in_forecast == 0:
         probability = 0.0
     else:
-        index = min(window_in_forecast, cumulative.shape[1]) - 1
-        probability = float(np.mean(cumulative[:, index] > remaining))
+        probability = float(np.mean(cumulative[:, window_in_forecast - 1] > remaining))
 
     offset = gap_days + 1  # days from the snapshot day to the first column of `ahead`
     # Each path's stockout day: the first day its cumulative demand exceeds the stock

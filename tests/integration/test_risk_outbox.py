@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ml_analytics.consumers.broker import build_broker, declare_publishers
 from ml_analytics.services.ingestion.sort import SortedBatch
-from ml_analytics.services.risk import RiskService
+from ml_analytics.services.risk import RiskService, assess_product
 from ml_analytics.settings import Settings
 from ml_analytics.storage.demand import StockSnapshot
 from ml_analytics.storage.models_store import StoredModel, save_model
@@ -21,7 +21,9 @@ from tests.helpers import unique, write_batch
 pytestmark = pytest.mark.integration
 
 
-async def store_model_and_stock(engine: AsyncEngine, product: str, stock: float) -> None:
+async def store_model_and_stock(
+    engine: AsyncEngine, product: str, stock: float, lead_time_days: int = 10
+) -> None:
     model = StoredModel(
         product_id=product,
         model_name="prophet",
@@ -40,13 +42,19 @@ async def store_model_and_stock(engine: AsyncEngine, product: str, stock: float)
     )
     async with engine.begin() as connection:
         await save_model(connection, model)
-    await record_stock(engine, product, "s", datetime(2026, 9, 28, 18, tzinfo=UTC), stock)
+    as_of = datetime(2026, 9, 28, 18, tzinfo=UTC)
+    await record_stock(engine, product, "s", as_of, stock, lead_time_days)
 
 
 async def record_stock(
-    engine: AsyncEngine, product: str, tag: str, as_of: datetime, units: float
+    engine: AsyncEngine,
+    product: str,
+    tag: str,
+    as_of: datetime,
+    units: float,
+    lead_time_days: int = 10,
 ) -> None:
-    snapshot = StockSnapshot(f"{product}-{tag}", product, as_of, units, 10)
+    snapshot = StockSnapshot(f"{product}-{tag}", product, as_of, units, lead_time_days)
     await write_batch(engine, SortedBatch.of(stock_levels=[snapshot]))
 
 
@@ -76,6 +84,23 @@ async def test_concurrent_assessments_of_one_product_queue_its_first_event_once(
     queued = await asyncio.gather(*(risk.reassess([product]) for _ in range(5)))
     assert sum(queued) == 1
     assert await outbox_levels(engine, product) == ["high"]  # 20 a day against 100 over 10 days
+
+
+async def test_a_lead_time_past_the_stored_forecast_is_assessed_over_all_of_it(
+    engine: AsyncEngine, settings: Settings
+) -> None:
+    # The stored forecast covers 30 days at 20 a day; the lead time is 60 days.
+    product = unique("long-lead")
+    await store_model_and_stock(engine, product, stock=1_000, lead_time_days=60)
+    async with engine.connect() as connection:
+        risk = await assess_product(connection, product, settings)
+    assert risk is not None and risk.risk_window_days == 60
+    assert risk.stockout_probability == 1.0 and risk.risk_level == "high"
+    assert risk.days_until_stockout == 51  # 1,000 units last 50 days
+    assert (risk.reorder_point_units, risk.order_up_to_units) == (
+        60 * 20,
+        (60 + settings.review_period_days) * 20,
+    )
 
 
 async def test_same_level_again_queues_nothing_and_a_change_queues_one(

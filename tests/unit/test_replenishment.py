@@ -21,7 +21,7 @@ def poisson_paths(rate: float, paths: int = 20_000, days: int = 60) -> np.ndarra
 def advise(paths: np.ndarray, on_hand: float, lead: int = 14, **kwargs: object):  # type: ignore[no-untyped-def]
     return recommend(
         sample_paths=paths,
-        forecast_start=DAY + timedelta(days=1),
+        forecast_start=kwargs.pop("forecast_start", DAY + timedelta(days=1)),  # type: ignore[arg-type]
         snapshot_day=DAY,
         on_hand_units=on_hand,
         lead_time_days=lead,
@@ -83,3 +83,38 @@ def test_a_higher_service_level_keeps_more() -> None:
     low = advise(paths, on_hand=0, policy=ReplenishmentPolicy(0.9, 7))
     high = advise(paths, on_hand=0, policy=ReplenishmentPolicy(0.98, 7))
     assert low.order_up_to_units < high.order_up_to_units
+
+
+def test_a_lead_time_longer_than_the_forecast_covers_all_of_it() -> None:
+    # 60 days of paths, 3 a day in half of them and 1 in the other half; a lead time
+    # of 120 days and a week's review: the paths continue past their 60 days.
+    paths = np.vstack([np.full((50, 60), 3.0), np.full((50, 60), 1.0)])
+    advice = advise(paths, on_hand=0, lead=120)
+    assert (advice.reorder_point_units, advice.order_up_to_units) == (360, 381)
+    assert advice.recommended_order_units == 381
+
+
+def test_a_stock_counted_before_the_forecast_orders_for_the_days_from_now() -> None:
+    # Counted on DAY; the forecast starts 4 days later, 12 units were sold in between.
+    stale = advise(
+        poisson_paths(3.0),
+        on_hand=40,
+        forecast_start=DAY + timedelta(days=4),
+        observed_since_snapshot_units=12,
+    )
+    # An order placed now (DAY + 3) arrives 14 days later: it covers 14 + 7 days of
+    # the forecast, not 3 days fewer.
+    assert stale.reorder_point_units == pytest.approx(stats.poisson.ppf(0.95, 42), abs=1)
+    assert stale.order_up_to_units == pytest.approx(stats.poisson.ppf(0.95, 63), abs=1)
+    assert stale.stock_position_units == 28
+    assert stale.order_by_date == DAY + timedelta(days=3)  # now, not the count's day
+    constant = np.full((100, 60), 10.0)
+    later = advise(
+        constant,
+        on_hand=330,
+        lead=7,
+        forecast_start=DAY + timedelta(days=4),
+        observed_since_snapshot_units=30,
+    )
+    # 300 now (DAY + 3); 300 - 10 t <= 70  =>  t = 23 days after now.
+    assert later.order_by_date == DAY + timedelta(days=3 + 23)

@@ -7,6 +7,7 @@ from datetime import date, timedelta
 import numpy as np
 import pytest
 
+from ml_analytics.models.distribution import continue_paths
 from ml_analytics.models.risk import NotAssessable, RiskThresholds, assess_stockout_risk
 
 D = date(2026, 11, 1)
@@ -130,3 +131,40 @@ def test_a_date_inside_the_window_means_probability_at_least_one_half(seed: int)
     risk = assess(lumpy.astype(float), stock=stock, window=window)
     inside = risk.days_until_stockout is not None and risk.days_until_stockout <= window
     assert inside == (risk.stockout_probability >= 0.5)
+
+
+def test_a_risk_window_longer_than_the_forecast_continues_its_paths() -> None:
+    # A stored forecast covers 90 days; a lead time of 120 days is the risk window.
+    risk = assess(constant(1), stock=100, window=120)
+    assert risk.stockout_probability == 1.0 and risk.risk_level == "high"
+    assert risk.days_until_stockout == 101  # 100 on hand: day 101 goes unserved
+    # Half the paths sell 1 a day, half nothing: continued, not cut at day 90.
+    paths = np.vstack([constant(1, paths=100), constant(0, paths=100)])
+    assert assess(paths, stock=95, window=120).stockout_probability == 0.5
+    assert assess(paths, stock=95, window=90).stockout_probability == 0.0
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_a_date_inside_a_window_past_the_horizon_means_probability_at_least_one_half(
+    seed: int,
+) -> None:
+    rng = np.random.default_rng(seed)
+    paths = rng.poisson(0.5, size=(200, 90)) * rng.choice([1, 5], size=(200, 90))
+    stock, window = float(rng.integers(40, 120)), int(rng.integers(91, 366))
+    risk = assess(paths.astype(float), stock=stock, window=window)
+    inside = risk.days_until_stockout is not None and risk.days_until_stockout <= window
+    assert inside == (risk.stockout_probability >= 0.5)
+
+
+def test_continued_paths_repeat_their_own_last_four_weeks() -> None:
+    rng = np.random.default_rng(3)
+    paths = rng.gamma(1.0, 2.0, size=(5, 90))
+    longer = continue_paths(paths, 150)
+    assert longer.shape == (5, 150)
+    assert np.array_equal(longer[:, :90], paths)
+    # Day 90 + j is day 62 + j % 28: the same weekday, the path's own level.
+    for j in (0, 27, 28, 59):
+        assert np.array_equal(longer[:, 90 + j], paths[:, 62 + j % 28])
+    assert continue_paths(paths, 60).shape == (5, 90)  # long enough: unchanged
+    short = rng.gamma(1.0, 2.0, size=(3, 10))  # one whole week and three days
+    assert np.array_equal(continue_paths(short, 17)[:, 10:], short[:, 3:10])
