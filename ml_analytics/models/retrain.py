@@ -6,11 +6,16 @@ fitted once, on its newest data), and a product whose sales stop is retrained to
 Rules, with `through` the clock's last complete day:
 - no model yet: train once the history (first sale .. `through`) spans
   `min_training_days`;
-- then retrain when the clock is `min_new_days` days past what the model saw;
+- then never within `cooldown_days` clock days of the model's last day (the
+  contract's cool-down: however the data moves, a product is not refitted more
+  often), and after it:
+- retrain when the clock is `min_new_days` days past what the model saw;
 - or when the units on the days since reach `min_new_units_ratio` of the units it
-  saw (a sudden surge), at least `cooldown_days` clock days after it;
+  saw (a sudden surge);
 - or when late events changed days the model saw (they count exactly once, and
   the model should see them): the units on its window now differ from its own.
+  Within the cool-down the product waits; the trainer looks at it again when the
+  clock has moved past it.
 """
 
 from __future__ import annotations
@@ -68,13 +73,17 @@ def retrain_decision(
             False, f"history spans {span} days, fewer than {policy.min_training_days}"
         )
     new_days = (data.through - model.trained_through).days
+    if new_days < policy.cooldown_days:
+        return RetrainDecision(
+            False, f"{new_days} new days: within the cool-down of {policy.cooldown_days}"
+        )
     if new_days >= policy.min_new_days:
         return RetrainDecision(True, f"{new_days} new days on the clock", on_the_clock=True)
     late = (data.units_in_model_window or 0.0) - model.units_seen
     if abs(late) > 1e-9 * max(1.0, model.units_seen):
         return RetrainDecision(True, f"{late:g} units arrived late, on days the model saw")
     new_units = data.units_after_model or 0.0
-    if new_days >= policy.cooldown_days and new_units > 0:
+    if new_units > 0:
         if model.units_seen == 0:
             return RetrainDecision(True, "first demand after an all-zero history")
         if new_units >= policy.min_new_units_ratio * model.units_seen:

@@ -12,11 +12,13 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ml_analytics.settings import Settings
 from tests.helpers import (
     keyed,
+    ledger_count,
     publish,
     read_topic,
     running_service,
@@ -224,3 +226,59 @@ async def test_a_product_that_stops_selling_is_retrained_and_reassessed_as_the_c
     after = [e for e in events if e["product_id"] == stopped][-1]
     assert after["risk_level"] == "low" and after["stockout_probability"] < 0.3
     assert after["model"]["training_days"] == DAYS - 1  # zeros to the clock, not its last sale
+
+
+async def test_late_events_wait_out_the_cooldown_then_refit_as_the_clock_moves(
+    settings: Settings, engine: AsyncEngine
+) -> None:
+    product, driver = unique("late"), unique("clock")
+    history = steady_demand(product, 20, seed=5)[:30]  # days 0..29
+    late = history.pop(20)  # day 20 comes late
+
+    def day(offset: int) -> str:
+        return f"{FIRST_DAY + timedelta(days=offset)}T12:00:00Z"
+
+    async def model() -> tuple[str, float] | None:
+        async with engine.connect() as connection:
+            row = (
+                await connection.execute(
+                    text(
+                        "SELECT trained_through, units_seen FROM product_models"
+                        " WHERE product_id = :p"
+                    ),
+                    {"p": product},
+                )
+            ).one_or_none()
+        return None if row is None else (str(row.trained_through), float(row.units_seen))
+
+    async with running_service(settings, engine):
+        await publish(settings, settings.transactions_topic, keyed(history))
+        # Another product's sale on day 30 completes day 29: 30 days, the first model.
+        clock = [transaction(f"{driver}-30", driver, day(30), 1)]
+        await publish(settings, settings.transactions_topic, keyed(clock))
+        seen = sum(float(e["quantity_units"]) for e in history)
+        first = await wait_until(model, bool, timeout=90, what="the first model")
+        assert first == (str(FIRST_DAY + timedelta(days=29)), seen)
+
+        # A late sale on a day the model saw, the clock where it was: within the
+        # cool-down (RETRAIN_COOLDOWN_DAYS 1), so no refit yet.
+        await publish(settings, settings.transactions_topic, keyed([late]))
+        await wait_until(
+            lambda: ledger_count(engine, late["event_id"]),
+            lambda count: count == 1,
+            what="the late sale counted",
+        )
+        await asyncio.sleep(5)
+        assert await model() == first
+
+        # The clock moves a day on another product's sale: the product is refitted with
+        # the late units, though none of its own events came.
+        clock = [transaction(f"{driver}-31", driver, day(31), 1)]
+        await publish(settings, settings.transactions_topic, keyed(clock))
+        refit = await wait_until(
+            model,
+            lambda state: state is not None and state[1] > seen,
+            timeout=90,
+            what="the refit after the cool-down",
+        )
+    assert refit == (str(FIRST_DAY + timedelta(days=30)), seen + float(late["quantity_units"]))

@@ -35,7 +35,7 @@ from ml_analytics.settings import Settings
 from ml_analytics.storage.ingest_writes import TransactionRow, record_transactions
 from ml_analytics.storage.models_store import load_model
 from ml_analytics.workers.pool import FitPool
-from tests.helpers import scalar, unique
+from tests.helpers import scalar, unique, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -510,3 +510,42 @@ async def test_a_posted_history_shorter_than_a_year_is_recalibrated_as_cut_histo
     high, low = await probabilities(-20.0), await probabilities(20.0)
     assert high[90] > 0.9 and low[90] < 0.1  # the posted model decides
     assert high[400] == low[400]  # a year posted: the stored products' model
+
+
+async def test_a_global_version_without_a_model_refreshes_each_product_once(
+    settings: Settings, engine: AsyncEngine, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Too little data to learn from: the global training stores a version with no
+    model in it, and each product is forecast once for that version (with the local
+    members), not again and again."""
+    items = await store_history(engine, unique("small"), products=3)
+    clock = START + timedelta(days=45)
+    await set_clock(engine, clock)
+    global_models = GlobalModelService(engine, settings)
+    stored = await global_models.train_if_due()
+    assert stored is not None and stored.model_text is None
+    current = await global_models.refresh()
+    assert current.version is not None and current.reference is None
+    trainer = ModelTrainer(engine, settings, global_models=global_models)
+    caplog.set_level(logging.INFO, logger="ml_analytics.services.training.trainer")
+
+    async def on_version() -> list[Any]:
+        async with engine.connect() as connection:
+            rows = await connection.execute(
+                text(
+                    "SELECT product_id, global_version FROM product_models "
+                    "WHERE product_id = ANY(:items)"
+                ),
+                {"items": items},
+            )
+            return [row for row in rows if row.global_version == current.version]
+
+    try:
+        await trainer.start()
+        await wait_until(on_version, lambda rows: len(rows) == len(items), what="every product")
+        await asyncio.sleep(3 * CLOCK_POLL_SECONDS)
+    finally:
+        await trainer.stop()
+        await global_models.stop()
+    trained = [r for r in caplog.records if r.getMessage() == "model trained"]
+    assert sorted(r.product_id for r in trained) == sorted(items)  # type: ignore[attr-defined]

@@ -42,10 +42,23 @@ def test_retrains_on_a_surge_of_units_but_not_within_the_cooldown() -> None:
     assert not retrain_decision(DataState(START, day(30), 60, 300), model, POLICY).retrain
 
 
-def test_late_events_on_days_the_model_saw_mark_it_for_a_refit_at_once() -> None:
+def test_late_events_on_days_the_model_saw_mark_it_for_a_refit_after_the_cooldown() -> None:
     model = ModelState(trained_through=day(29), units_seen=300)
-    decision = retrain_decision(DataState(START, day(29), 0, 312), model, POLICY)
+    waiting = retrain_decision(DataState(START, day(29), 0, 312), model, POLICY)
+    assert not waiting.retrain and "cool-down" in waiting.reason
+    decision = retrain_decision(DataState(START, day(30), 0, 312), model, POLICY)
     assert decision.retrain and "12 units arrived late" in decision.reason
+    at_once = RetrainPolicy(cooldown_days=0)
+    assert retrain_decision(DataState(START, day(29), 0, 312), model, at_once).retrain
+
+
+def test_no_rule_retrains_within_the_cooldown() -> None:
+    slow = RetrainPolicy(min_new_days=7, min_new_units_ratio=0.25, cooldown_days=10)
+    model = ModelState(trained_through=day(29), units_seen=300)
+    for clock in (day(36), day(38)):  # 7 and 9 new days, a surge, late units
+        assert not retrain_decision(DataState(START, clock, 500, 350), model, slow).retrain
+    decision = retrain_decision(DataState(START, day(39), 0, 300), model, slow)
+    assert decision.retrain and decision.reason == "10 new days on the clock"
 
 
 def test_first_demand_after_an_all_zero_history() -> None:

@@ -184,8 +184,10 @@ class ProductRefresher:
             shop_start, shop = await self._shop(connection, series[0].day, through)
             job = replace(job, shop_start=shop_start, shop=shop)
         skill = await product_skill(connection, product_id)
-        global_version = current_global.version if job.global_model is not None else None
-        return Due(job, reason, skill, global_version, series[-1].day)
+        # The global model's version the forecast was made under, also when that
+        # version holds no model (too little data to learn from yet): a product is
+        # refreshed once per version, not again and again for a model that is not there.
+        return Due(job, reason, skill, current_global.version, series[-1].day)
 
     async def _store(
         self, connection: AsyncConnection, due: Due, forecast: Forecast, seconds: float

@@ -164,7 +164,7 @@ class ModelTrainer:
             through = await clock_through(connection, self._settings)
             if through == self._through and not changed_since_model:
                 return
-            self._through = through
+            previous, self._through = self._through, through
             self.notify(
                 await products_to_consider(
                     connection,
@@ -172,6 +172,8 @@ class ModelTrainer:
                     self._policy.min_training_days,
                     self._policy.min_new_days,
                     changed_since_model=changed_since_model,
+                    cooldown_days=self._policy.cooldown_days,
+                    previous_through=previous,
                 )
             )
         if self._global_models is not None and self._settings.forecast_model == "combination":
