@@ -24,6 +24,7 @@ from pydantic import (
     StrictInt,
     StringConstraints,
     ValidationError,
+    field_validator,
 )
 
 # Checks run inside pydantic-core where they can (lengths, the NUL pattern,
@@ -49,6 +50,8 @@ def _event_time(value: object) -> datetime | date:
             "or a date YYYY-MM-DD"
         ) from None
     if moment.tzinfo is None:  # fromisoformat gives fixed offsets: an offset or none
+        if "T" not in value.upper() and " " not in value:  # 20261101, 2026-W44-7: a date
+            raise ValueError("is a date not written YYYY-MM-DD; send YYYY-MM-DD (e.g. 2026-11-01)")
         raise ValueError("has no UTC offset; add one (e.g. Z or +01:00) or send a plain date")
     if moment.year in (1, 9999):  # only there can a shift to another zone overflow
         try:
@@ -137,6 +140,12 @@ class StockLevel(BaseModel):
     target_service_level: (
         Annotated[Units, Field(ge=MIN_SERVICE_LEVEL, le=MAX_SERVICE_LEVEL)] | None
     ) = None
+
+    @field_validator("on_order_units", mode="before")
+    @classmethod
+    def _null_is_none_on_order(cls, value: object) -> object:
+        """An optional field sent as null: its default, as when it is left out."""
+        return 0.0 if value is None else value
 
     def as_of_instant(self, zone: tzinfo) -> datetime:
         """`as_of` as an aware datetime; a plain date is the start of that business day."""

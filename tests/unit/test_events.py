@@ -104,6 +104,9 @@ def test_plain_date_stock_level_is_the_start_of_that_business_day() -> None:
         (raw(occurred_at="yesterday"), "occurred_at: is not an ISO-8601 datetime"),
         (raw(occurred_at="2026-02-30"), "occurred_at: is not a valid date"),
         (raw(occurred_at="2026-11-01T14:03:00"), "occurred_at: has no UTC offset"),
+        (raw(occurred_at="20261101"), "occurred_at: is a date not written YYYY-MM-DD"),
+        (raw(occurred_at="2026-W44-7"), "occurred_at: is a date not written YYYY-MM-DD"),
+        (raw(occurred_at="20261101T140300"), "occurred_at: has no UTC offset"),
         (raw(occurred_at=1_700_000_000), "occurred_at: must be a string"),
         (
             raw(occurred_at="9999-12-31T23:00:00-05:00"),
@@ -146,6 +149,23 @@ def test_bad_stock_level_is_rejected_with_a_reason(changes: dict[str, object], r
     with pytest.raises(InvalidEvent) as caught:
         decode_event(StockLevel, json.dumps({**event, **changes}).encode())
     assert reason in str(caught.value)
+
+
+def test_optional_stock_level_fields_sent_as_null_take_their_defaults() -> None:
+    level = decode_event(
+        StockLevel,
+        b'{"event_id":"s","product_id":"p","as_of":"2026-11-01","stock_units":5,'
+        b'"lead_time_days":null,"on_order_units":null,"order_multiple_units":null,'
+        b'"target_service_level":null}',
+    )
+    assert (level.lead_time_days, level.on_order_units) == (None, 0.0)
+    assert (level.order_multiple_units, level.target_service_level) == (None, None)
+    with pytest.raises(InvalidEvent, match="on_order_units: Input should be greater than"):
+        decode_event(
+            StockLevel,
+            b'{"event_id":"s","product_id":"p","as_of":"2026-11-01","stock_units":5,'
+            b'"on_order_units":-1}',
+        )
 
 
 def test_stock_level_with_lead_time_and_zero_stock_is_accepted() -> None:
