@@ -2,7 +2,10 @@
 
 A job past its timeout cannot be cancelled inside a worker, so the pool's processes
 are killed and a fresh pool started; jobs that were running alongside fail with
-BrokenProcessPool and are tried again later. Workers are spawned (a clean
+BrokenProcessPool and are tried again later. A job is handed to the processes only
+when one is free (the jobs beyond wait in the pool's gate), and its timeout counts
+from then: a job that waited its turn is neither timed out for the wait nor lost
+when another job's timeout kills the processes. Workers are spawned (a clean
 interpreter), replaced after `max_jobs_per_worker` jobs so memory cannot creep, and
 end with the service however it ends (lifecycle.die_with_parent). The pool itself
 starts with its first job: a replica that never needs it does not hold its memory.
@@ -46,6 +49,9 @@ class FitPool:
         self._max_jobs = max_jobs_per_worker
         self._executor: ProcessPoolExecutor | None = None
         self._scratch: str | None = None  # the workers' temporary files
+        # At most `workers` jobs in the processes at once; one gate per event loop.
+        self._gate: asyncio.Semaphore | None = None
+        self._gate_loop: asyncio.AbstractEventLoop | None = None
 
     def _current(self) -> ProcessPoolExecutor:
         if self._executor is None:
@@ -68,15 +74,32 @@ class FitPool:
         self, timeout_seconds: float, jobs: list[tuple[Callable[..., Any], tuple[Any, ...]]]
     ) -> list[Any]:
         """Several jobs side by side (each in a worker of its own when there are enough),
-        all within `timeout_seconds`."""
-        executor = self._current()
-        loop = asyncio.get_running_loop()
-        work = asyncio.gather(
-            *(loop.run_in_executor(executor, function, *args) for function, args in jobs)
+        each within `timeout_seconds` of its start; the first failure is raised once
+        all have ended."""
+        outcomes = await asyncio.gather(
+            *(self._run_one(timeout_seconds, function, args) for function, args in jobs),
+            return_exceptions=True,
         )
-        # When the caller is cancelled (the service stops), nobody reads the outcome.
-        work.add_done_callback(lambda done: done.cancelled() or done.exception())
-        return list(await self._within(executor, work, timeout_seconds))
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
+        return list(outcomes)
+
+    async def _run_one(
+        self, timeout_seconds: float, function: Callable[..., Any], args: tuple[Any, ...]
+    ) -> Any:
+        async with self._gate_of_this_loop():
+            executor = self._current()  # a fresh pool when the last one was replaced
+            work = asyncio.get_running_loop().run_in_executor(executor, function, *args)
+            # When the caller is cancelled (the service stops), nobody reads the outcome.
+            work.add_done_callback(lambda done: done.cancelled() or done.exception())
+            return await self._within(executor, work, timeout_seconds)
+
+    def _gate_of_this_loop(self) -> asyncio.Semaphore:
+        loop = asyncio.get_running_loop()
+        if self._gate is None or self._gate_loop is not loop:
+            self._gate, self._gate_loop = asyncio.Semaphore(self._workers), loop
+        return self._gate
 
     async def _within(
         self, executor: ProcessPoolExecutor, work: Awaitable[Any], timeout_seconds: float
@@ -89,6 +112,13 @@ class FitPool:
         except BrokenProcessPool:
             self._replace(executor)
             raise
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is None or task.cancelling():
+                raise  # the caller is cancelled: the service stops
+            # Not this caller: the job, still queued in the processes, was cancelled
+            # when another job's failure replaced them. It never ran: try it again.
+            raise BrokenProcessPool("the pool was replaced before the job ran") from None
 
     def _replace(self, broken: ProcessPoolExecutor) -> None:
         if broken is self._executor:  # else already replaced by another job's failure

@@ -9,7 +9,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from ml_analytics.workers.pool import FitPool
+from ml_analytics.workers.pool import FitPool, FitTimeout
 
 
 def write_temporary_file() -> str:
@@ -60,3 +60,27 @@ async def test_a_pool_stopped_as_a_worker_ends_starts_no_other_and_its_manager_l
     pool.shutdown()
     executor._adjust_process_count()  # what the manager thread does next
     assert executor._processes is None
+
+
+def sleep_then(seconds: float, value: str) -> str:
+    import time
+
+    time.sleep(seconds)
+    return value
+
+
+async def test_a_job_waiting_its_turn_is_neither_timed_out_for_the_wait_nor_lost() -> None:
+    pool = FitPool(1, 100)  # one process: the jobs take turns
+    try:
+        # Each job but the first is within its 4 s; the last one starts 6 s after it
+        # was handed over, and the first one's timeout does not take the others down.
+        outcomes = await asyncio.gather(
+            pool.run(4, sleep_then, 6.0, "too slow"),
+            pool.run(4, sleep_then, 2.0, "second"),
+            pool.run(4, sleep_then, 2.0, "third"),
+            return_exceptions=True,
+        )
+    finally:
+        pool.shutdown()
+    assert isinstance(outcomes[0], FitTimeout)
+    assert outcomes[1:] == ["second", "third"]
