@@ -14,14 +14,14 @@ Rules, with `through` the clock's last complete day:
   saw (a sudden surge);
 - or when late events changed days the model saw (they count exactly once, and
   the model should see them): the units on its window now differ from its own.
-  Within the cool-down the product waits; the trainer looks at it again when the
-  clock has moved past it.
+  A product due within the cool-down waits: the decision says from which clock day
+  (`after_cooldown`), and the trainer looks at it again then.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, timedelta
 
 
 @dataclass(frozen=True)
@@ -58,6 +58,9 @@ class RetrainDecision:
     retrain: bool
     reason: str
     on_the_clock: bool = False  # due only because the clock moved (no new data needed)
+    # Due but within the cool-down: the clock's last complete day from which it may be
+    # retrained (the trainer looks at it again then; no event of its own need come).
+    after_cooldown: date | None = None
 
 
 def retrain_decision(
@@ -73,10 +76,20 @@ def retrain_decision(
             False, f"history spans {span} days, fewer than {policy.min_training_days}"
         )
     new_days = (data.through - model.trained_through).days
-    if new_days < policy.cooldown_days:
+    due = _due(data, model, policy, new_days)
+    if due.retrain and new_days < policy.cooldown_days:
         return RetrainDecision(
-            False, f"{new_days} new days: within the cool-down of {policy.cooldown_days}"
+            False,
+            f"{due.reason}: waits out the cool-down ({new_days} of {policy.cooldown_days} days)",
+            after_cooldown=model.trained_through + timedelta(days=policy.cooldown_days),
         )
+    return due
+
+
+def _due(
+    data: DataState, model: ModelState, policy: RetrainPolicy, new_days: int
+) -> RetrainDecision:
+    """The rules for a product with a model, the cool-down aside."""
     if new_days >= policy.min_new_days:
         return RetrainDecision(True, f"{new_days} new days on the clock", on_the_clock=True)
     late = (data.units_in_model_window or 0.0) - model.units_seen

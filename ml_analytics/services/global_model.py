@@ -70,6 +70,11 @@ MIN_CALIBRATION_ORIGINS = 4
 MIN_CALIBRATION_CASES = 200
 KEEP_BACKTEST_ORIGINS = 12
 POLL_SECONDS = 5.0
+# A training that failed is tried again after 10 s, 20 s, ... at most this long: one
+# that always fails (its worker killed for memory, past its timeout) does not keep a
+# core busy retraining on the same clock.
+MAX_TRAINING_BACKOFF_SECONDS = 1800.0
+KEEP_MODEL_FILES = 3  # loaded versions whose files stay (jobs in hand may read them)
 
 
 def _train(data: PanelData, threads: int) -> GlobalTraining:
@@ -112,6 +117,9 @@ class GlobalModelService:
         self.current = NO_MODEL
         self._follower = Poller(self._follow_step, POLL_SECONDS, "global-model")
         self._listeners: list[asyncio.Event] = []
+        self._training_failures = 0
+        self._train_not_before = 0.0  # monotonic time: a failed training's back-off
+        self._files: list[Path] = []  # the loaded versions' files, oldest first
 
     def on_new_model(self, event: asyncio.Event) -> None:
         """`event` is set whenever a newer global model is loaded."""
@@ -138,13 +146,30 @@ class GlobalModelService:
             )
         return self._directory / f"global-{version}.txt"
 
+    def _keep_few_files(self, newest: Path) -> None:
+        """Keep the files of the last KEEP_MODEL_FILES versions loaded: a replay moves
+        the clock a week every few seconds, and each version is a few MB."""
+        self._files.append(newest)
+        while len(self._files) > KEEP_MODEL_FILES:
+            self._files.pop(0).unlink(missing_ok=True)
+
     async def _follow_step(self) -> None:
-        try:
-            if self._train_here:
+        if self._train_here and time.monotonic() >= self._train_not_before:
+            try:
                 await self.train_if_due()
+                self._training_failures = 0
+            except Exception:
+                self._training_failures += 1
+                pause = min(POLL_SECONDS * 2**self._training_failures, MAX_TRAINING_BACKOFF_SECONDS)
+                self._train_not_before = time.monotonic() + pause
+                logger.exception(
+                    "global model: training failed; trying again later",
+                    extra={"failures": self._training_failures, "retry_in_seconds": pause},
+                )
+        try:
             await self.refresh()
         except Exception:
-            logger.exception("global model: training or loading failed; trying again later")
+            logger.exception("global model: loading failed; trying again later")
             await asyncio.sleep(POLL_SECONDS)
 
     async def refresh(self) -> CurrentModel:
@@ -160,6 +185,7 @@ class GlobalModelService:
             path = self._model_file(stored.version)
             path.write_text(stored.model_text)
             reference = GlobalModelRef(stored.version, path)
+            self._keep_few_files(path)
         self.current = CurrentModel(
             version=stored.version,
             trained_through=stored.trained_through,

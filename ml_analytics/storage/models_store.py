@@ -126,36 +126,15 @@ async def products_to_consider(
     min_new_days: int,
     *,
     changed_since_model: bool = False,
-    cooldown_days: int = 0,
-    previous_through: date | None = None,
 ) -> list[str]:
     """Products that may be due for a fit as the clock stands at `through` (its last
     complete day): no model and enough history, or a model `min_new_days` behind the
     clock; with `changed_since_model`, also those whose data changed after their
     model was trained (events that arrived while the service was down; the retrain
-    policy decides on them). With a `cooldown_days`, also those whose data changed
-    after their model and whose cool-down ended as the clock moved on from
-    `previous_through`: late events or a surge that came within it, which waited."""
+    policy decides on them)."""
     if through is None:
         return []
-    parameters: dict[str, date] = {
-        "first_by": through - timedelta(days=min_training_days - 1),
-        "due_by": through - timedelta(days=min_new_days),
-    }
-    changed = ""
-    if changed_since_model:
-        changed = "OR p.data_updated_at > m.trained_at"
-    elif cooldown_days > 0:
-        cooled_after = (
-            previous_through - timedelta(days=cooldown_days) if previous_through else date.min
-        )
-        changed = (
-            "OR (p.data_updated_at > m.trained_at"
-            " AND m.trained_through > CAST(:cooled_after AS date)"
-            " AND m.trained_through <= CAST(:cooled_by AS date))"
-        )
-        parameters["cooled_after"] = cooled_after
-        parameters["cooled_by"] = through - timedelta(days=cooldown_days)
+    changed = "OR p.data_updated_at > m.trained_at" if changed_since_model else ""
     rows = await connection.execute(
         text(
             "SELECT p.product_id FROM products p "
@@ -165,7 +144,10 @@ async def products_to_consider(
             f"  OR m.trained_through <= CAST(:due_by AS date) {changed}) "
             "ORDER BY p.product_id"
         ),
-        parameters,
+        {
+            "first_by": through - timedelta(days=min_training_days - 1),
+            "due_by": through - timedelta(days=min_new_days),
+        },
     )
     return [row.product_id for row in rows]
 

@@ -9,6 +9,7 @@ import gc
 import json
 import logging
 import tempfile
+import time
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -549,3 +550,46 @@ async def test_a_global_version_without_a_model_refreshes_each_product_once(
         await global_models.stop()
     trained = [r for r in caplog.records if r.getMessage() == "model trained"]
     assert sorted(r.product_id for r in trained) == sorted(items)  # type: ignore[attr-defined]
+
+
+async def test_a_replica_keeps_the_files_of_its_last_three_loaded_versions(
+    settings: Settings, engine: AsyncEngine
+) -> None:
+    await trained_once(engine, settings, unique("keep"))
+    service = GlobalModelService(engine, settings, train=False)
+    try:
+        paths = []
+        for _ in range(5):  # five versions in turn (a replay moves the clock that fast)
+            current = await service.refresh()
+            assert current.reference is not None
+            paths.append(current.reference.path)
+            async with engine.begin() as connection:
+                await connection.execute(text("UPDATE global_models SET version = version + 1"))
+        assert len(set(paths)) == 5
+        assert [path.is_file() for path in paths] == [False, False, True, True, True]
+    finally:
+        await service.stop()
+
+
+async def test_a_global_training_that_fails_is_tried_again_after_a_growing_pause(
+    settings: Settings, engine: AsyncEngine
+) -> None:
+    service = GlobalModelService(engine, settings)
+    attempts = []
+
+    async def fails() -> None:
+        attempts.append(time.monotonic())
+        raise MemoryError("the training's worker was killed")
+
+    service.train_if_due = fails  # type: ignore[method-assign]
+    try:
+        for _ in range(3):  # the poller's steps, a clock move's wakes
+            await service._follow_step()
+        assert len(attempts) == 1
+        first_pause = service._train_not_before - attempts[0]
+        service._train_not_before = 0.0  # the pause is over
+        await service._follow_step()
+        assert len(attempts) == 2
+        assert service._train_not_before - attempts[1] == pytest.approx(2 * first_pause, rel=0.05)
+    finally:
+        await service.stop()

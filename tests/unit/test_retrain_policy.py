@@ -46,6 +46,7 @@ def test_late_events_on_days_the_model_saw_mark_it_for_a_refit_after_the_cooldow
     model = ModelState(trained_through=day(29), units_seen=300)
     waiting = retrain_decision(DataState(START, day(29), 0, 312), model, POLICY)
     assert not waiting.retrain and "cool-down" in waiting.reason
+    assert waiting.after_cooldown == day(30)
     decision = retrain_decision(DataState(START, day(30), 0, 312), model, POLICY)
     assert decision.retrain and "12 units arrived late" in decision.reason
     at_once = RetrainPolicy(cooldown_days=0)
@@ -56,7 +57,10 @@ def test_no_rule_retrains_within_the_cooldown() -> None:
     slow = RetrainPolicy(min_new_days=7, min_new_units_ratio=0.25, cooldown_days=10)
     model = ModelState(trained_through=day(29), units_seen=300)
     for clock in (day(36), day(38)):  # 7 and 9 new days, a surge, late units
-        assert not retrain_decision(DataState(START, clock, 500, 350), model, slow).retrain
+        waiting = retrain_decision(DataState(START, clock, 500, 350), model, slow)
+        assert not waiting.retrain and waiting.after_cooldown == day(39)
+    quiet = retrain_decision(DataState(START, day(31), 0, 300), model, slow)
+    assert not quiet.retrain and quiet.after_cooldown is None  # nothing to wait for
     decision = retrain_decision(DataState(START, day(39), 0, 300), model, slow)
     assert decision.retrain and decision.reason == "10 new days on the clock"
 

@@ -66,6 +66,9 @@ class ProductRefresher:
         self._pool = pool
         self._global_models = global_models
         self._shop_cache: tuple[date, date, np.ndarray] | None = None  # (first, last, demand)
+        # Products due but within their cool-down, with the clock day they may be
+        # refitted from: the trainer looks at them again when the clock gets there.
+        self.cooling: dict[str, date] = {}
 
     @property
     def current_global(self) -> CurrentModel:
@@ -149,6 +152,10 @@ class ProductRefresher:
                 ),
             )
         decision = retrain_decision(data, current, self._policy)
+        if decision.after_cooldown is not None:
+            self.cooling[product_id] = decision.after_cooldown
+        else:
+            self.cooling.pop(product_id, None)
         if decision.on_the_clock and not force and self._global_model_coming(through):
             return None  # refreshed with the week's global model, once it is trained
         reason = decision.reason

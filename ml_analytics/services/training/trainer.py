@@ -82,6 +82,7 @@ class ModelTrainer:
         # models written, the pool already has the next fit queued.
         self._slots = asyncio.Semaphore(settings.worker_count + max(2, settings.worker_count))
         self._wake = asyncio.Event()
+        self._timer: asyncio.TimerHandle | None = None  # the wake at the next back-off's end
         self._task: asyncio.Task[None] | None = None
         self._fits: set[asyncio.Task[None]] = set()
         self._clock_watch = Poller(self._follow_clock, CLOCK_POLL_SECONDS, "clock-watch")
@@ -118,6 +119,9 @@ class ModelTrainer:
         await self._clock_watch.stop()
         await cancel_and_wait(self._task)
         self._task = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         for fit in list(self._fits):
             await cancel_and_wait(fit)
         self._pool.shutdown()
@@ -135,11 +139,16 @@ class ModelTrainer:
                 task = asyncio.create_task(self._train(batch), name=f"fit-{batch[0]}")
                 self._fits.add(task)
                 task.add_done_callback(self._fits.discard)
-            if self._not_before and not self._wake.is_set():
-                # Failed products wait their back-off; look again when it ends.
-                delay = max(0.0, min(self._not_before.values()) - time.monotonic())
+            # Failed or busy products wait their back-off; look again when the first
+            # ends (one timer). One still in flight is looked at when its batch ends.
+            backoffs = [t for p, t in self._not_before.items() if p not in self._in_flight]
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            if backoffs and not self._wake.is_set():
+                delay = max(0.0, min(backoffs) - time.monotonic())
                 loop = asyncio.get_running_loop()
-                loop.call_later(delay + 0.01, self._wake.set)
+                self._timer = loop.call_later(delay + 0.01, self._wake.set)
 
     async def _follow_clock(self) -> None:
         """Products come due as the clock moves, whichever replica's events move it, and
@@ -148,7 +157,11 @@ class ModelTrainer:
             await self._look_at_clock()
             if self._new_global_model.is_set():
                 self._new_global_model.clear()
-                await self._refresh_for_global_model()
+                try:
+                    await self._refresh_for_global_model()
+                except Exception:
+                    self._new_global_model.set()  # the next poll lists them again
+                    raise
         except Exception as error:
             logger.warning("reading the stream clock failed", extra={"error": repr(error)})
 
@@ -164,20 +177,29 @@ class ModelTrainer:
             through = await clock_through(connection, self._settings)
             if through == self._through and not changed_since_model:
                 return
-            previous, self._through = self._through, through
-            self.notify(
-                await products_to_consider(
-                    connection,
-                    through,
-                    self._policy.min_training_days,
-                    self._policy.min_new_days,
-                    changed_since_model=changed_since_model,
-                    cooldown_days=self._policy.cooldown_days,
-                    previous_through=previous,
-                )
+            due = await products_to_consider(
+                connection,
+                through,
+                self._policy.min_training_days,
+                self._policy.min_new_days,
+                changed_since_model=changed_since_model,
             )
+            # Only once listed: after a failed read, the next poll looks at this step again.
+            self._through = through
+            self.notify(due)
+            self.notify(self._cooled_down(through))
         if self._global_models is not None and self._settings.forecast_model == "combination":
             self._global_models.clock_moved()
+
+    def _cooled_down(self, through: date | None) -> list[str]:
+        """Products that were due within their cool-down and may be refitted now."""
+        cooling = self._refresher.cooling
+        if through is None:
+            return []
+        ready = [product_id for product_id, day in cooling.items() if day <= through]
+        for product_id in ready:
+            del cooling[product_id]
+        return ready
 
     def _take_ready(self, most: int) -> list[str]:
         """Up to `most` products ready now, taken out of the waiting set."""
