@@ -2,13 +2,15 @@
 
 A job past its timeout cannot be cancelled inside a worker, so the pool's processes
 are killed and a fresh pool started; jobs that were running alongside fail with
-BrokenProcessPool and are tried again later. A job is handed to the processes only
-when one is free (the jobs beyond wait in the pool's gate), and its timeout counts
-from then: a job that waited its turn is neither timed out for the wait nor lost
-when another job's timeout kills the processes. Workers are spawned (a clean
-interpreter), replaced after `max_jobs_per_worker` jobs so memory cannot creep, and
-end with the service however it ends (lifecycle.die_with_parent). The pool itself
-starts with its first job: a replica that never needs it does not hold its memory.
+BrokenProcessPool and are tried again later. As many jobs again as there are
+processes wait in the processes' queue (a process that ends a job starts the next at
+once), the others in the pool's gate; a job's timeout counts from its turn (the
+processes take their queue in order), not from its wait, and a job still queued when
+another job's timeout kills the processes never ran: it goes to the fresh ones.
+Workers are spawned (a clean interpreter), replaced after `max_jobs_per_worker` jobs
+so memory cannot creep, and end with the service however it ends
+(lifecycle.die_with_parent). The pool itself starts with its first job: a replica
+that never needs it does not hold its memory.
 
 Workers keep their temporary files (cmdstanpy writes each Prophet fit's there) in a
 directory of the pool's: a worker's own is removed when it ends, and the pool's
@@ -28,6 +30,7 @@ import multiprocessing.util
 import os
 import shutil
 import tempfile
+from collections import deque
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -49,9 +52,11 @@ class FitPool:
         self._max_jobs = max_jobs_per_worker
         self._executor: ProcessPoolExecutor | None = None
         self._scratch: str | None = None  # the workers' temporary files
-        # At most `workers` jobs in the processes at once; one gate per event loop.
+        # At most twice `workers` jobs in the processes at once; one gate per event loop.
         self._gate: asyncio.Semaphore | None = None
         self._gate_loop: asyncio.AbstractEventLoop | None = None
+        self._running = 0  # jobs whose turn has come
+        self._queued: deque[asyncio.Event] = deque()  # the turns of those waiting, in order
 
     def _current(self) -> ProcessPoolExecutor:
         if self._executor is None:
@@ -89,17 +94,51 @@ class FitPool:
         self, timeout_seconds: float, function: Callable[..., Any], args: tuple[Any, ...]
     ) -> Any:
         async with self._gate_of_this_loop():
-            executor = self._current()  # a fresh pool when the last one was replaced
-            work = asyncio.get_running_loop().run_in_executor(executor, function, *args)
-            # When the caller is cancelled (the service stops), nobody reads the outcome.
-            work.add_done_callback(lambda done: done.cancelled() or done.exception())
-            return await self._within(executor, work, timeout_seconds)
+            while True:
+                executor = self._current()  # a fresh pool when the last one was replaced
+                turn = self._take_turn()
+                work = asyncio.get_running_loop().run_in_executor(executor, function, *args)
+                # When the caller is cancelled (the service stops), nobody reads the outcome.
+                work.add_done_callback(lambda done: done.cancelled() or done.exception())
+                try:
+                    if not turn.is_set():
+                        await _first_of(work, turn)
+                        if executor is not self._executor:
+                            # Its turn came after another job's failure replaced the
+                            # processes it was queued in: it never ran there.
+                            continue
+                    return await self._within(executor, work, timeout_seconds)
+                except _NeverRan:
+                    continue
+                finally:
+                    self._leave_turn(turn)
 
     def _gate_of_this_loop(self) -> asyncio.Semaphore:
         loop = asyncio.get_running_loop()
         if self._gate is None or self._gate_loop is not loop:
-            self._gate, self._gate_loop = asyncio.Semaphore(self._workers), loop
+            self._gate, self._gate_loop = asyncio.Semaphore(2 * self._workers), loop
+            self._running, self._queued = 0, deque()
         return self._gate
+
+    def _take_turn(self) -> asyncio.Event:
+        """Set when the job holds a process: at once when one is free, else when a job
+        ahead of it ends (the processes take their queue in order)."""
+        turn = asyncio.Event()
+        if self._running < self._workers:
+            self._running += 1
+            turn.set()
+        else:
+            self._queued.append(turn)
+        return turn
+
+    def _leave_turn(self, turn: asyncio.Event) -> None:
+        if not turn.is_set():
+            self._queued.remove(turn)
+            return
+        self._running -= 1
+        if self._queued:
+            self._running += 1
+            self._queued.popleft().set()
 
     async def _within(
         self, executor: ProcessPoolExecutor, work: Awaitable[Any], timeout_seconds: float
@@ -117,8 +156,8 @@ class FitPool:
             if task is None or task.cancelling():
                 raise  # the caller is cancelled: the service stops
             # Not this caller: the job, still queued in the processes, was cancelled
-            # when another job's failure replaced them. It never ran: try it again.
-            raise BrokenProcessPool("the pool was replaced before the job ran") from None
+            # when another job's failure replaced them. It never ran.
+            raise _NeverRan from None
 
     def _replace(self, broken: ProcessPoolExecutor) -> None:
         if broken is self._executor:  # else already replaced by another job's failure
@@ -131,6 +170,19 @@ class FitPool:
         if self._scratch is not None:
             shutil.rmtree(self._scratch, ignore_errors=True)
             self._scratch = None
+
+
+class _NeverRan(Exception):
+    """A job cancelled in the processes' queue: it can go to fresh processes."""
+
+
+async def _first_of(work: asyncio.Future[Any], turn: asyncio.Event) -> None:
+    """Wait for the job's turn, or for its end (a job cancelled in the queue)."""
+    waiting = asyncio.ensure_future(turn.wait())
+    try:
+        await asyncio.wait({work, waiting}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiting.cancel()
 
 
 def start_worker(parent_pid: int, scratch: str) -> None:

@@ -80,6 +80,11 @@ async def test_a_job_waiting_its_turn_is_neither_timed_out_for_the_wait_nor_lost
             pool.run(4, sleep_then, 2.0, "third"),
             return_exceptions=True,
         )
+        # Every turn given back: jobs queued behind busy processes start at once.
+        assert (pool._running, len(pool._queued)) == (0, 0)
+        quick = await asyncio.gather(*(pool.run(30, sleep_then, 0.2, str(i)) for i in range(6)))
+        assert quick == [str(i) for i in range(6)]
+        assert (pool._running, len(pool._queued)) == (0, 0)
     finally:
         pool.shutdown()
     assert isinstance(outcomes[0], FitTimeout)
