@@ -17,6 +17,7 @@ import logging
 import shutil
 import time
 import weakref
+from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ml_analytics import metrics
 from ml_analytics.configs import clock_through
-from ml_analytics.lifecycle import Poller
+from ml_analytics.lifecycle import Poller, RetryPolicy
 from ml_analytics.models.backtest import (
     BacktestCase,
     GlobalTraining,
@@ -77,6 +78,12 @@ MAX_TRAINING_BACKOFF_SECONDS = 1800.0
 KEEP_MODEL_FILES = 3  # loaded versions whose files stay (jobs in hand may read them)
 
 
+def _training_pauses() -> Iterator[float]:
+    return RetryPolicy(
+        first_delay_seconds=2 * POLL_SECONDS, max_delay_seconds=MAX_TRAINING_BACKOFF_SECONDS
+    ).delays()
+
+
 def _train(data: PanelData, threads: int) -> GlobalTraining:
     """Runs in a worker process."""
     panel = data.panel()
@@ -117,7 +124,7 @@ class GlobalModelService:
         self.current = NO_MODEL
         self._follower = Poller(self._follow_step, POLL_SECONDS, "global-model")
         self._listeners: list[asyncio.Event] = []
-        self._training_failures = 0
+        self._training_pauses = _training_pauses()
         self._train_not_before = 0.0  # monotonic time: a failed training's back-off
         self._files: list[Path] = []  # the loaded versions' files, oldest first
 
@@ -157,14 +164,13 @@ class GlobalModelService:
         if self._train_here and time.monotonic() >= self._train_not_before:
             try:
                 await self.train_if_due()
-                self._training_failures = 0
+                self._training_pauses = _training_pauses()  # a success starts them over
             except Exception:
-                self._training_failures += 1
-                pause = min(POLL_SECONDS * 2**self._training_failures, MAX_TRAINING_BACKOFF_SECONDS)
+                pause = next(self._training_pauses)
                 self._train_not_before = time.monotonic() + pause
                 logger.exception(
                     "global model: training failed; trying again later",
-                    extra={"failures": self._training_failures, "retry_in_seconds": pause},
+                    extra={"retry_in_seconds": pause},
                 )
         try:
             await self.refresh()

@@ -68,7 +68,17 @@ class ProductRefresher:
         self._shop_cache: tuple[date, date, np.ndarray] | None = None  # (first, last, demand)
         # Products due but within their cool-down, with the clock day they may be
         # refitted from: the trainer looks at them again when the clock gets there.
-        self.cooling: dict[str, date] = {}
+        self._cooling: dict[str, date] = {}
+
+    def cooled_down(self, through: date | None) -> list[str]:
+        """Products that were due within their cool-down and may be refitted now that
+        the clock's last complete day is `through` (each listed once)."""
+        if through is None:
+            return []
+        ready = [product_id for product_id, day in self._cooling.items() if day <= through]
+        for product_id in ready:
+            del self._cooling[product_id]
+        return ready
 
     @property
     def current_global(self) -> CurrentModel:
@@ -153,9 +163,9 @@ class ProductRefresher:
             )
         decision = retrain_decision(data, current, self._policy)
         if decision.after_cooldown is not None:
-            self.cooling[product_id] = decision.after_cooldown
+            self._cooling[product_id] = decision.after_cooldown
         else:
-            self.cooling.pop(product_id, None)
+            self._cooling.pop(product_id, None)
         if decision.on_the_clock and not force and self._global_model_coming(through):
             return None  # refreshed with the week's global model, once it is trained
         reason = decision.reason

@@ -187,19 +187,9 @@ class ModelTrainer:
             # Only once listed: after a failed read, the next poll looks at this step again.
             self._through = through
             self.notify(due)
-            self.notify(self._cooled_down(through))
+            self.notify(self._refresher.cooled_down(through))
         if self._global_models is not None and self._settings.forecast_model == "combination":
             self._global_models.clock_moved()
-
-    def _cooled_down(self, through: date | None) -> list[str]:
-        """Products that were due within their cool-down and may be refitted now."""
-        cooling = self._refresher.cooling
-        if through is None:
-            return []
-        ready = [product_id for product_id, day in cooling.items() if day <= through]
-        for product_id in ready:
-            del cooling[product_id]
-        return ready
 
     def _take_ready(self, most: int) -> list[str]:
         """Up to `most` products ready now, taken out of the waiting set."""
