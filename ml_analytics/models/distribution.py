@@ -30,6 +30,8 @@ skill (bench/calibration --level-sd 0 against 0.3; bench/evaluate in the README)
 
 from __future__ import annotations
 
+from datetime import date, timedelta
+
 import numpy as np
 
 PATHS = 200
@@ -138,3 +140,32 @@ def continue_paths(paths: np.ndarray, days: int) -> np.ndarray:
     repeats = -(-(days - have) // block)
     tail = np.tile(paths[:, have - block :], (1, repeats))[:, : days - have]
     return np.hstack([paths, tail])
+
+
+# How far past a forecast's last day a stock level may lie and still be assessed on
+# continued paths (a stock counted while the stream's clock lags, in a backfill).
+MAX_DAYS_PAST_FORECAST = 365
+
+
+class NotAssessable(ValueError):
+    """The forecast cannot speak for the days asked: no paths, or days too far past it."""
+
+
+def paths_from(paths: np.ndarray, forecast_start: date, first_day: date, days: int) -> np.ndarray:
+    """The paths' daily demand from `first_day` on (forecast days before it dropped),
+    at least `days` long: continued past the forecast's horizon (`continue_paths`)
+    when it ends earlier, so a stock level counted after the forecast's first days
+    is assessed on the days that follow it. A `first_day` before the forecast starts
+    gives the paths from their first day (the days between have been observed)."""
+    paths = np.asarray(paths, dtype=float)
+    if paths.ndim != 2 or paths.shape[0] == 0 or paths.shape[1] == 0:
+        raise NotAssessable("the forecast has no sample paths")
+    skip = max(0, (first_day - forecast_start).days)
+    last_day = forecast_start + timedelta(days=paths.shape[1] - 1)
+    if skip - paths.shape[1] >= MAX_DAYS_PAST_FORECAST:
+        raise NotAssessable(
+            f"{first_day - timedelta(days=1)} is {skip - paths.shape[1] + 1} days past the "
+            f"forecast's last day {last_day} (at most {MAX_DAYS_PAST_FORECAST}): it is "
+            "assessed once the product is forecast again, as the stream's clock moves"
+        )
+    return continue_paths(paths, skip + max(0, days))[:, skip:]

@@ -30,7 +30,19 @@ from datetime import date, timedelta
 
 import numpy as np
 
-from ml_analytics.models.distribution import continue_paths
+from ml_analytics.models.distribution import paths_from
+
+
+def round_up_to_multiple(units: float, multiple: float) -> float:
+    """The smallest whole number of `multiple`s that covers `units` (at least one when
+    any is needed): a needed order is never rounded away, whatever the multiple's size.
+    A relative tolerance keeps 3 x 0.1 from asking for a fourth 0.1."""
+    if units <= 0:
+        return 0.0
+    count = max(1, math.ceil(units / multiple))
+    if count > 1 and (count - 1) * multiple >= units * (1 - 1e-9):
+        count -= 1
+    return count * multiple
 
 
 @dataclass(frozen=True)
@@ -51,15 +63,6 @@ class Replenishment:
     order_by_date: date | None
 
 
-def demand_ahead(sample_paths: np.ndarray, forecast_start: date, snapshot_day: date) -> np.ndarray:
-    """The paths' daily demand from the day after `snapshot_day` (forecast days before
-    it dropped; days between the snapshot and the forecast start are observed demand,
-    which the caller takes off the stock)."""
-    paths = np.asarray(sample_paths, dtype=float)
-    skip = (snapshot_day + timedelta(days=1) - forecast_start).days
-    return paths[:, max(0, skip) :]
-
-
 def recommend(
     *,
     sample_paths: np.ndarray,
@@ -72,8 +75,13 @@ def recommend(
     order_multiple_units: float | None = None,
     observed_since_snapshot_units: float = 0.0,
 ) -> Replenishment:
-    ahead = continue_paths(
-        demand_ahead(sample_paths, forecast_start, snapshot_day),
+    # From the day after the stock's day (days between it and the forecast's first day
+    # are observed demand, which the caller takes off the stock); raises NotAssessable
+    # when that is too far past the forecast.
+    ahead = paths_from(
+        sample_paths,
+        forecast_start,
+        snapshot_day + timedelta(days=1),
         lead_time_days + policy.review_days,
     )
     # Days between the stock's day and the forecast's first day have been seen: the
@@ -95,7 +103,7 @@ def recommend(
     position = on_hand_units - observed_since_snapshot_units + on_order_units
     needed = max(0.0, order_up_to - position)
     if needed > 0 and order_multiple_units:
-        needed = math.ceil(needed / order_multiple_units - 1e-9) * order_multiple_units
+        needed = round_up_to_multiple(needed, order_multiple_units)
     expected = cumulative.mean(axis=0) if horizon else np.zeros(0)
     if position <= reorder_point:
         order_by: date | None = now

@@ -29,7 +29,9 @@ from typing import Literal
 
 import numpy as np
 
-from ml_analytics.models.distribution import continue_paths
+from ml_analytics.models.distribution import NotAssessable, paths_from
+
+__all__ = ["NotAssessable", "RiskAssessment", "RiskThresholds", "assess_stockout_risk"]
 
 RiskLevel = Literal["high", "medium", "low"]
 CONFIDENCE_TOLERANCE_DAYS = 2
@@ -63,10 +65,6 @@ def risk_window_days(lead_time_days: int | None, default_days: int) -> int:
     return lead_time_days if lead_time_days is not None else default_days
 
 
-class NotAssessable(ValueError):
-    """The forecast does not cover the days after the snapshot."""
-
-
 def assess_stockout_risk(
     *,
     forecast_start: date,
@@ -78,23 +76,14 @@ def assess_stockout_risk(
     observed_since_snapshot_units: float = 0.0,
 ) -> RiskAssessment:
     """Risk that demand over `window_days` after `snapshot_day` exceeds `stock_units`."""
-    paths = np.asarray(sample_paths, dtype=float)
-    if paths.ndim != 2 or paths.shape[0] == 0:
-        raise NotAssessable("the forecast has no sample paths")
-    horizon = paths.shape[1]
     first_day = snapshot_day + timedelta(days=1)
-    skip = (first_day - forecast_start).days  # forecast days before the window starts
-    if skip >= horizon:
-        raise NotAssessable(
-            f"snapshot day {snapshot_day} is past the forecast horizon ending "
-            f"{forecast_start + timedelta(days=horizon - 1)}"
-        )
     # Days between the snapshot and the forecast start already happened; their
-    # observed demand is taken off the stock by the caller-supplied figure.
-    gap_days = max(0, -skip)
+    # observed demand is taken off the stock by the caller-supplied figure. A snapshot
+    # after the forecast's first day (the clock lags) starts the paths later.
+    gap_days = max(0, (forecast_start - first_day).days)
     remaining = stock_units - observed_since_snapshot_units
     window_in_forecast = max(0, window_days - gap_days)
-    ahead = continue_paths(paths[:, max(0, skip) :], window_in_forecast)
+    ahead = paths_from(sample_paths, forecast_start, first_day, window_in_forecast)
     cumulative = np.cumsum(ahead, axis=1)  # demand from first_day + gap_days onwards
 
     if remaining <= 0:

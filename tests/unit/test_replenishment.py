@@ -8,7 +8,12 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from ml_analytics.models.replenishment import ReplenishmentPolicy, recommend
+from ml_analytics.models.distribution import NotAssessable
+from ml_analytics.models.replenishment import (
+    ReplenishmentPolicy,
+    recommend,
+    round_up_to_multiple,
+)
 
 DAY = date(2026, 11, 2)
 POLICY = ReplenishmentPolicy(service_level=0.95, review_days=7)
@@ -118,3 +123,30 @@ def test_a_stock_counted_before_the_forecast_orders_for_the_days_from_now() -> N
     )
     # 300 now (DAY + 3); 300 - 10 t <= 70  =>  t = 23 days after now.
     assert later.order_by_date == DAY + timedelta(days=3 + 23)
+
+
+@pytest.mark.parametrize("multiple", [1e12, 1e6, 250.0])
+def test_a_needed_order_is_at_least_one_multiple_whatever_its_size(multiple: float) -> None:
+    advice = advise(poisson_paths(3.0), on_hand=20, order_multiple_units=multiple)
+    assert advice.recommended_order_units == multiple  # not rounded away to 0
+
+
+def test_an_order_of_exact_multiples_is_not_rounded_up_a_multiple_more() -> None:
+    assert round_up_to_multiple(0.30000000000000004, 0.1) == pytest.approx(0.3)
+    assert round_up_to_multiple(7.0, 3.5) == 7.0
+    assert round_up_to_multiple(7.01, 3.5) == 10.5
+    assert round_up_to_multiple(0.0, 5.0) == 0.0
+
+
+def test_a_stock_counted_past_the_forecast_orders_for_the_days_after_it() -> None:
+    # The forecast's 60 days ended 10 days before the stock's day: its paths continue
+    # (their last four weeks repeated), not an order of 0 for want of days.
+    paths = poisson_paths(3.0)
+    late = advise(paths, on_hand=20, forecast_start=DAY - timedelta(days=70))
+    assert late.order_up_to_units == pytest.approx(stats.poisson.ppf(0.95, 63), abs=2)
+    assert late.recommended_order_units > 0
+
+
+def test_a_stock_far_past_the_forecast_gets_no_figure() -> None:
+    with pytest.raises(NotAssessable):
+        advise(poisson_paths(3.0, paths=100), on_hand=20, forecast_start=DAY - timedelta(days=500))

@@ -99,9 +99,20 @@ def test_observed_demand_since_a_stale_snapshot_comes_off_the_stock() -> None:
     assert risk.stockout_probability == 1.0  # by day 10 demand is 45 + 70 > 100
 
 
-def test_snapshot_beyond_the_horizon_cannot_be_assessed() -> None:
-    with pytest.raises(NotAssessable):
-        assess(constant(1, horizon=30), stock=5, forecast_start=D - timedelta(days=40))
+def test_a_stock_level_past_the_forecast_is_assessed_on_the_paths_continued_to_it() -> None:
+    # The forecast started 40 days before the stock's day and covers 30: the stock is
+    # counted 10 days past its end (the clock lagged). 1 a day: 5 units last 5 days.
+    risk = assess(constant(1, horizon=30), stock=5, forecast_start=D - timedelta(days=40))
+    assert risk.stockout_probability == 1.0  # 10 days of window, 10 units > 5
+    assert risk.days_until_stockout == 6 and risk.predicted_stockout_date == D + timedelta(days=6)
+    stocked = assess(constant(1, horizon=30), stock=50, forecast_start=D - timedelta(days=40))
+    # No date: the paths past the forecast reach only as far as the window.
+    assert stocked.stockout_probability == 0.0 and stocked.days_until_stockout is None
+
+
+def test_a_stock_level_far_past_the_forecast_is_not_assessed_with_its_reason() -> None:
+    with pytest.raises(NotAssessable, match="past the forecast's last day"):
+        assess(constant(1, horizon=30), stock=5, forecast_start=D - timedelta(days=30 + 366))
 
 
 @pytest.mark.parametrize("stock", [0.0, 1.0, 37.5, 300.0])

@@ -15,6 +15,7 @@ from fastapi.responses import StreamingResponse
 from ml_analytics.api_models import ErrorBody, Replenishment
 from ml_analytics.events import MAX_SERVICE_LEVEL, MIN_SERVICE_LEVEL
 from ml_analytics.http.dependencies import AppSettings, Engine, ProductId
+from ml_analytics.models.risk import NotAssessable
 from ml_analytics.services.risk import product_state, replenishment_of
 from ml_analytics.storage.recommendations import RECOMMENDATION_COLUMNS, stream_recommendations
 
@@ -27,7 +28,10 @@ _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 @router.get(
     "/products/{product_id:path}/replenishment",
     response_model=Replenishment,
-    responses={404: {"model": ErrorBody, "description": "No trained model or stock level yet"}},
+    responses={
+        404: {"model": ErrorBody, "description": "No trained model or stock level yet"},
+        409: {"model": ErrorBody, "description": "The stock level lies too far past the forecast"},
+    },
 )
 async def product_replenishment(
     product_id: ProductId,
@@ -58,7 +62,14 @@ async def product_replenishment(
             f"No replenishment for product {product_id!r} yet: it needs a trained model "
             "and a stock level",
         )
-    order = replenishment_of(state, settings, service_level=service_level, review_days=review_days)
+    try:
+        order = replenishment_of(
+            state, settings, service_level=service_level, review_days=review_days
+        )
+    except NotAssessable as reason:
+        raise HTTPException(
+            409, f"No replenishment for product {product_id!r} yet: {reason}"
+        ) from reason
     return Replenishment(
         **dataclasses.asdict(order),
         product_id=product_id,
