@@ -122,6 +122,11 @@ class Transaction(BaseModel):
         """The day this transaction counts for, in the business time zone."""
         return business_day(self.occurred_at, zone)
 
+    def identity(self) -> tuple[str, float]:
+        """What makes it this event and no other: two events with one event_id and the
+        same identity are one event published twice (whatever its day says)."""
+        return (self.product_id, self.quantity_units)
+
 
 class StockLevel(BaseModel):
     """Units on hand of one product at `as_of`."""
@@ -146,6 +151,10 @@ class StockLevel(BaseModel):
     def _null_is_none_on_order(cls, value: object) -> object:
         """An optional field sent as null: its default, as when it is left out."""
         return 0.0 if value is None else value
+
+    def identity(self) -> tuple[str, float]:
+        """What makes it this stock level and no other (see Transaction.identity)."""
+        return (self.product_id, self.stock_units)
 
     def as_of_instant(self, zone: tzinfo) -> datetime:
         """`as_of` as an aware datetime; a plain date is the start of that business day."""

@@ -36,9 +36,19 @@ CONSUMER_LAG = Gauge(
 )
 CONSUMER_ERRORS = Counter(
     "ml_analytics_consumer_errors",
-    "Record batches the consumer could not decode (its partition is paused until skipped), "
-    "by topic, partition and error.",
+    "Record batches the consumer could not decode, and database writes that failed for a "
+    "reason other than an outage (each try), by topic, partition and error class.",
     ["topic", "partition", "reason"],
+)
+STREAM_CLOCK = Gauge(
+    "ml_analytics_stream_clock_timestamp_seconds",
+    "The stream's event-time clock as corroborated by distinct products (Unix time), as this "
+    "replica last moved or saw it.",
+)
+PENDING_ASSESSMENTS = Gauge(
+    "ml_analytics_pending_assessments",
+    "Products whose stock level or model changed and whose risk is still to be assessed, as "
+    "this replica's last sweep found them.",
 )
 KEY_MISMATCHES = Counter(
     "ml_analytics_key_mismatches",

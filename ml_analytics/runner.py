@@ -63,7 +63,8 @@ def build_app(settings: Settings, engine: AsyncEngine, broker: KafkaBroker) -> F
     risk = RiskService(engine, publishers["stockout_risk"], settings)
 
     async def model_trained(product_id: str) -> None:
-        await risk.reassess([product_id])
+        # The model's save marked the product for assessment in its own transaction.
+        risk.assess_soon()
 
     global_models = GlobalModelService(
         engine,
@@ -78,8 +79,9 @@ def build_app(settings: Settings, engine: AsyncEngine, broker: KafkaBroker) -> F
             if outcome.clock_moved_to is not None:
                 trainer.clock_moved()
         if outcome.products_with_new_stock:
-            # A stock level re-evaluates risk with the current model, no refit.
-            await risk.reassess(outcome.products_with_new_stock)
+            # A stock level re-evaluates risk with the current model, no refit: its
+            # write marked the product for assessment, which the risk service does.
+            risk.assess_soon()
 
     ingestion = add_ingestion(
         broker, settings, engine, publishers=publishers, on_batch=batch_recorded

@@ -156,18 +156,36 @@ class Settings(BaseSettings):
         default=0.0,
         ge=0,
         le=7 * 86400,
-        description="The stream's clock is the newest occurred_at seen less this; days before "
-        "its day are complete (zero demand where nothing was sold).",
+        description="The stream's clock is the corroborated event time less this; days "
+        "before its day are complete (zero demand where nothing was sold).",
+    )
+    clock_corroboration_products: int = Field(
+        default=3,
+        ge=1,
+        le=1000,
+        description="Distinct products whose events must reach a time before the clock moves "
+        "to it (all products while there are fewer): fewer products' events, however far "
+        "ahead (a device with a wrong clock), are counted on their days but move nothing.",
+    )
+    clock_evidence_seconds: float = Field(
+        default=86400.0,
+        ge=1,
+        le=366 * 86400,
+        description="A product's newest event time stays its evidence for the clock this long "
+        "(arrival time) when what arrives after it is older; then it gives way to the newer "
+        "arrivals, so an outlier is forgotten once its product sells again.",
     )
     dedup_window_days: int = Field(
         default=35,
-        ge=8,
+        ge=1,
         le=3660,
-        description="Days of event ids the ledger keeps (on the clock) to count a redelivered "
-        "event once; older events are dead letters.",
+        description="Days (arrival time) the ledger keeps an event_id: an event delivered "
+        "or published again within them is counted once, whatever day it carries.",
     )
     ledger_retention_interval_seconds: float = Field(
-        default=600.0, gt=0, description="Seconds between passes that drop old ledger weeks."
+        default=600.0,
+        gt=0,
+        description="Seconds between passes that delete ledger rows older than the window.",
     )
     ingest_batch_max_records: int = Field(
         default=20000, ge=1, description="Most records one consumed batch holds."
@@ -181,6 +199,14 @@ class Settings(BaseSettings):
     ingest_batch_timeout_ms: int = Field(default=200, ge=1)
     ingest_retry_max_seconds: float = Field(
         default=30.0, gt=0, description="Longest pause between database retries of one batch."
+    )
+    ingest_max_write_attempts: int = Field(
+        default=5,
+        ge=1,
+        le=100,
+        description="Tries of a write that fails for a reason other than the database being "
+        "unreachable (a poison row, a constraint): then its partition stalls, loudly, until "
+        "an operator skips the record (`ml-analytics skip`). Outages are waited out.",
     )
     shutdown_grace_seconds: float = Field(default=30.0, gt=0)
 
@@ -269,6 +295,13 @@ class Settings(BaseSettings):
     # is the TARGET_SERVICE_LEVEL quantile of demand over lead time + review period.
     target_service_level: float = Field(default=0.95, ge=MIN_SERVICE_LEVEL, le=MAX_SERVICE_LEVEL)
     review_period_days: int = Field(default=7, ge=1, le=91)
+    risk_sweep_interval_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="Seconds between sweeps that assess every product still marked for "
+        "assessment (a stock level or a model whose assessment failed or was cut short).",
+    )
     risk_outbox_retention_days: int = Field(
         default=7, ge=0, description="Days a published risk event stays in the outbox table."
     )

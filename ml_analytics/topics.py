@@ -20,6 +20,7 @@ from ml_analytics.events import DeadLetter, StockLevel, StockoutRisk, Transactio
 from ml_analytics.services.ingestion.sort import SortContext, stock_snapshot_row, transaction_row
 from ml_analytics.services.ingestion.write import (
     BatchOutcome,
+    WriteOptions,
     write_stock_levels,
     write_transactions,
 )
@@ -31,7 +32,7 @@ class InputTopic:
     role: str  # its key in topics.yaml
     event: type[BaseModel]  # the contract's schema of its messages
     handle: Callable[[Any, SortContext], Any]  # event -> the row its write takes
-    write: Callable[[asyncpg.Connection, list[Any]], Awaitable[BatchOutcome]]
+    write: Callable[[asyncpg.Connection, list[Any], WriteOptions], Awaitable[BatchOutcome]]
     description: str
 
 

@@ -27,11 +27,19 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from ml_analytics import metrics
 from ml_analytics.consumers.broker import Publishers
 from ml_analytics.consumers.skipping import StallSkipper
-from ml_analytics.consumers.stalls import PartitionStalls
+from ml_analytics.consumers.stalls import PartitionStalls, Stall
 from ml_analytics.events import DeadLetter
 from ml_analytics.lifecycle import RetryPolicy, cancel_and_wait
 from ml_analytics.services.ingestion.sort import KafkaRecord
-from ml_analytics.services.ingestion.write import BatchOutcome, IngestResult, ingest_records
+from ml_analytics.services.ingestion.write import (
+    BatchOutcome,
+    ChunkFailed,
+    IngestResult,
+    WriteFailure,
+    WriteOptions,
+    describe_error,
+    ingest_records,
+)
 from ml_analytics.settings import Settings
 from ml_analytics.topics import INPUT_TOPICS, input_routes
 
@@ -67,6 +75,8 @@ class IngestionPipeline:
         self._closed = False
         # Since when (monotonic) the batch in hand keeps failing, and why: for /ready.
         self._failing: tuple[float, str] | None = None
+        # The batch in hand's latest write that failed for a reason other than an outage.
+        self._write_failure: WriteFailure | None = None
         self._consumer: Callable[[], AIOKafkaConsumer | None] = lambda: None
         self.stalls = PartitionStalls(lambda: self._consumer(), on_stall=self._stalled)
         self._skipper = StallSkipper(
@@ -117,9 +127,12 @@ class IngestionPipeline:
         return True
 
     def problems(self, after_seconds: float = 10.0) -> list[str]:
-        """Why ingestion is not making progress, for /ready: a stalled partition, or a
-        batch failing for longer than `after_seconds`."""
+        """Why ingestion is not making progress, for /ready: a stalled partition, a write
+        failing for a reason other than an outage (at once, naming its partitions and
+        offsets), or a batch failing for longer than `after_seconds`."""
         found = [f"{stall.describe()}; see `ml-analytics skip`" for stall in self.stalls.current()]
+        if self._write_failure is not None:
+            found.append(self._write_failure.describe())
         if self._failing is not None:
             since, error = self._failing
             failing_for = time.monotonic() - since
@@ -157,6 +170,34 @@ class IngestionPipeline:
 
     async def _process(self, records: Sequence[KafkaRecord], consumer: AIOKafkaConsumer) -> None:
         started = time.perf_counter()
+        # Records fetched before their partition stalled are read again once it moves on.
+        records = [r for r in records if not self.stalls.holds_back(r.topic, r.partition, r.offset)]
+        try:
+            result = await self._write(records)
+        except ChunkFailed as failed:
+            await self._isolate(records, consumer, failed, started)
+            return
+        await self._finish(records, consumer, result, started)
+
+    async def _finish(
+        self,
+        records: Sequence[KafkaRecord],
+        consumer: AIOKafkaConsumer,
+        result: IngestResult,
+        started: float,
+    ) -> None:
+        """Dead letters, then the offsets; then the listeners."""
+        await self._publish_once(result.dead_letters)
+        await _commit(consumer, records)
+        _observe(result, self._settings, started)
+        if self._on_batch is not None:
+            await self._on_batch(result.outcome)
+
+    async def _write(
+        self, records: Sequence[KafkaRecord], max_attempts: int | None = None
+    ) -> IngestResult:
+        """Validate and write the records, retrying what fails (an outage without end, a
+        write that fails otherwise up to INGEST_MAX_WRITE_ATTEMPTS: then ChunkFailed)."""
         pauses = self._retry.delays()
         while True:
             try:
@@ -171,13 +212,20 @@ class IngestionPipeline:
                     chunk_size=self._settings.ingest_chunk_size,
                     parallel_writes=self._settings.ingest_parallel_writes,
                     retry=self._retry,
+                    max_attempts=max_attempts or self._settings.ingest_max_write_attempts,
+                    on_failure=self._write_failed,
+                    corroborating_products=self._settings.clock_corroboration_products,
+                    options=WriteOptions(evidence_seconds=self._settings.clock_evidence_seconds),
                 )
-                await _publish_dead_letters(self._dead_letters, result.dead_letters)
                 self._failing = None
-                break
+                self._write_failure = None
+                return result
+            except ChunkFailed:
+                self._failing = None
+                raise
             except Exception as error:
-                # Not a database outage (ingest_records waits those out): for
-                # example the broker refusing dead letters. Keep the batch.
+                # Not a database outage (ingest_records waits those out), nor a write that
+                # failed for good: a bug of ours, say. Keep the batch, and say so.
                 if self._failing is None:
                     self._failing = (time.monotonic(), repr(error)[:300])
                 delay = next(pauses)
@@ -187,10 +235,116 @@ class IngestionPipeline:
                     extra={"error": repr(error)[:500], "retry_in_seconds": delay},
                 )
                 await asyncio.sleep(delay)
-        await _commit(consumer, records)
-        _observe(result, self._settings, started)
-        if self._on_batch is not None:
-            await self._on_batch(result.outcome)
+
+    def _write_failed(self, failure: WriteFailure) -> None:
+        """Loud at once: /ready names the partitions and offsets, and each try counts."""
+        self._write_failure = failure
+        for topic, partition in {(r.topic, r.partition) for r in failure.records}:
+            metrics.CONSUMER_ERRORS.labels(
+                topic, str(partition), type(failure.error).__name__
+            ).inc()
+
+    async def _isolate(
+        self,
+        records: Sequence[KafkaRecord],
+        consumer: AIOKafkaConsumer,
+        failed: ChunkFailed,
+        started: float,
+    ) -> None:
+        """A write failed for good. Per partition, find the first record that cannot be
+        written (each prefix is written once more, which is idempotent); write and commit
+        what comes before it, and stall the partition on it (see `ml-analytics skip`)."""
+        by_partition: dict[tuple[str, int], list[KafkaRecord]] = {}
+        for record in records:
+            by_partition.setdefault((record.topic, record.partition), []).append(record)
+        writable: list[KafkaRecord] = []
+        stuck: list[tuple[KafkaRecord, BaseException]] = []
+        for partition_records in by_partition.values():
+            first_bad = await self._first_unwritable(partition_records)
+            if first_bad is None:
+                writable.extend(partition_records)
+            else:
+                index, error = first_bad
+                writable.extend(partition_records[:index])
+                stuck.append((partition_records[index], error))
+        try:
+            result = await self._write(writable, max_attempts=1)
+        except ChunkFailed as again:  # what wrote alone fails together: stop at the first
+            result, stuck = None, [(r[0], again.failure.error) for r in by_partition.values()]
+        for record, error in stuck:
+            self.stalls.hold(
+                Stall(
+                    partition=TopicPartition(record.topic, record.partition),
+                    offset=record.offset,
+                    batch_next_offset=record.offset + 1,
+                    error=describe_error(error),
+                    reason=type(error).__name__,
+                    detected_at=datetime.now(UTC),
+                    records=(record,),
+                )
+            )
+        self._write_failure = None
+        if result is not None:
+            await self._finish(writable, consumer, result, started)
+
+    async def _first_unwritable(
+        self, records: list[KafkaRecord]
+    ) -> tuple[int, BaseException] | None:
+        """The index of the first record whose prefix cannot be written, with the error;
+        None when all of them can be (a bisection: about log2(n) writes)."""
+        error = await self._write_error(records)
+        if error is None:
+            return None
+        good, bad = 0, len(records)  # records[:good] can be written, records[:bad] cannot
+        while bad - good > 1:
+            middle = (good + bad) // 2
+            found = await self._write_error(records[:middle])
+            if found is None:
+                good = middle
+            else:
+                bad, error = middle, found
+        return bad - 1, error
+
+    async def _write_error(self, records: Sequence[KafkaRecord]) -> BaseException | None:
+        try:
+            await self._write(records, max_attempts=1)
+        except ChunkFailed as failed:
+            return failed.failure.error
+        return None
+
+    async def _publish_once(self, dead_letters: list[DeadLetter]) -> None:
+        """Publish the batch's dead letters, retrying those the broker has not
+        acknowledged yet (never one twice within the batch), until all are."""
+        pending = list(dead_letters)
+        pauses = self._retry.delays()
+        while pending:
+            outcomes = await asyncio.gather(
+                *(_publish_dead_letters(self._dead_letters, [letter]) for letter in pending),
+                return_exceptions=True,
+            )
+            failed = [
+                (letter, outcome)
+                for letter, outcome in zip(pending, outcomes, strict=True)
+                if isinstance(outcome, BaseException)
+            ]
+            pending = [letter for letter, _ in failed]
+            if not pending:
+                self._failing = None
+                return
+            error = failed[0][1]
+            if self._failing is None:
+                self._failing = (time.monotonic(), repr(error)[:300])
+            delay = next(pauses)
+            metrics.BATCHES.labels("failed").inc()
+            logger.warning(
+                "publishing dead letters failed; retrying those not acknowledged",
+                extra={
+                    "error": repr(error)[:500],
+                    "pending": len(pending),
+                    "retry_in_seconds": delay,
+                },
+            )
+            await asyncio.sleep(delay)
 
 
 async def _publish_dead_letters(publisher: Any, dead_letters: list[DeadLetter]) -> None:

@@ -105,27 +105,47 @@ class StallSkipper:
             return  # it moved to another replica meanwhile: the request stays pending
         past = stall.batch_next_offset if stall.batch_next_offset is not None else stall.offset + 1
         note = f" ({request.reason})" if request.reason else ""
-        letter = DeadLetter(
-            source_topic=partition.topic,
-            partition=partition.partition,
-            offset=stall.offset,
-            last_offset=past - 1,
-            key=None,
-            value=None,
-            error=(
-                f"skipped by an operator (ml-analytics skip, request {request.request_id}{note}): "
-                f"the records at offsets {stall.offset}..{past - 1} could not be decoded "
-                f"({stall.error}); they stay in the topic until its retention ends"
-            ),
-            failed_at=datetime.now(UTC),
+        skipped_by = (
+            f"skipped by an operator (ml-analytics skip, request {request.request_id}{note})"
         )
-        await self._publish([letter])
+        if stall.unwritable:
+            # Decoded records: each goes to the dead letters whole, nothing is lost.
+            letters = [
+                DeadLetter.for_record(
+                    topic=record.topic,
+                    partition=record.partition,
+                    offset=record.offset,
+                    key=record.key,
+                    value=record.value,
+                    error=f"{skipped_by}: it could not be written ({stall.error})",
+                    failed_at=datetime.now(UTC),
+                )
+                for record in stall.records
+            ]
+        else:
+            letters = [
+                DeadLetter(
+                    source_topic=partition.topic,
+                    partition=partition.partition,
+                    offset=stall.offset,
+                    last_offset=past - 1,
+                    key=None,
+                    value=None,
+                    error=(
+                        f"{skipped_by}: the records at offsets {stall.offset}..{past - 1} could "
+                        f"not be decoded ({stall.error}); they stay in the topic until its "
+                        "retention ends"
+                    ),
+                    failed_at=datetime.now(UTC),
+                )
+            ]
+        await self._publish(letters)
         consumer.seek(partition, past)
         await consumer.commit({partition: past})
         consumer.resume(partition)
         self._stalls.resolved(partition)
         logger.warning(
-            "skipped an undecodable record batch on an operator's request",
+            "skipped a stalled partition's records on an operator's request",
             extra={
                 "topic": partition.topic,
                 "partition": partition.partition,

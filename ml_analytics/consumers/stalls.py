@@ -44,7 +44,8 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Stall:
-    """A partition whose records from `offset` on cannot be decoded."""
+    """A partition whose records from `offset` on cannot be decoded, or whose record at
+    `offset` cannot be written (`records` holds it: it was decoded)."""
 
     partition: TopicPartition
     offset: int  # the consumer's position: the first record not delivered
@@ -52,12 +53,22 @@ class Stall:
     error: str  # the error, as "ClassName: message"
     reason: str  # the error's class name, the metric's label
     detected_at: datetime
+    records: tuple[Any, ...] = ()  # a write stall's record(s), dead-lettered when skipped
 
     @property
     def label(self) -> str:
         return f"{self.partition.topic}[{self.partition.partition}]"
 
+    @property
+    def unwritable(self) -> bool:
+        return bool(self.records)
+
     def describe(self) -> str:
+        if self.unwritable:
+            return (
+                f"{self.label} stuck at offset {self.offset}, a record that cannot be "
+                f"written: {self.error}"
+            )
         end = (
             f" (the batch ends at offset {self.batch_next_offset - 1})"
             if self.batch_next_offset is not None
@@ -167,9 +178,26 @@ class PartitionStalls:
             metrics.CONSUMER_ERRORS.labels(
                 stall.partition.topic, str(stall.partition.partition), stall.reason
             ).inc()
+        self._register(stall, "a record batch cannot be decoded")
+        return True
+
+    def hold(self, stall: Stall) -> bool:
+        """Stop the partition on a record that cannot be written: back to its offset and
+        paused, until an operator skips it or the partition leaves this consumer (its new
+        owner meets the record again). False when the partition is not this consumer's."""
+        consumer = self._consumer()
+        if consumer is None or stall.partition not in consumer.assignment():
+            return False
+        consumer.seek(stall.partition, stall.offset)
+        consumer.pause(stall.partition)
+        self._register(stall, "a record cannot be written")
+        return True
+
+    def _register(self, stall: Stall, what: str) -> None:
+        if stall.partition not in self._stalls:
             logger.error(
-                "a record batch cannot be decoded: its partition is paused until an operator "
-                "skips it (ml-analytics skip); the other partitions go on",
+                f"{what}: its partition is paused until an operator skips it "
+                "(ml-analytics skip); the other partitions go on",
                 extra={
                     "topic": stall.partition.topic,
                     "partition": stall.partition.partition,
@@ -181,7 +209,12 @@ class PartitionStalls:
         self._stalls[stall.partition] = stall
         if self._on_stall is not None:
             self._on_stall()
-        return True
+
+    def holds_back(self, topic: str, partition: int, offset: int) -> bool:
+        """Whether a record at `offset` lies at or past its partition's stall (fetched
+        before the stall: it is read again once the partition moves on)."""
+        stall = self._stalls.get(TopicPartition(topic, partition))
+        return stall is not None and offset >= stall.offset
 
     def get(self, partition: TopicPartition) -> Stall | None:
         return self._stalls.get(partition)

@@ -28,11 +28,18 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from ml_analytics import metrics
 from ml_analytics.configs import risk_thresholds
 from ml_analytics.events import ModelInfo, StockoutRisk
-from ml_analytics.lifecycle import RetryPolicy, cancel_and_wait
+from ml_analytics.lifecycle import Poller, RetryPolicy, cancel_and_wait
 from ml_analytics.models.replenishment import Replenishment, ReplenishmentPolicy, recommend
 from ml_analytics.models.risk import NotAssessable, assess_stockout_risk, risk_window_days
 from ml_analytics.settings import Settings
-from ml_analytics.storage.assessments import record_assessment
+from ml_analytics.storage.assessments import (
+    count_pending,
+    finish_pending,
+    record_assessment,
+    request_assessments,
+    retry_pending,
+    take_pending,
+)
 from ml_analytics.storage.demand import StockSnapshot, latest_stock_snapshot, units_between
 from ml_analytics.storage.locks import RISK_RELAY_LOCK
 from ml_analytics.storage.models_store import StoredModel, load_model
@@ -122,7 +129,11 @@ async def assess_product(
             observed_since_snapshot_units=state.observed_since_snapshot_units,
         )
     except NotAssessable as reason:
-        logger.info("risk not assessable", extra={"product_id": product_id, "reason": str(reason)})
+        # Said loudly, and the HTTP routes answer 409 with the reason: never a figure
+        # made up for days the forecast cannot speak for.
+        logger.warning(
+            "risk not assessable", extra={"product_id": product_id, "reason": str(reason)}
+        )
         return None
     order = replenishment_of(state, settings)
     return StockoutRisk(
@@ -155,8 +166,13 @@ async def assess_product(
     )
 
 
+SWEEP_BATCH_PRODUCTS = 16  # products assessed per transaction (their rows stay locked)
+MAX_RETRY_SECONDS = 300
+
+
 class RiskService:
-    """Reassesses products and relays the outbox to the stockout-risk topic."""
+    """Assesses the products marked pending and relays the outbox to the stockout-risk
+    topic."""
 
     def __init__(self, engine: AsyncEngine, publisher: Any, settings: Settings) -> None:
         """`publisher`: the stockout-risk topic's (consumers/broker.py declares it)."""
@@ -165,27 +181,85 @@ class RiskService:
         self._settings = settings
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._sweeper = Poller(self._sweep, settings.risk_sweep_interval_seconds, "risk-sweeper")
+
+    def assess_soon(self) -> None:
+        """Products were marked pending (a stock level, a model): assess them now."""
+        self._sweeper.wake()
 
     async def reassess(self, product_ids: Iterable[str]) -> int:
-        """Assess each product; returns how many events were queued for publishing."""
+        """Mark these products pending and assess every pending product now; returns how
+        many events were queued for publishing."""
+        async with self._engine.begin() as connection:
+            await request_assessments(connection, sorted(set(product_ids)))
+        return await self.assess_pending()
+
+    async def assess_pending(self) -> int:
+        """Assess the products marked pending that are not being assessed elsewhere and
+        not backing off; returns how many events were queued for publishing."""
         queued = 0
-        for product_id in sorted(set(product_ids)):
-            async with self._engine.begin() as connection:
-                risk = await assess_product(connection, product_id, self._settings)
-                if risk is None:
-                    continue
-                if await record_assessment(connection, product_id, risk.model_dump(mode="json")):
-                    queued += 1
+        while True:
+            taken, events = await self._assess_some()
+            queued += events
+            if taken < SWEEP_BATCH_PRODUCTS:
+                break
         if queued:
             self._wake.set()
         return queued
 
+    async def _assess_some(self) -> tuple[int, int]:
+        """One transaction: up to SWEEP_BATCH_PRODUCTS pending products assessed, their
+        rows removed (or, where the assessment failed, kept with a later retry)."""
+        queued = 0
+        async with self._engine.begin() as connection:
+            pending = await take_pending(connection, SWEEP_BATCH_PRODUCTS)
+            done, failed = [], []
+            for product_id, attempts in pending:
+                try:
+                    async with connection.begin_nested():
+                        risk = await assess_product(connection, product_id, self._settings)
+                        if risk is not None and await record_assessment(
+                            connection, product_id, risk.model_dump(mode="json")
+                        ):
+                            queued += 1
+                    done.append(product_id)
+                except Exception as failure:
+                    failed.append((product_id, attempts, failure))
+            await finish_pending(connection, done)
+            for product_id, attempts, reason in failed:
+                delay = min(MAX_RETRY_SECONDS, 2**attempts)
+                logger.warning(
+                    "assessing a product's risk failed; it stays pending and is tried again",
+                    exc_info=reason,
+                    extra={"product_id": product_id, "retry_in_seconds": delay},
+                )
+                await retry_pending(connection, product_id, delay, repr(reason)[:500])
+        return len(pending), queued
+
+    async def _sweep(self) -> None:
+        try:
+            await self.assess_pending()
+            async with self._engine.connect() as connection:
+                pending, next_due_seconds = await count_pending(connection)
+            metrics.PENDING_ASSESSMENTS.set(pending)
+            if next_due_seconds is not None:
+                # A product backing off: look again when its pause ends, not a poll later.
+                delay = max(0.05, next_due_seconds)
+                asyncio.get_running_loop().call_later(delay, self._sweeper.wake)
+        except Exception as error:
+            logger.warning("the risk sweep failed", extra={"error": repr(error)[:300]})
+
     def start(self) -> None:
+        """Relay the outbox and sweep the pending assessments (what an earlier run left
+        of both first)."""
         if self._task is None:
-            self._wake.set()  # publish what an earlier run left in the outbox
+            self._wake.set()
             self._task = asyncio.create_task(self._relay_forever(), name="risk-relay")
+            self._sweeper.start()
+            self._sweeper.wake()
 
     async def stop(self) -> None:
+        await self._sweeper.stop()
         await cancel_and_wait(self._task)
         self._task = None
         with contextlib.suppress(Exception):

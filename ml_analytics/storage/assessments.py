@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from ml_analytics.storage.ingest_writes import REQUEST_ASSESSMENTS
 from ml_analytics.storage.rows import one_or_none
 
 
@@ -93,3 +94,69 @@ async def latest_assessment(connection: AsyncConnection, product_id: str) -> dic
         {"p": product_id},
         lambda row: dict(row.assessment),
     )
+
+
+async def request_assessments(connection: AsyncConnection, product_ids: list[str]) -> None:
+    """Mark products for assessment, in the caller's transaction (the one that changed
+    their stock level or model): see services/risk.py."""
+    if product_ids:
+        await connection.execute(
+            text(
+                REQUEST_ASSESSMENTS.format(
+                    products="SELECT unnest(CAST(:products AS text[])) AS product_id"
+                )
+            ),
+            {"products": product_ids},
+        )
+
+
+async def take_pending(connection: AsyncConnection, limit: int) -> list[tuple[str, int]]:
+    """Up to `limit` products marked for assessment and due (not backing off), locked
+    for the caller's transaction; those another transaction holds are left to it.
+    Returns (product_id, attempts so far)."""
+    rows = await connection.execute(
+        text(
+            "SELECT product_id, attempts FROM pending_assessments WHERE not_before <= now() "
+            "ORDER BY not_before, product_id LIMIT :limit FOR UPDATE SKIP LOCKED"
+        ),
+        {"limit": limit},
+    )
+    return [(row.product_id, int(row.attempts)) for row in rows]
+
+
+async def finish_pending(connection: AsyncConnection, product_ids: list[str]) -> None:
+    """The products were assessed: unmark them. A request made meanwhile waited on the
+    lock `take_pending` took and marks them again after this commits."""
+    if product_ids:
+        await connection.execute(
+            text("DELETE FROM pending_assessments WHERE product_id = ANY(CAST(:p AS text[]))"),
+            {"p": product_ids},
+        )
+
+
+async def retry_pending(
+    connection: AsyncConnection, product_id: str, delay_seconds: float, error: str
+) -> None:
+    """The product's assessment failed: keep it marked, to be tried after `delay_seconds`."""
+    await connection.execute(
+        text(
+            "UPDATE pending_assessments SET attempts = attempts + 1, last_error = :error, "
+            "not_before = now() + make_interval(secs => :delay) WHERE product_id = :p"
+        ),
+        {"p": product_id, "delay": float(delay_seconds), "error": error},
+    )
+
+
+async def count_pending(connection: AsyncConnection) -> tuple[int, float | None]:
+    """How many products are marked for assessment, and in how many seconds the first
+    one not due yet (backing off after a failure) comes due (None: none waits)."""
+    row = (
+        await connection.execute(
+            text(
+                "SELECT count(*) AS pending, EXTRACT(EPOCH FROM min(not_before) "
+                "FILTER (WHERE not_before > now()) - now()) AS next_due "
+                "FROM pending_assessments"
+            )
+        )
+    ).one()
+    return int(row.pending), None if row.next_due is None else float(row.next_due)

@@ -13,12 +13,10 @@ other query goes through SQLAlchemy.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import date, timedelta
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time
 
 import asyncpg
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ml_analytics.storage.demand import STOCK_COLUMNS, StockSnapshot
 
@@ -29,25 +27,59 @@ class TransactionRow:
     product_id: str
     business_day: date
     quantity_units: float
+    # The instant it happened (a plain date: the start of its day in the business zone);
+    # None: the start of `business_day` in UTC.
+    occurred_at: datetime | None = None
 
+
+@dataclass(frozen=True, slots=True)
+class Conflict:
+    """An event whose event_id was first counted for another event: its row's index in
+    the write and what the first one was."""
+
+    index: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Recorded:
+    """What one write of events changed: how many were new, the products they changed
+    (with new demand for transactions, with a new current stock for stock levels), and
+    the events that reuse another event's id."""
+
+    new_events: int
+    products_changed: list[str]
+    conflicts: list[Conflict] = field(default_factory=list)
+
+
+# How long a product's newest event time stays its evidence for the clock when what
+# arrives after it is older (settings.CLOCK_EVIDENCE_SECONDS).
+DEFAULT_EVIDENCE_SECONDS = 86400.0
 
 _INSERT_TRANSACTIONS = """
 WITH incoming AS (
     SELECT * FROM unnest(
         CAST($1 AS text[]), CAST($2 AS text[]),
-        CAST($3 AS date[]), CAST($4 AS float8[])
-    ) AS t(event_id, product_id, business_day, quantity_units)
+        CAST($3 AS date[]), CAST($4 AS float8[]), CAST($5 AS timestamptz[])
+    ) AS t(event_id, product_id, business_day, quantity_units, occurred_at)
 ),
 new_events AS (
     INSERT INTO transaction_events (event_id, product_id, business_day, quantity_units)
     SELECT event_id, product_id, business_day, quantity_units::numeric FROM incoming
-    ON CONFLICT (event_id, business_day) DO NOTHING
-    RETURNING product_id, business_day, quantity_units
+    ON CONFLICT (event_id) DO NOTHING
+    RETURNING event_id, product_id, business_day, quantity_units
 ),
 per_day AS (
     SELECT product_id, business_day,
            sum(quantity_units) AS quantity_units, count(*) AS transaction_count
     FROM new_events GROUP BY product_id, business_day
+),
+per_product AS (
+    SELECT n.product_id, min(n.business_day) AS first_day, max(n.business_day) AS last_day,
+           sum(n.quantity_units) AS quantity_units, count(*) AS transaction_count,
+           max(i.occurred_at) AS event_time_at
+    FROM new_events n JOIN incoming i USING (event_id)
+    GROUP BY n.product_id
 ),
 days_written AS (
     INSERT INTO daily_demand
@@ -62,16 +94,27 @@ days_written AS (
 ),
 products_written AS (
     INSERT INTO products (product_id, first_day, last_day, total_units, transaction_count,
-                          data_updated_at)
-    SELECT product_id, min(business_day), max(business_day), sum(quantity_units),
-           sum(transaction_count), now()
-    FROM per_day GROUP BY product_id ORDER BY product_id
+                          data_updated_at, event_time_at, event_time_arrived_at)
+    SELECT product_id, first_day, last_day, quantity_units, transaction_count, now(),
+           event_time_at, now()
+    FROM per_product ORDER BY product_id
     ON CONFLICT (product_id) DO UPDATE SET
         first_day = LEAST(products.first_day, EXCLUDED.first_day),
         last_day = GREATEST(products.last_day, EXCLUDED.last_day),
         total_units = products.total_units + EXCLUDED.total_units,
         transaction_count = products.transaction_count + EXCLUDED.transaction_count,
-        data_updated_at = EXCLUDED.data_updated_at
+        data_updated_at = EXCLUDED.data_updated_at,
+        -- The clock's evidence: the product's newest event time; one that arrived more
+        -- than $6 seconds ago gives way to what arrives now (an outlier is forgotten).
+        event_time_at = CASE WHEN products.event_time_at >= EXCLUDED.event_time_at
+                                 AND products.event_time_arrived_at
+                                     >= now() - make_interval(secs => $6)
+                             THEN products.event_time_at ELSE EXCLUDED.event_time_at END,
+        event_time_arrived_at = CASE WHEN products.event_time_at >= EXCLUDED.event_time_at
+                                 AND products.event_time_arrived_at
+                                     >= now() - make_interval(secs => $6)
+                                     THEN products.event_time_arrived_at
+                                     ELSE EXCLUDED.event_time_arrived_at END
     RETURNING product_id
 )
 SELECT (SELECT count(*) FROM new_events) AS new_events,
@@ -79,74 +122,80 @@ SELECT (SELECT count(*) FROM new_events) AS new_events,
        ARRAY(SELECT product_id FROM products_written ORDER BY product_id) AS products
 """
 
-
-class LedgerFloorMoved(RuntimeError):
-    """The ledger dropped weeks while a batch holding events of them was being written."""
-
-
-def week_start(day: date) -> date:
-    """The Monday of `day`'s week: the ledger partition it belongs to."""
-    return day - timedelta(days=day.weekday())
-
-
-async def ensure_ledger_partitions(connection: asyncpg.Connection, weeks: set[date]) -> None:
-    """Create the ledger's partitions for these weeks where missing (through a function
-    owned by the migrating role: the service's own role may not create tables)."""
-    if weeks:
-        await connection.execute("SELECT ensure_ledger_partitions($1::date[])", sorted(weeks))
+# Events not new whose first copy was another event: another product or quantity.
+_TRANSACTION_CONFLICTS = """
+SELECT i.position, e.product_id, e.business_day, e.quantity_units::float8 AS quantity_units,
+       e.ingested_at
+FROM unnest(CAST($1 AS text[]), CAST($2 AS text[]), CAST($3 AS float8[]))
+     WITH ORDINALITY AS i(event_id, product_id, quantity_units, position)
+JOIN transaction_events e USING (event_id)
+WHERE e.product_id <> i.product_id OR e.quantity_units <> i.quantity_units::numeric
+ORDER BY i.position
+"""
 
 
-async def ledger_floor(connection: AsyncConnection) -> date | None:
-    """The oldest day the ledger holds (None: everything is kept)."""
-    value: date | None = (
-        await connection.execute(text("SELECT floor FROM ledger_retention WHERE retention_id = 1"))
-    ).scalar_one_or_none()
-    return value
-
-
-@dataclass(frozen=True, slots=True)
-class Recorded:
-    """What one write of events changed: how many were new, and the products they changed
-    (with new demand for transactions, with a new current stock for stock levels)."""
-
-    new_events: int
-    products_changed: list[str]
+def _start_of_day(day: date) -> datetime:
+    return datetime.combine(day, time.min, tzinfo=UTC)
 
 
 async def record_transactions(
-    connection: asyncpg.Connection, rows: Sequence[TransactionRow]
+    connection: asyncpg.Connection,
+    rows: Sequence[TransactionRow],
+    evidence_seconds: float = DEFAULT_EVIDENCE_SECONDS,
 ) -> Recorded:
-    """Count the transactions not seen before into the daily aggregates.
+    """Count the transactions not seen before (by event_id, whatever their day) into
+    the daily aggregates; a transaction whose event_id was first counted for another
+    product or quantity is a conflict, counted nowhere.
 
-    `rows` must not repeat an event_id (the caller drops in-batch duplicates).
+    `rows` must not repeat an event_id (the caller sorts in-batch repeats out).
     """
     if not rows:
         return Recorded(0, [])
-    arguments = (
-        [row.event_id for row in rows],
-        [row.product_id for row in rows],
+    event_ids = [row.event_id for row in rows]
+    products = [row.product_id for row in rows]
+    quantities = [row.quantity_units for row in rows]
+    record = await connection.fetchrow(
+        _INSERT_TRANSACTIONS,
+        event_ids,
+        products,
         [row.business_day for row in rows],
-        [row.quantity_units for row in rows],
+        quantities,
+        [row.occurred_at or _start_of_day(row.business_day) for row in rows],
+        float(evidence_seconds),
     )
-    try:
-        record = await connection.fetchrow(_INSERT_TRANSACTIONS, *arguments)
-    except asyncpg.CheckViolationError as error:
-        if "no partition" not in str(error):
-            raise
-        # A week the ledger has no partition for yet: create it, then write again.
-        await ensure_ledger_partitions(connection, {week_start(row.business_day) for row in rows})
-        try:
-            record = await connection.fetchrow(_INSERT_TRANSACTIONS, *arguments)
-        except asyncpg.CheckViolationError as again:
-            if "no partition" not in str(again):
-                raise
-            raise LedgerFloorMoved(
-                "events older than the dedup window reached the ledger; their batch is sorted "
-                "again against its new floor"
-            ) from again
     assert record is not None
-    return Recorded(int(record["new_events"]), list(record["products"]))
+    new_events = int(record["new_events"])
+    conflicts: list[Conflict] = []
+    if new_events < len(rows):  # some were seen before: the same events, or others?
+        for first in await connection.fetch(
+            _TRANSACTION_CONFLICTS, event_ids, products, quantities
+        ):
+            row = rows[first["position"] - 1]
+            conflicts.append(
+                Conflict(
+                    first["position"] - 1,
+                    f"event_id: {row.event_id!r} was first counted for another event "
+                    f"(product_id {first['product_id']!r}, quantity_units "
+                    f"{first['quantity_units']:g}, day {first['business_day'].isoformat()}, "
+                    f"arrived {first['ingested_at'].isoformat(timespec='seconds')}); this one "
+                    f"has product_id {row.product_id!r}, quantity_units {row.quantity_units:g}: "
+                    "an event_id must name one event, so this one is not counted",
+                )
+            )
+    return Recorded(new_events, list(record["products"]), conflicts)
 
+
+# Products whose risk is to be assessed, upserted in the statement (or transaction)
+# that changed them: a request while one is pending bumps `requests`, so an assessment
+# that read the older state does not take the newer request away (services/risk.py).
+REQUEST_ASSESSMENTS = """
+    INSERT INTO pending_assessments (product_id, requested_at)
+    SELECT product_id, now() FROM ({products}) AS requested ORDER BY product_id
+    ON CONFLICT (product_id) DO UPDATE SET
+        requests = pending_assessments.requests + 1,
+        requested_at = EXCLUDED.requested_at,
+        attempts = 0, not_before = EXCLUDED.requested_at, last_error = NULL
+    RETURNING 1"""
 
 _INSERT_STOCK_SNAPSHOTS = f"""
 WITH incoming AS (
@@ -185,9 +234,24 @@ made_current AS (
        OR (EXCLUDED.stock_as_of, EXCLUDED.stock_event_id)
           > (products.stock_as_of, products.stock_event_id)
     RETURNING product_id
+),
+-- Committed with the new current stock: its risk is to be assessed (services/risk.py).
+assessments_requested AS (
+    {REQUEST_ASSESSMENTS.format(products="SELECT product_id FROM made_current")}
 )
 SELECT (SELECT count(*) FROM new_snapshots) AS new_snapshots,
-       ARRAY(SELECT product_id FROM made_current ORDER BY product_id) AS products_made_current
+       ARRAY(SELECT product_id FROM made_current ORDER BY product_id) AS products_made_current,
+       (SELECT count(*) FROM assessments_requested) AS assessments_requested
+"""
+
+# Stock levels not new whose first copy was another event: another product or units.
+_STOCK_CONFLICTS = """
+SELECT i.position, s.product_id, s.as_of, s.stock_units::float8 AS stock_units, s.received_at
+FROM unnest(CAST($1 AS text[]), CAST($2 AS text[]), CAST($3 AS float8[]))
+     WITH ORDINALITY AS i(event_id, product_id, stock_units, position)
+JOIN stock_snapshots s USING (event_id)
+WHERE s.product_id <> i.product_id OR s.stock_units <> i.stock_units::numeric
+ORDER BY i.position
 """
 
 
@@ -213,4 +277,25 @@ async def record_stock_snapshots(
         [row.target_service_level for row in rows],
     )
     assert record is not None
-    return Recorded(int(record["new_snapshots"]), list(record["products_made_current"]))
+    new_snapshots = int(record["new_snapshots"])
+    conflicts: list[Conflict] = []
+    if new_snapshots < len(rows):
+        for first in await connection.fetch(
+            _STOCK_CONFLICTS,
+            [row.event_id for row in rows],
+            [row.product_id for row in rows],
+            [row.stock_units for row in rows],
+        ):
+            row = rows[first["position"] - 1]
+            conflicts.append(
+                Conflict(
+                    first["position"] - 1,
+                    f"event_id: {row.event_id!r} was first recorded for another stock level "
+                    f"(product_id {first['product_id']!r}, stock_units "
+                    f"{first['stock_units']:g}, as_of {first['as_of'].isoformat()}, arrived "
+                    f"{first['received_at'].isoformat(timespec='seconds')}); this one has "
+                    f"product_id {row.product_id!r}, stock_units {row.stock_units:g}: an "
+                    "event_id must name one event, so this one is not recorded",
+                )
+            )
+    return Recorded(new_snapshots, list(record["products_made_current"]), conflicts)

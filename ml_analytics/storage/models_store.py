@@ -11,6 +11,7 @@ import numpy as np
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from ml_analytics.storage.ingest_writes import REQUEST_ASSESSMENTS
 from ml_analytics.storage.rows import from_fields, one_or_none
 
 
@@ -77,6 +78,17 @@ WHERE product_models.trained_through <= EXCLUDED.trained_through
             "global_version": model.global_version,
             "weights": None if model.weights is None else json.dumps(model.weights),
         },
+    )
+    # Committed with the model: its product's risk is to be assessed with it (one that
+    # has a stock level; services/risk.py).
+    await connection.execute(
+        text(
+            REQUEST_ASSESSMENTS.format(
+                products="SELECT product_id FROM products "
+                "WHERE product_id = :product_id AND stock_as_of IS NOT NULL"
+            )
+        ),
+        {"product_id": model.product_id},
     )
 
 

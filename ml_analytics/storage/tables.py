@@ -42,29 +42,19 @@ def stock_level_columns() -> list[Column[object]]:
     ]
 
 
-# The ledger of transactions counted: one row per event, so a redelivered or
-# re-published event is recognised and counted once. Partitioned by the event's week
-# (transaction_events_YYYYMMDD, created on demand by ensure_ledger_partitions) so
-# that weeks older than the dedup window are dropped whole.
+# The ledger of transactions counted: one row per event_id, so a redelivered or
+# re-published event is recognised and counted once, whatever day it carries. Bounded
+# by arrival: rows that arrived more than DEDUP_WINDOW_DAYS ago are deleted
+# (services/ledger.py); the BRIN index finds them, as rows are stored in arrival order.
 transaction_events = Table(
     "transaction_events",
     metadata,
     Column("event_id", Text, primary_key=True),
     Column("product_id", Text, nullable=False),
-    Column("business_day", Date, primary_key=True),
+    Column("business_day", Date, nullable=False),
     Column("quantity_units", Numeric, nullable=False),
     Column("ingested_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
-    postgresql_partition_by="RANGE (business_day)",
-)
-
-# The oldest day the ledger still holds (one row): older events are dead letters.
-ledger_retention = Table(
-    "ledger_retention",
-    metadata,
-    Column("retention_id", SmallInteger, primary_key=True),
-    Column("floor", Date, nullable=True),
-    Column("updated_at", DateTime(timezone=True), nullable=True),
-    CheckConstraint("retention_id = 1"),
+    Index("ix_transaction_events_ingested_at", "ingested_at", postgresql_using="brin"),
 )
 
 daily_demand = Table(
@@ -108,7 +98,31 @@ products = Table(
     *stock_level_columns(),
     Column("stock_updated_at", DateTime(timezone=True), nullable=True),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    # The newest event time the product has shown, and when it arrived: the evidence
+    # the stream's clock is corroborated by (storage/clock.py).
+    Column("event_time_at", DateTime(timezone=True), nullable=True),
+    Column("event_time_arrived_at", DateTime(timezone=True), nullable=True),
     Index("ix_products_data_updated_at", "data_updated_at"),
+    Index(
+        "ix_products_event_time_at",
+        "event_time_at",
+        postgresql_where=text("event_time_at IS NOT NULL"),
+    ),
+)
+
+# Products whose stock level or model changed and whose risk is still to be assessed:
+# written in the same transaction as the change, removed by the assessment
+# (services/risk.py), so a failure or a crash in between loses no assessment.
+pending_assessments = Table(
+    "pending_assessments",
+    metadata,
+    Column("product_id", Text, primary_key=True),
+    Column("requested_at", DateTime(timezone=True), nullable=False),
+    Column("requests", BigInteger, nullable=False, server_default="1"),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("not_before", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("last_error", Text, nullable=True),
+    Index("ix_pending_assessments_not_before", "not_before"),
 )
 
 # Each product's latest model: its forecast, the sample paths risk is computed

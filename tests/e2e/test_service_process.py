@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,15 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ml_analytics.devstack import ServiceProcess, free_port
 from ml_analytics.settings import Settings
-from tests.helpers import keyed, ledger_count, metric_reaches, publish, unique, wait_until
+from tests.helpers import (
+    keyed,
+    ledger_count,
+    metric_reaches,
+    publish,
+    scalar,
+    unique,
+    wait_until,
+)
 from tests.processes import children_of
 
 pytestmark = pytest.mark.integration
@@ -364,3 +373,61 @@ def _alive(pids: list[int]) -> list[int]:
         except OSError:
             pass
     return alive
+
+
+async def test_a_crash_between_a_stock_write_and_its_assessment_still_ends_in_the_event(
+    settings: Settings, engine: AsyncEngine, tmp_path: Path
+) -> None:
+    """The service is killed (SIGKILL) after a stock level's write committed and before
+    its assessment ran; the next start assesses it and publishes the event."""
+    from tests.integration.test_durability import FORECAST_START, risk_events, stock_level
+    from tests.integration.test_durability import store_model as store_a_model
+
+    product = unique("crash")
+    await store_a_model(engine, product)
+    level = stock_level(unique("sl"), product, FORECAST_START - timedelta(days=1), 100)
+    first = ServiceProcess(settings, tmp_path / "first.log", TRAINING_ENABLED="false").start()
+    try:
+        # Hold the product's assessment back: the test keeps a key-share lock on its
+        # pending row, which lets the stock level's write through (it bumps the row) and
+        # makes every sweep skip the row, as if the service died before getting to it.
+        async with engine.connect() as holder:
+            await holder.execute(
+                text(
+                    "INSERT INTO pending_assessments (product_id, requested_at) VALUES (:p, now())"
+                ),
+                {"p": product},
+            )
+            await holder.commit()
+            await holder.execute(
+                text("SELECT 1 FROM pending_assessments WHERE product_id = :p FOR KEY SHARE"),
+                {"p": product},
+            )
+            await asyncio.to_thread(first.wait_healthy)
+            await publish(settings, settings.stock_levels_topic, keyed([level]))
+            await wait_until(
+                lambda: scalar(
+                    engine, "SELECT stock_event_id FROM products WHERE product_id = :p", p=product
+                ),
+                lambda event_id: event_id == level["event_id"],
+                what="the stock level committed",
+            )
+            await asyncio.sleep(1)  # a sweep's chance to take it, had it not been held
+            first.signal(signal.SIGKILL)
+            first.wait(10)
+            await holder.rollback()
+        assert await scalar(engine, "SELECT count(*) FROM product_risk") == 0
+        assert await scalar(engine, "SELECT requests FROM pending_assessments") == 2
+    finally:
+        first.stop()
+    second = ServiceProcess(settings, tmp_path / "second.log", TRAINING_ENABLED="false").start()
+    try:
+        (event,) = await risk_events(settings, product, 1)
+        assert event["current_stock_units"] == 100 and event["risk_level"] == "high"
+        await wait_until(
+            lambda: scalar(engine, "SELECT count(*) FROM pending_assessments"),
+            lambda n: n == 0,
+            what="the mark removed",
+        )
+    finally:
+        second.stop()

@@ -1,6 +1,7 @@
-"""The ledger of event ids stays bounded: weekly partitions created ahead and dropped
-behind the dedup window, dedup within the window holding across a restart, and an
-event older than the window dead-lettered rather than counted twice."""
+"""The ledger of event ids, through the real broker and PostgreSQL: an event counted once
+by its event_id whatever day it is published again with, an event_id reused for
+another event dead-lettered with the conflict, history of any age counted (a
+backfill), and the ledger kept bounded by arrival time."""
 
 from __future__ import annotations
 
@@ -14,78 +15,135 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ml_analytics.services.ledger import LedgerRetention
 from ml_analytics.settings import Settings
-from tests.helpers import keyed, publish, read_topic, running_ingestion, unique, wait_until
+from tests.helpers import (
+    keyed,
+    ledger_count,
+    publish,
+    read_topic,
+    running_ingestion,
+    scalar,
+    unique,
+    wait_until,
+)
 
 pytestmark = pytest.mark.integration
 
-LAST = date(2026, 11, 20)  # a Friday
+LAST = date(2026, 11, 20)
 
 
-def event(event_id: str, product: str, day: date) -> dict[str, Any]:
+def event(event_id: str, product: str, day: date, units: float = 1) -> dict[str, Any]:
     return {"event_id": event_id, "product_id": product, "occurred_at": day.isoformat(),
-            "quantity_units": 1}  # fmt: skip
-
-
-async def partitions(engine: AsyncEngine) -> list[str]:
-    async with engine.connect() as connection:
-        rows = await connection.execute(
-            text(
-                "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
-                "JOIN pg_class p ON p.oid = i.inhparent WHERE p.relname = 'transaction_events' "
-                "ORDER BY c.relname"
-            )
-        )
-        return [row.relname for row in rows]
+            "quantity_units": units}  # fmt: skip
 
 
 async def counted(engine: AsyncEngine, product: str) -> float:
-    async with engine.connect() as connection:
-        return float(
-            (
-                await connection.execute(
-                    text(
-                        "SELECT COALESCE(sum(quantity_units), 0) FROM daily_demand WHERE product_id = :p"
-                    ),
-                    {"p": product},
-                )
-            ).scalar_one()
+    return float(
+        await scalar(
+            engine,
+            "SELECT COALESCE(sum(quantity_units), 0) FROM daily_demand WHERE product_id = :p",
+            p=product,
         )
+    )
 
 
-async def test_ledger_weeks_are_created_ahead_dropped_behind_and_dedup_holds(
+async def days_of(engine: AsyncEngine, product: str) -> list[date]:
+    async with engine.connect() as connection:
+        rows = await connection.execute(
+            text("SELECT business_day FROM daily_demand WHERE product_id = :p ORDER BY 1"),
+            {"p": product},
+        )
+        return [row.business_day for row in rows]
+
+
+async def test_an_event_published_again_with_another_day_is_counted_once(
     settings: Settings, engine: AsyncEngine
 ) -> None:
-    product = unique("ledger")
+    product = unique("again")
     days = [LAST - timedelta(days=back) for back in range(70)]
     events = [event(f"{product}-{day}", product, day) for day in days]
     async with running_ingestion(settings, engine):
         await publish(settings, settings.transactions_topic, keyed(events))
         await wait_until(lambda: counted(engine, product), lambda n: n == 70)
-    weeks = await partitions(engine)
-    assert len(weeks) == 11  # the 70 days touch 11 weeks, Monday to Sunday
-    assert weeks[0] == "transaction_events_20260907" and weeks[-1] == "transaction_events_20261116"
+        # The same events again, each dated a day, a month and a year earlier: one
+        # event_id, one event, whatever day it carries now.
+        for shift in (-1, -30, -365):
+            moved = [event(e["event_id"], product, date.fromisoformat(e["occurred_at"])
+                           + timedelta(days=shift)) for e in events]  # fmt: skip
+            await publish(settings, settings.transactions_topic, keyed(moved))
+        marker = event(unique("marker"), product, LAST)
+        await publish(settings, settings.transactions_topic, keyed([marker]))
+        await wait_until(lambda: counted(engine, product), lambda n: n == 71)
+    assert await days_of(engine, product) == sorted(days)  # the first copy's days
+    assert await read_topic(settings, settings.dead_letter_topic, 1, timeout=3) == []
 
-    retention = LedgerRetention(engine, settings)
-    first = await retention.run_once()  # notes where the clock is; drops nothing yet
-    assert first[0] is None and first[1] == 0 and first[2] == 2  # two weeks ahead created
-    floor, dropped, _ = await retention.run_once()
-    # The clock's last complete day is Thursday 19 November; 35 days before it is
-    # 15 October, whose week starts on Monday 12 October.
-    assert floor == date(2026, 10, 12)
-    assert dropped == 5
-    left = await partitions(engine)
-    assert left[0] == "transaction_events_20261012" and left[-1] == "transaction_events_20261130"
 
-    # A restart (new ingestion, same group), then the whole history published again:
-    # what the ledger still holds is recognised; what it no longer holds is refused.
+async def test_an_event_id_reused_for_another_event_is_a_dead_letter_naming_the_conflict(
+    settings: Settings, engine: AsyncEngine
+) -> None:
+    first, second = unique("first"), unique("second")
+    shared = unique("shared-id")
+    async with running_ingestion(settings, engine):
+        await publish(settings, settings.transactions_topic, keyed([event(shared, first, LAST, 2)]))
+        await wait_until(lambda: counted(engine, first), lambda n: n == 2)
+        # Another product with that id, in a later batch; and in one batch, the same id
+        # for two products and another quantity: the first wins, the others are letters.
+        await publish(settings, settings.transactions_topic,
+                      keyed([event(shared, second, LAST, 3)]))  # fmt: skip
+        both = unique("both")
+        # One partition (one key), so they arrive in this order.
+        await publish(
+            settings,
+            settings.transactions_topic,
+            [
+                (first.encode(), event(both, first, LAST, 1)),
+                (first.encode(), event(both, second, LAST, 1)),
+                (first.encode(), event(both, first, LAST, 9)),
+            ],
+        )
+        letters = await read_topic(settings, settings.dead_letter_topic, 3, timeout=60)
+    assert await counted(engine, first) == 3
+    assert await counted(engine, second) == 0
+    reasons = sorted(json.loads(record.value)["error"] for record in letters)
+    assert len(reasons) == 3
+    later = next(r for r in reasons if r.startswith(f"event_id: {shared!r}"))
+    assert "was first counted for another event" in later
+    assert f"product_id {first!r}, quantity_units 2" in later and f"{second!r}" in later
+    in_batch = [r for r in reasons if r.startswith(f"event_id: {both!r}")]
+    # In one batch (almost always) or split across two.
+    assert len(in_batch) == 2
+    assert all("names two events" in r or "was first counted" in r for r in in_batch)
+    values = [json.loads(json.loads(record.value)["value"]) for record in letters]
+    assert {(v["product_id"], v["quantity_units"]) for v in values} == {
+        (second, 3), (second, 1), (first, 9)}  # fmt: skip
+
+
+async def test_history_of_any_age_is_counted_once_and_the_ledger_forgets_by_arrival(
+    settings: Settings, engine: AsyncEngine
+) -> None:
+    product = unique("backfill")
+    # Three years back: older than any window of event time.
+    days = [LAST - timedelta(days=back) for back in range(0, 3 * 365, 7)]
+    events = [event(f"{product}-{day}", product, day) for day in days]
     async with running_ingestion(settings, engine):
         await publish(settings, settings.transactions_topic, keyed(events))
-        older = [e for e in events if date.fromisoformat(e["occurred_at"]) < floor]
-        letters = await read_topic(settings, settings.dead_letter_topic, len(older), timeout=60)
-    assert await counted(engine, product) == 70  # nothing counted twice
-    reasons = {json.loads(r.value)["error"] for r in letters}
-    assert len(letters) == len(older) == 30  # 12 September to 11 October
-    assert all("is older than the dedup window" in reason for reason in reasons)
-    assert all("keeps days from 2026-10-12 on (DEDUP_WINDOW_DAYS)" in r for r in reasons)
-    # The dropped weeks are not created again for the late copies.
-    assert (await partitions(engine))[0] == "transaction_events_20261012"
+        await wait_until(lambda: counted(engine, product), lambda n: n == len(days))
+        await publish(settings, settings.transactions_topic, keyed(events))  # a second backfill
+        marker = event(unique("marker"), product, LAST)
+        await publish(settings, settings.transactions_topic, keyed([marker]))
+        await wait_until(lambda: counted(engine, product), lambda n: n == len(days) + 1)
+    assert await ledger_count(engine, product) == len(days)
+
+    # The ledger keeps ids by arrival: those that arrived before the window go.
+    async with engine.begin() as connection:
+        await connection.execute(
+            text(
+                "UPDATE transaction_events SET ingested_at = now() - make_interval(days => :d) "
+                "WHERE event_id = ANY(CAST(:ids AS text[]))"
+            ),
+            {"d": settings.dedup_window_days + 1, "ids": [e["event_id"] for e in events[:10]]},
+        )
+    retention = LedgerRetention(engine, settings)
+    assert await retention.run_once() == 10
+    assert await retention.run_once() == 0
+    assert await ledger_count(engine, product) == len(days) - 10
+    assert await counted(engine, product) == len(days) + 1  # the aggregates stay

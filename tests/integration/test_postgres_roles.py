@@ -11,7 +11,10 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 
+from ml_analytics.consumers.broker import build_broker, declare_publishers
 from ml_analytics.services.ingestion.sort import SortedBatch
+from ml_analytics.services.ledger import LedgerRetention
+from ml_analytics.services.risk import RiskService
 from ml_analytics.settings import Settings
 from ml_analytics.storage.database import create_engine, migrate
 from ml_analytics.storage.demand import StockSnapshot, product_summary
@@ -61,6 +64,10 @@ async def test_least_privilege_roles_migrate_and_run(
             async with engine.connect() as connection:
                 summary = await product_summary(connection, "P")
             assert summary is not None and summary.total_units == 3.0
+            # The ledger's retention and the pending assessments need no more than DML.
+            assert await LedgerRetention(engine, settings).run_once() == 0
+            publisher = declare_publishers(build_broker(settings), settings)["stockout_risk"]
+            assert await RiskService(engine, publisher, settings).assess_pending() == 0
         finally:
             await engine.dispose()
 

@@ -38,11 +38,32 @@ def sort(records: list[Record]):  # type: ignore[no-untyped-def]
     return sort_records(records, routes=ROUTES, zone=UTC, failed_at=NOW)
 
 
-def test_repeated_event_id_within_a_batch_is_kept_once() -> None:
-    batch = sort([Record(TX, 0, i, b"p", tx("same", quantity=i + 1)) for i in range(3)])
+def test_repeated_event_id_within_a_batch_is_kept_once_whatever_its_day() -> None:
+    days = ["2026-11-01T10:00:00Z", "2026-11-02T10:00:00Z", "2026-11-01"]
+    batch = sort(
+        [Record(TX, 0, i, b"p", tx("same", occurred_at=day)) for i, day in enumerate(days)]
+    )
     assert [row.event_id for row in batch.transactions] == ["same"]
-    assert batch.transactions[0].quantity_units == 1  # the first one wins
-    assert batch.repeated_in_batch == 2
+    assert batch.transactions[0].business_day == date(2026, 11, 1)  # the first one wins
+    assert batch.repeated_in_batch == 2 and batch.dead_letters == []
+
+
+def test_an_event_id_reused_for_another_event_in_a_batch_is_a_dead_letter() -> None:
+    other = json.dumps({"event_id": "same", "product_id": "q", "occurred_at": "2026-11-01",
+                        "quantity_units": 1}).encode()  # fmt: skip
+    batch = sort(
+        [
+            Record(TX, 0, 0, b"p", tx("same")),
+            Record(TX, 0, 1, b"p", tx("same", quantity=5)),
+            Record(TX, 0, 2, b"q", other),
+        ]
+    )
+    assert [(row.product_id, row.quantity_units) for row in batch.transactions] == [("p", 1)]
+    assert [letter.offset for letter in batch.dead_letters] == [1, 2]
+    assert "names two events" in batch.dead_letters[0].error
+    assert "'p' with 5 units" in batch.dead_letters[0].error
+    assert "'q' with 1 units" in batch.dead_letters[1].error
+    assert batch.repeated_in_batch == 0
 
 
 def test_same_event_id_on_both_topics_is_not_a_repeat() -> None:

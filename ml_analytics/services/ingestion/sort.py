@@ -38,16 +38,19 @@ class KafkaRecord(Protocol):
 
 @dataclass(slots=True)
 class SortedBatch:
-    """Rows per input topic role (what each topic's storage write takes), dead letters."""
+    """Rows per input topic role (what each topic's storage write takes) with the record
+    each came from, dead letters."""
 
     rows: dict[str, list[Any]] = field(default_factory=dict)
+    sources: dict[str, list[KafkaRecord]] = field(default_factory=dict)
     dead_letters: list[DeadLetter] = field(default_factory=list)
     repeated_in_batch: int = 0
     # Valid events keyed other than by their product_id, per topic. Counted all the
     # same, for the value's product: every write is per product and commutes, so the
     # partition an event arrives on does not change what is stored.
     key_mismatches: dict[str, int] = field(default_factory=dict)
-    # The newest occurred_at among the valid transactions: the stream's clock.
+    # The newest occurred_at among the valid transactions (the clock moves only as far
+    # as other products corroborate it: storage/clock.py).
     newest_event_at: datetime | None = None
 
     @classmethod
@@ -76,7 +79,6 @@ class SortContext:
 
     zone: tzinfo
     window: EventTimeWindow | None
-    ledger_floor: date | None
     batch: SortedBatch
     newest_moment: datetime | None = None  # among events with a time
     newest_day: date | None = None  # among events with a plain date
@@ -97,16 +99,15 @@ def sort_records(
     zone: tzinfo,
     failed_at: datetime,
     window: EventTimeWindow | None = None,
-    ledger_floor: date | None = None,
 ) -> SortedBatch:
     """Validate each record against its topic (`routes`: topic name -> input topic);
-    valid ones become rows (the first of a repeated event_id wins), the rest dead
-    letters. An event outside `window`, or a transaction older than `ledger_floor`
-    (the ledger no longer holds its day, so it could not be counted exactly once), is
-    a dead letter too."""
+    valid ones become rows, the rest dead letters. An event outside `window` is a dead
+    letter too. An event_id repeated in the batch is counted once when it names the
+    same event (product and quantity), whatever its day; when it names another, the
+    repeat is a dead letter naming the conflict."""
     batch = SortedBatch()
-    context = SortContext(zone, window, ledger_floor, batch)
-    seen: dict[str, set[str]] = {route.role: set() for route in routes.values()}
+    context = SortContext(zone, window, batch)
+    seen: dict[str, dict[str, tuple[Any, ...]]] = {route.role: {} for route in routes.values()}
     for record in records:
         try:
             route = routes.get(record.topic)
@@ -117,12 +118,21 @@ def sort_records(
             if record.key is not None and record.key != product_id.encode():
                 batch.count_key_mismatch(record.topic)
             event_id: str = event.event_id  # type: ignore[attr-defined]
-            if event_id in seen[route.role]:
+            identity = event.identity()  # type: ignore[attr-defined]
+            first = seen[route.role].get(event_id)
+            if first is not None:
+                if first != identity:
+                    raise InvalidEvent(
+                        f"event_id: {event_id!r} names two events in one batch (first "
+                        f"{_described(first)}, then {_described(identity)}): an event_id must "
+                        "name one event, so this one is not counted"
+                    )
                 batch.repeated_in_batch += 1
                 continue
             row = route.handle(event, context)
-            seen[route.role].add(event_id)
+            seen[route.role][event_id] = identity
             batch.rows.setdefault(route.role, []).append(row)
+            batch.sources.setdefault(route.role, []).append(record)
         except Exception as error:
             # InvalidEvent says what is wrong; anything else (a time that overflows
             # when moved to the business zone, say) must not stall the partition either.
@@ -147,6 +157,11 @@ def sort_records(
     return batch
 
 
+def _described(identity: tuple[Any, ...]) -> str:
+    product_id, units = identity
+    return f"product_id {product_id!r} with {units:g} units"
+
+
 def transaction_row(transaction: Transaction, context: SortContext) -> TransactionRow:
     """The ledger and aggregates' row of a transaction: its business day, checked."""
     occurred = transaction.occurred_at
@@ -154,20 +169,16 @@ def transaction_row(transaction: Transaction, context: SortContext) -> Transacti
     day = occurred.astimezone(context.zone).date() if isinstance(occurred, datetime) else occurred
     if context.window is not None and (problem := context.window.problem("occurred_at", day)):
         raise InvalidEvent(problem)
-    floor = context.ledger_floor
-    if floor is not None and day < floor:
-        raise InvalidEvent(
-            f"occurred_at: {day.isoformat()} is older than the dedup window: the ledger of "
-            f"event ids keeps days from {floor.isoformat()} on (DEDUP_WINDOW_DAYS), so this "
-            "event cannot be counted exactly once"
-        )
     if isinstance(occurred, datetime):
         if context.newest_moment is None or occurred > context.newest_moment:
             context.newest_moment = occurred
-    elif context.newest_day is None or occurred > context.newest_day:
-        context.newest_day = occurred
+        instant = occurred
+    else:
+        if context.newest_day is None or occurred > context.newest_day:
+            context.newest_day = occurred
+        instant = event_instant(occurred, context.zone)
     return TransactionRow(
-        transaction.event_id, transaction.product_id, day, transaction.quantity_units
+        transaction.event_id, transaction.product_id, day, transaction.quantity_units, instant
     )
 
 

@@ -12,12 +12,13 @@ import dataclasses
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence, Sized
 from dataclasses import dataclass, field
-from datetime import date, datetime, tzinfo
+from datetime import datetime, timedelta, tzinfo
 from typing import Any, Protocol, TypeVar
 
 import asyncpg
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from ml_analytics import metrics
 from ml_analytics.events import DeadLetter, EventTimeWindow
 from ml_analytics.lifecycle import RetryPolicy, cancel_and_wait
 from ml_analytics.services.ingestion.sort import KafkaRecord, SortedBatch, sort_records
@@ -25,10 +26,10 @@ from ml_analytics.storage.clock import advance_clock
 from ml_analytics.storage.database import is_transient
 from ml_analytics.storage.demand import StockSnapshot
 from ml_analytics.storage.ingest_writes import (
-    LedgerFloorMoved,
+    DEFAULT_EVIDENCE_SECONDS,
+    Conflict,
     Recorded,
     TransactionRow,
-    ledger_floor,
     record_stock_snapshots,
     record_transactions,
 )
@@ -46,8 +47,10 @@ class BatchOutcome:
     seen_before: Mapping[str, int] = field(default_factory=dict)
     products_with_new_stock: frozenset[str] = frozenset()
     products_with_new_demand: frozenset[str] = frozenset()
-    # Set when this batch moved the stream's clock: the newest occurred_at now.
+    # Set when this batch moved the stream's clock: its corroborated event time now.
     clock_moved_to: datetime | None = None
+    # Events whose event_id was first counted for another event, per input topic role.
+    conflicts: tuple[tuple[str, Conflict], ...] = ()
 
     def __add__(self, other: BatchOutcome) -> BatchOutcome:
         return BatchOutcome(
@@ -59,6 +62,7 @@ class BatchOutcome:
                 (m for m in (self.clock_moved_to, other.clock_moved_to) if m is not None),
                 default=None,
             ),
+            self.conflicts + other.conflicts,
         )
 
     @property
@@ -78,15 +82,26 @@ def _summed(a: Mapping[str, int], b: Mapping[str, int]) -> dict[str, int]:
     return {role: a.get(role, 0) + b.get(role, 0) for role in {*a, *b}}
 
 
+@dataclass(frozen=True, slots=True)
+class WriteOptions:
+    """What the storage writes take beyond their rows (from the settings)."""
+
+    # How long a product's newest event time stays the clock's evidence (seconds).
+    evidence_seconds: float = DEFAULT_EVIDENCE_SECONDS
+
+
 class InputWrite(Protocol):
     """An input topic as writing sees it (ml_analytics/topics.py's InputTopic)."""
 
     role: str
-    write: Callable[[asyncpg.Connection, list[Any]], Awaitable[BatchOutcome]]
+    write: Callable[[asyncpg.Connection, list[Any], WriteOptions], Awaitable[BatchOutcome]]
 
 
 async def record_batch(
-    connection: asyncpg.Connection, batch: SortedBatch, writes: Sequence[InputWrite]
+    connection: asyncpg.Connection,
+    batch: SortedBatch,
+    writes: Sequence[InputWrite],
+    options: WriteOptions | None = None,
 ) -> BatchOutcome:
     """Write a sorted batch, each topic's rows with its storage call; events seen
     before change nothing.
@@ -99,7 +114,7 @@ async def record_batch(
     for topic in writes:
         rows = batch.rows.get(topic.role)
         if rows:
-            total += await topic.write(connection, rows)
+            total += await topic.write(connection, rows, options or WriteOptions())
     return total
 
 
@@ -115,21 +130,22 @@ def _outcome(
     with new demand or a new current stock."""
     return BatchOutcome(
         counted={role: recorded.new_events},
-        seen_before={role: len(rows) - recorded.new_events},
+        seen_before={role: len(rows) - recorded.new_events - len(recorded.conflicts)},
         products_with_new_stock=new_stock,
         products_with_new_demand=new_demand,
+        conflicts=tuple((role, conflict) for conflict in recorded.conflicts),
     )
 
 
 async def write_transactions(
-    connection: asyncpg.Connection, rows: list[TransactionRow]
+    connection: asyncpg.Connection, rows: list[TransactionRow], options: WriteOptions
 ) -> BatchOutcome:
-    recorded = await record_transactions(connection, rows)
+    recorded = await record_transactions(connection, rows, options.evidence_seconds)
     return _outcome("transactions", rows, recorded, new_demand=frozenset(recorded.products_changed))
 
 
 async def write_stock_levels(
-    connection: asyncpg.Connection, rows: list[StockSnapshot]
+    connection: asyncpg.Connection, rows: list[StockSnapshot], options: WriteOptions
 ) -> BatchOutcome:
     recorded = await record_stock_snapshots(connection, rows)
     return _outcome("stock_levels", rows, recorded, new_stock=frozenset(recorded.products_changed))
@@ -144,6 +160,52 @@ class IngestResult:
     key_mismatches: dict[str, int] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True)
+class WriteFailure:
+    """A write that failed for a reason other than an outage: where, why, how often."""
+
+    records: tuple[KafkaRecord, ...]  # the chunk's records, in their partitions' order
+    error: BaseException
+    attempts: int
+    max_attempts: int
+
+    def where(self) -> str:
+        """The chunk's partitions and offsets: "topic[0] offsets 10..42, topic[1] ..."."""
+        spans: dict[tuple[str, int], tuple[int, int]] = {}
+        for record in self.records:
+            key = (record.topic, record.partition)
+            low, high = spans.get(key, (record.offset, record.offset))
+            spans[key] = (min(low, record.offset), max(high, record.offset))
+        return ", ".join(
+            f"{topic}[{partition}] offsets {low}..{high}"
+            for (topic, partition), (low, high) in sorted(spans.items())
+        )
+
+    def describe(self) -> str:
+        return (
+            f"writing {self.where()} failed {self.attempts} of at most {self.max_attempts} "
+            f"times: {describe_error(self.error)}"
+        )
+
+
+class ChunkFailed(RuntimeError):
+    """A chunk's write failed INGEST_MAX_WRITE_ATTEMPTS times for a reason other than an
+    outage: its batch is not committed, and the caller finds the record to stall on."""
+
+    def __init__(self, failure: WriteFailure) -> None:
+        super().__init__(failure.describe())
+        self.failure = failure
+
+
+def describe_error(error: BaseException) -> str:
+    """The error as one line that names its class."""
+    name, message = type(error).__name__, " ".join(str(error).split())
+    return (message if name in message else f"{name}: {message}")[:500]
+
+
+FailureListener = Callable[[WriteFailure], None]
+
+
 async def ingest_records(
     engine: AsyncEngine,
     records: Sequence[KafkaRecord],
@@ -155,6 +217,10 @@ async def ingest_records(
     chunk_size: int = 2500,
     parallel_writes: int = 2,
     retry: RetryPolicy | None = None,
+    max_attempts: int | None = None,
+    on_failure: FailureListener | None = None,
+    corroborating_products: int = 1,
+    options: WriteOptions | None = None,
 ) -> IngestResult:
     """Validate and write a consumed batch; return once every valid event is stored.
 
@@ -162,25 +228,38 @@ async def ingest_records(
     PostgreSQL writes the previous ones, up to `parallel_writes` at once on as
     many connections. Chunks may land in any order: every write is idempotent
     and commutes with the others (sums, LEAST/GREATEST, newest as_of wins), and
-    they lock rows in one sorted order. A write that fails is retried, with a
-    growing pause, until it succeeds: a database outage delays events, it never
-    turns them into dead letters. Cancel the call to give up (the caller then
-    must not commit the batch's offsets).
+    they lock rows in one sorted order. A write that fails because the database
+    cannot be reached is retried, with a growing pause, until it succeeds: an outage
+    delays events, it never turns them into dead letters. A write that fails for
+    another reason (a poison row, a constraint) is reported to `on_failure` at once
+    and, after `max_attempts` tries (None: without end), raises ChunkFailed. Cancel
+    the call to give up (the caller then must not commit the batch's offsets).
+
+    Then the stream's clock moves to the newest event time `corroborating_products`
+    distinct products have reached (storage/clock.py).
     """
     writes = list(dict.fromkeys(routes.values()))  # each input topic once
     writers = [
-        _ChunkWriter(engine, retry or RetryPolicy(), writes) for _ in range(max(1, parallel_writes))
-    ]
+        _ChunkWriter(
+            engine, retry or RetryPolicy(), writes, options or WriteOptions(), max_attempts,
+            on_failure,
+        )
+        for _ in range(max(1, parallel_writes))
+    ]  # fmt: skip
     total = BatchOutcome()
     dead_letters: list[DeadLetter] = []
     repeated = 0
     key_mismatches: dict[str, int] = {}
     newest: datetime | None = None
-    in_flight: list[asyncio.Task[BatchOutcome]] = []
+    in_flight: list[tuple[SortedBatch, asyncio.Task[BatchOutcome]]] = []
+
+    def landed(batch: SortedBatch, outcome: BatchOutcome) -> BatchOutcome:
+        for role, conflict in outcome.conflicts:
+            record = batch.sources[role][conflict.index]
+            dead_letters.append(_dead_letter(record, conflict.reason, failed_at))
+        return dataclasses.replace(outcome, conflicts=())
+
     try:
-        # What the ledger still holds: older events are dead letters (read for every
-        # batch: the retention job moves it).
-        floor = await writers[0].ledger_floor()
         for number, start in enumerate(range(0, len(records), chunk_size)):
             batch = sort_records(
                 records[start : start + chunk_size],
@@ -188,7 +267,6 @@ async def ingest_records(
                 zone=zone,
                 failed_at=failed_at,
                 window=window,
-                ledger_floor=floor,
             )
             dead_letters.extend(batch.dead_letters)
             repeated += batch.repeated_in_batch
@@ -199,16 +277,21 @@ async def ingest_records(
             for topic, count in batch.key_mismatches.items():
                 key_mismatches[topic] = key_mismatches.get(topic, 0) + count
             if len(in_flight) == len(writers):
-                total += await in_flight.pop(0)
+                done, task = in_flight.pop(0)
+                total += landed(done, await task)
             writer = writers[number % len(writers)]
-            in_flight.append(asyncio.create_task(writer.write(batch)))
+            in_flight.append((batch, asyncio.create_task(writer.write(batch))))
             await asyncio.sleep(0)  # let the write send its statement before the next sort
         while in_flight:
-            total += await in_flight.pop(0)
-        if newest is not None and await writers[0].advance_clock(newest):
-            total = dataclasses.replace(total, clock_moved_to=newest)
+            done, task = in_flight.pop(0)
+            total += landed(done, await task)
+        if newest is not None:
+            moved, clock = await writers[0].advance_clock(corroborating_products)
+            if moved:
+                total = dataclasses.replace(total, clock_moved_to=clock)
+            _observe_clock(clock, newest if total.transactions_counted else None)
     finally:
-        for task in in_flight:  # left only when cancelled: the caller gave up
+        for _, task in in_flight:  # left only when cancelled or failed: the caller gave up
             await cancel_and_wait(task)
         for writer in writers:
             await writer.close()
@@ -217,51 +300,98 @@ async def ingest_records(
     )
 
 
+def _dead_letter(record: KafkaRecord, reason: str, failed_at: datetime) -> DeadLetter:
+    return DeadLetter.for_record(
+        topic=record.topic,
+        partition=record.partition,
+        offset=record.offset,
+        key=record.key,
+        value=record.value,
+        error=reason,
+        failed_at=failed_at,
+    )
+
+
+def _observe_clock(clock: datetime | None, newest: datetime | None) -> None:
+    """The clock's gauge; a warning when this batch's newest new event is held ahead."""
+    if clock is None:
+        return
+    metrics.STREAM_CLOCK.set(clock.timestamp())
+    if newest is not None and newest - clock > HELD_AHEAD_WARNING:
+        logger.warning(
+            "an event far ahead of the stream's clock is counted on its day; the clock waits "
+            "until other products' events corroborate it (CLOCK_CORROBORATION_PRODUCTS)",
+            extra={"newest_occurred_at": newest.isoformat(), "clock": clock.isoformat()},
+        )
+
+
+HELD_AHEAD_WARNING = timedelta(days=1)
+
+
 class _ChunkWriter:
     """Writes chunks one after another on one pooled connection, retrying failures."""
 
-    def __init__(self, engine: AsyncEngine, retry: RetryPolicy, writes: Sequence[Any]) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        retry: RetryPolicy,
+        writes: Sequence[Any],
+        options: WriteOptions,
+        max_attempts: int | None,
+        on_failure: FailureListener | None,
+    ) -> None:
         self._engine = engine
         self._retry = retry
         self._writes = writes
+        self._options = options
+        self._max_attempts = max_attempts
+        self._on_failure = on_failure
         self._connection: AsyncConnection | None = None
         self.retries = 0
 
     async def write(self, batch: SortedBatch) -> BatchOutcome:
         pauses = self._retry.delays()
+        failures = 0
         while True:
             try:
                 driver = await self._driver()
-                return await record_batch(driver, batch, self._writes)
-            except LedgerFloorMoved:
-                raise  # the whole batch is sorted again, against the new floor
+                return await record_batch(driver, batch, self._writes, self._options)
             except Exception as error:
-                delay = next(pauses)
                 transient = is_transient(error)
                 self.retries += 1
+                await self._discard_connection()
+                if not transient:
+                    failures += 1
+                    failure = WriteFailure(
+                        tuple(r for sources in batch.sources.values() for r in sources),
+                        error,
+                        failures,
+                        self._max_attempts or 0,
+                    )
+                    if self._on_failure is not None:
+                        self._on_failure(failure)
+                    if self._max_attempts is not None and failures >= self._max_attempts:
+                        raise ChunkFailed(failure) from error
+                delay = next(pauses)
                 logger.log(
                     logging.WARNING if transient else logging.ERROR,
                     "database write failed; retrying",
                     extra={
                         "error": repr(error)[:500],
                         "transient": transient,
+                        "attempt": failures,
                         "retry_in_seconds": delay,
                         "events": len(batch.transactions) + len(batch.stock_snapshots),
                     },
                     exc_info=not transient,
                 )
-                await self._discard_connection()
                 await asyncio.sleep(delay)
 
-    async def advance_clock(self, newest_event_at: datetime) -> bool:
+    async def advance_clock(self, corroborating_products: int) -> tuple[bool, datetime | None]:
         """Move the stream's clock (after the batch's events are stored), retrying."""
         return await self._retrying(
-            "moving the stream clock", lambda c: advance_clock(c, newest_event_at)
+            "moving the stream clock", lambda c: advance_clock(c, corroborating_products)
         )
-
-    async def ledger_floor(self) -> date | None:
-        """The oldest day the ledger of event ids holds, retrying."""
-        return await self._retrying("reading the ledger's floor", ledger_floor)
 
     async def _retrying(self, what: str, statement: Callable[[AsyncConnection], Awaitable[T]]) -> T:
         pauses = self._retry.delays()
