@@ -81,7 +81,8 @@ PREDICTIONS = Counter(
 )
 HTTP_REQUEST_SECONDS = Histogram(
     "ml_analytics_http_request_seconds",
-    "HTTP request latency, by method, route and status code.",
+    "HTTP request latency, by method (a standard one, else other), route template "
+    "(unmatched when no route took the request) and status code.",
     ["method", "route", "status"],
     buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
 )

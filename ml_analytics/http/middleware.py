@@ -90,8 +90,22 @@ class BearerToken:
         await response(scope, receive, send)
 
 
+# The methods of RFC 9110 and PATCH (RFC 5789); any other is counted as "other", so
+# that a client inventing methods cannot add a time series per request.
+STANDARD_METHODS = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"}
+)
+UNMATCHED_ROUTE = "unmatched"
+
+
 class RequestMetrics:
-    """Latency of every request, by method, route template and status."""
+    """Latency of every request, by method, route template and status.
+
+    Every label comes from a closed set: a method outside STANDARD_METHODS is "other",
+    the route is the matched route's template (never the raw path; "unmatched" for a
+    request no route took, such as one refused before routing), and the status is
+    one the service itself sends.
+    """
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -112,8 +126,8 @@ class RequestMetrics:
         try:
             await self.app(scope, receive, recording_send)
         finally:
-            route = scope.get("route")
-            template = getattr(route, "path", None) or "unmatched"
-            metrics.HTTP_REQUEST_SECONDS.labels(scope["method"], template, str(status)).observe(
+            method = scope["method"] if scope["method"] in STANDARD_METHODS else "other"
+            template = getattr(scope.get("route"), "path", None) or UNMATCHED_ROUTE
+            metrics.HTTP_REQUEST_SECONDS.labels(method, template, str(status)).observe(
                 time.perf_counter() - started
             )

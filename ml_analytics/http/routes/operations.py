@@ -72,7 +72,10 @@ async def ready(engine: Engine, broker: Broker, request: Request) -> JSONRespons
 @router.get("/metrics", response_class=PlainTextResponse, tags=["operations"])
 async def metrics_text() -> PlainTextResponse:
     """Prometheus metrics, text format."""
-    return PlainTextResponse(generate_latest().decode(), media_type=CONTENT_TYPE_LATEST)
+    # Written in a thread: a large exposition must not hold up the event loop (the
+    # other requests, the consumers) while it is built.
+    exposition = await asyncio.to_thread(generate_latest)
+    return PlainTextResponse(exposition, media_type=CONTENT_TYPE_LATEST)
 
 
 @router.get("/asyncapi", tags=["operations"])
