@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import numpy as np
@@ -26,7 +27,16 @@ from ml_analytics.storage.database import create_engine
 from ml_analytics.storage.demand import StockSnapshot
 from ml_analytics.storage.ingest_writes import TransactionRow
 from tests.conftest import make_settings
-from tests.helpers import keyed, publish, running_ingestion, unique, wait_until, write_batch
+from tests.helpers import (
+    keyed,
+    publish,
+    running_ingestion,
+    running_service,
+    unique,
+    wait_until,
+    write_batch,
+)
+from tests.integration.test_forecasting import LAST_DAY, steady_demand, stock_level
 from tests.services import StackServices
 
 pytestmark = pytest.mark.integration
@@ -595,3 +605,41 @@ async def test_types_are_checked_not_coerced(
     response = await api.post(endpoint, json={"product_id": "SKU-T", **body})
     assert response.status_code == 422
     assert response.json() == {"detail": detail}
+
+
+async def test_a_product_id_with_control_characters_is_reachable_on_every_product_route(
+    settings: Settings, engine: AsyncEngine
+) -> None:
+    # A newline inside and at the end (Starlette's path pattern took neither), a
+    # carriage return, a tab and a slash.
+    product = f"{unique('ctl')}\nsecond line\r\tthird/part\n"
+    path = f"/products/{quote(product, safe='')}"
+    async with running_service(settings, engine) as app:
+        await publish(settings, settings.transactions_topic, keyed(steady_demand(product, 20, 3)))
+        await publish(
+            settings,
+            settings.stock_levels_topic,
+            keyed([stock_level(product, unique("s"), f"{LAST_DAY}T18:00:00Z", 100, lead=7)]),
+        )
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://api"
+        ) as http:
+
+            async def risk_status() -> int:
+                return (await http.get(f"{path}/stockout-risk")).status_code
+
+            await wait_until(risk_status, lambda status: status == 200, timeout=90, what="risk")
+            listed = (await http.get("/products", params={"search": product})).json()["items"]
+            demand = await http.get(f"{path}/demand", params={"from": str(LAST_DAY)})
+            forecast = await http.get(f"{path}/forecast")
+            risk = await http.get(f"{path}/stockout-risk")
+            replenishment = await http.get(f"{path}/replenishment")
+            stockout = await http.post("/predict/stockout", json={"product_id": product})
+    assert [item["product_id"] for item in listed] == [product]
+    for answer in (demand, forecast, risk, replenishment, stockout):
+        assert answer.status_code == 200, (answer.request.url, answer.text)
+    assert demand.json()["product_id"] == product
+    assert demand.json()["days"][0]["date"] == str(LAST_DAY)
+    assert forecast.json()["product_id"] == product
+    assert risk.json()["product_id"] == product
+    assert replenishment.json()["product_id"] == product
