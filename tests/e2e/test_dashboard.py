@@ -9,6 +9,7 @@ import csv
 import shutil
 from datetime import date, timedelta
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
@@ -34,6 +35,10 @@ ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 SCRIPT_ID = "<script>alert(1)</script>"
 IMAGE_ID = '<img src=x onerror="alert(2)">'
 LAST_DAY = date(2026, 11, 20)
+# A product sold weekly for 4,000 days before its 90 daily ones: longer than the
+# demand endpoint serves at once (HTTP_MAX_HISTORY_DAYS, 3,660).
+LONG_ID = "SKU-DECADE"
+LONG_HISTORY_DAYS = 4_000
 # product: (units a day, stock at the end of the last day, lead time)
 PRODUCTS = {
     "SKU-URGENT": (20, 30, 10),
@@ -41,6 +46,7 @@ PRODUCTS = {
     "SKU-SAFE": (5, 10_000, 14),
     SCRIPT_ID: (3, 5_000, 7),
     IMAGE_ID: (4, 5_000, 7),
+    LONG_ID: (6, 10_000, 14),
 }
 
 
@@ -60,6 +66,9 @@ def write_replay_files(directory: Path) -> tuple[Path, Path]:
                 day = LAST_DAY - timedelta(days=89 - back)
                 units = per_day + (back % 3) - 1 if per_day > 1 else per_day
                 writer.writerow([f"p{index}-d{back}", product, f"{day}T12:00:00Z", units])
+        for back in range(90, LONG_HISTORY_DAYS, 7):
+            day = LAST_DAY - timedelta(days=back)
+            writer.writerow([f"long-d{back}", LONG_ID, f"{day}T12:00:00Z", 40])
     stock = directory / "stock_levels.csv"
     with stock.open("w", newline="") as handle:
         writer = csv.writer(handle)
@@ -139,7 +148,7 @@ async def test_dashboard_shows_the_at_risk_product_first_and_its_charts(
             await expect(page.locator("#products tbody tr:not([data-level='low'])")).to_have_count(
                 0
             )
-            await expect(rows).to_have_count(3)
+            await expect(rows).to_have_count(4)
             await page.select_option("#level", "")
             await page.fill("#search", "SKU-SA")
             await expect(rows).to_have_count(1)
@@ -169,6 +178,27 @@ async def test_dashboard_shows_the_at_risk_product_first_and_its_charts(
             assert (await order_card.locator(".value").inner_text()).startswith("order ")
             await expect(page.locator("#stock-chart").get_by_text("order-up-to")).to_have_count(1)
             await page.screenshot(path=str(ARTIFACTS / "product.png"), full_page=True)
+
+            # A history longer than the demand endpoint serves at once: the page asks
+            # for the last year up to the product's last day, and draws it.
+            demand_requests: list[str] = []
+            page.on(
+                "request",
+                lambda request: (
+                    demand_requests.append(request.url) if "/demand" in request.url else None
+                ),
+            )
+            await page.goto(f"{service.url}/dashboard/product?id={LONG_ID}")
+            # (Attached, not visible: the bars of days without sales have no height.)
+            await page.locator("#demand-chart .bars .point").first.wait_for(state="attached")
+            assert await page.locator("#demand-chart .bars .point").count() == 180
+            await page.locator("#stock-chart .scatterlayer .point").first.wait_for()
+            assert await page.locator("#error").inner_text() == ""
+            asked = parse_qs(urlsplit(demand_requests[-1]).query)
+            assert asked == {
+                "from": [str(LAST_DAY - timedelta(days=364))],
+                "to": [str(LAST_DAY)],
+            }
 
             await page.goto(f"{service.url}/dashboard")
             await page.get_by_role("link", name=SCRIPT_ID, exact=True).click()

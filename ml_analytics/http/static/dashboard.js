@@ -5,6 +5,12 @@
 
 const REFRESH_MS = 5000;
 const HISTORY_DAYS = 180;
+// The product page asks for this many days of demand up to the product's last day
+// (the demand endpoint refuses a longer history than HTTP_MAX_HISTORY_DAYS at once).
+const DEMAND_WINDOW_DAYS = 365;
+// The API's default HTTP_MAX_HISTORY_DAYS: the window never grows past it.
+const MAX_DEMAND_DAYS = 3660;
+const LISTING_PAGE = 500;
 
 function el(tag, text, className) {
   const node = document.createElement(tag);
@@ -328,6 +334,33 @@ function metricsTable(forecast) {
   }));
 }
 
+// The product's row of the listing (its first and last day with data), or null: the
+// search matches within ids, so the exact id is looked for page by page.
+async function listedProduct(id) {
+  for (let offset = 0; ; offset += LISTING_PAGE) {
+    const query = new URLSearchParams({ search: id, sort: "product_id", limit: LISTING_PAGE, offset });
+    const page = await getJSON("/products?" + query);
+    const item = page.items.find((candidate) => candidate.product_id === id);
+    if (item) return item;
+    if (!page.items.length || offset + page.items.length >= page.total) return null;
+  }
+}
+
+// The demand to ask for: DEMAND_WINDOW_DAYS up to the last day with data, and from the
+// day after the stock level when that is earlier (the projection takes off the demand
+// since), never more than MAX_DEMAND_DAYS. Without a known span, all of it.
+function demandQuery(item, risk) {
+  if (!item || !item.first_day || !item.last_day) return "";
+  let from = addDays(item.last_day, 1 - DEMAND_WINDOW_DAYS);
+  if (risk) {
+    const afterStock = addDays(risk.as_of.slice(0, 10), 1);
+    const earliest = addDays(item.last_day, 1 - MAX_DEMAND_DAYS);
+    if (afterStock < from) from = afterStock < earliest ? earliest : afterStock;
+  }
+  if (from < item.first_day) from = item.first_day;
+  return "?" + new URLSearchParams({ from, to: item.last_day });
+}
+
 async function productPage() {
   const id = new URLSearchParams(location.search).get("id");
   const error = document.getElementById("error");
@@ -339,11 +372,12 @@ async function productPage() {
   document.getElementById("title").textContent = id;
   const path = "/products/" + encodeURIComponent(id);
   try {
-    const [demand, forecast, risk] = await Promise.all([
-      getJSON(path + "/demand"),
+    const [item, forecast, risk] = await Promise.all([
+      listedProduct(id),
       orNull(getJSON(path + "/forecast")),
       orNull(getJSON(path + "/stockout-risk")),
     ]);
+    const demand = await getJSON(path + "/demand" + demandQuery(item, risk));
     const cards = document.getElementById("cards");
     cards.append(
       card("risk", null, badge(risk && risk.risk_level)),
