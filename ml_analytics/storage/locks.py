@@ -3,12 +3,16 @@ at once (train a product, train the global model, relay the outbox)."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+logger = logging.getLogger(__name__)
 
 
 def lock_key(kind: str, name: str = "") -> int:
@@ -44,23 +48,55 @@ async def advisory_locks(
     engine: AsyncEngine, keys: list[int]
 ) -> AsyncIterator[tuple[set[int], AsyncConnection]]:
     """`advisory_lock` for several keys on one connection: yields the keys taken (others
-    are held elsewhere) and the connection; they are released on leaving."""
+    are held elsewhere) and the connection; they are released on leaving.
+
+    A session lock outlives a rollback, so a connection whose taking or releasing
+    failed (an error, a timeout, a cancellation) may still hold some of them; it is
+    invalidated instead of going back to the pool, and PostgreSQL ends its session
+    and with it every lock it held. A failed release is logged, not raised: the locks
+    are gone either way, and what was done under them stands.
+    """
     async with engine.connect() as connection:
-        taken = await connection.execute(
-            text(
-                "SELECT k FROM unnest(CAST(:keys AS bigint[])) AS k WHERE pg_try_advisory_lock(k)"
-            ),
-            {"keys": keys},
-        )
-        acquired = {int(key) for key in taken.scalars()}
-        await connection.commit()
+        try:
+            taken = await connection.execute(
+                text(
+                    "SELECT k FROM unnest(CAST(:keys AS bigint[])) AS k "
+                    "WHERE pg_try_advisory_lock(k)"
+                ),
+                {"keys": keys},
+            )
+            acquired = {int(key) for key in taken.scalars()}
+            await connection.commit()
+        except BaseException:
+            await _end_session(connection)
+            raise
         try:
             yield acquired, connection
         finally:
             if acquired:
-                await connection.rollback()
-                await connection.execute(
-                    text("SELECT pg_advisory_unlock(k) FROM unnest(CAST(:keys AS bigint[])) AS k"),
-                    {"keys": sorted(acquired)},
-                )
-                await connection.commit()
+                await _release(connection, acquired)
+
+
+async def _release(connection: AsyncConnection, keys: set[int]) -> None:
+    try:
+        await connection.rollback()
+        await connection.execute(
+            text("SELECT pg_advisory_unlock(k) FROM unnest(CAST(:keys AS bigint[])) AS k"),
+            {"keys": sorted(keys)},
+        )
+        await connection.commit()
+    except Exception as error:
+        logger.warning(
+            "releasing advisory locks failed; their connection is closed instead",
+            extra={"locks": len(keys), "error": f"{type(error).__name__}: {str(error)[:200]}"},
+        )
+        await _end_session(connection)
+    except BaseException:  # cancelled meanwhile: the same, then go on unwinding
+        await _end_session(connection)
+        raise
+
+
+async def _end_session(connection: AsyncConnection) -> None:
+    """Close the connection's session for good: the pool replaces it."""
+    with contextlib.suppress(Exception):
+        await connection.invalidate()
