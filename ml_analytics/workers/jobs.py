@@ -129,8 +129,8 @@ def run_forecasts(jobs: list[ForecastJob]) -> list[tuple[Forecast | Exception, f
     products that share a calendar, a global model, weights and calibration are
     forecast together, on one panel: the same forecasts as one at a time, about twenty
     times cheaper. Anything else (Prophet, a job without the shop's days) goes one by
-    one. A product whose history cannot be fitted gets its error, the others their
-    forecasts."""
+    one. A product whose history cannot be fitted gets its error (a ModelFailure), the
+    others their forecasts; any other error is a fault and stops the call."""
     outcomes: list[tuple[Forecast | Exception, float] | None] = [None] * len(jobs)
     groups: dict[tuple[object, ...], list[int]] = {}
     for index, job in enumerate(jobs):
@@ -149,7 +149,7 @@ def run_forecasts(jobs: list[ForecastJob]) -> list[tuple[Forecast | Exception, f
             continue
         try:
             outcomes[index] = run_forecast(job)
-        except (ModelFailure, ValueError) as error:
+        except ModelFailure as error:
             outcomes[index] = (error, 0.0)
     for indices in groups.values():
         started = time.perf_counter()
@@ -159,7 +159,7 @@ def run_forecasts(jobs: list[ForecastJob]) -> list[tuple[Forecast | Exception, f
             try:
                 check_history(np.asarray(job.values, dtype=float), job.first_day, job.config)
                 fit.append(index)
-            except (ModelFailure, ValueError) as error:
+            except ModelFailure as error:
                 outcomes[index] = (error, 0.0)
         if not fit:
             continue

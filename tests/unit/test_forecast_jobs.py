@@ -10,9 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ml_analytics.models.forecasters.base import ForecastConfig, InsufficientData
+from ml_analytics.models.forecasters.base import ForecastConfig, InsufficientData, ModelFailure
 from ml_analytics.models.forecasters.combination import DEFAULT
 from ml_analytics.models.forecasters.global_gbm import train_global
+from ml_analytics.workers import jobs as jobs_module
 from ml_analytics.workers.jobs import ForecastJob, GlobalModelRef, run_forecast, run_forecasts
 from tests.unit.test_combination import START, synthetic_panel
 
@@ -64,6 +65,22 @@ def test_a_product_that_cannot_be_fitted_fails_alone() -> None:
     negative = replace(jobs[5], values=-jobs[5].values - 1)
     outcomes = run_forecasts([*jobs[:3], short, jobs[4], negative, *jobs[6:]])
     assert isinstance(outcomes[3][0], InsufficientData)
-    assert isinstance(outcomes[5][0], ValueError)
+    assert isinstance(outcomes[5][0], ModelFailure)
+    assert str(outcomes[5][0]) == "daily demand must be finite and non-negative"
     others = [outcome for index, (outcome, _) in enumerate(outcomes) if index not in (3, 5)]
     assert all(not isinstance(outcome, Exception) and outcome.yhat.sum() > 0 for outcome in others)
+
+
+@pytest.mark.parametrize("one_by_one", [True, False], ids=["alone", "on-a-panel"])
+def test_a_fault_inside_the_forecasters_is_raised_not_taken_for_a_failed_fit(
+    monkeypatch: pytest.MonkeyPatch, one_by_one: bool
+) -> None:
+    def faulty(*args: object) -> None:
+        raise ValueError("a fault of ours")
+
+    monkeypatch.setattr(jobs_module, "forecast_products", faulty)
+    job = jobs_of_panel(None)[0]
+    if one_by_one:  # without the shop's days a job goes one by one
+        job = replace(job, shop=None, shop_start=None)
+    with pytest.raises(ValueError, match="a fault of ours"):
+        run_forecasts([job])

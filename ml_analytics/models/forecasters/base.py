@@ -16,12 +16,13 @@ MODEL_REVISION = "combination-1"
 SEASON_PERIOD_DAYS = 7
 
 
-class InsufficientData(ValueError):
-    """Too little history to fit; the message says how much there is and how much is needed."""
-
-
 class ModelFailure(RuntimeError):
-    """The model could not be fitted on this history."""
+    """The model could not be fitted on this history: an expected outcome for some
+    histories, not a fault of ours (which surfaces as any other exception)."""
+
+
+class InsufficientData(ModelFailure):
+    """Too little history to fit; the message says how much there is and how much is needed."""
 
 
 @dataclass(frozen=True)
@@ -191,10 +192,10 @@ def ensure_enough_history(days: int, config: ForecastConfig) -> None:
 def check_history(values: np.ndarray, first_day: date, config: ForecastConfig) -> Seasonality:
     """Validate a zero-filled daily series and detect its seasonality.
 
-    Raises InsufficientData below `min_training_days`, ValueError on negative or
+    Raises InsufficientData below `min_training_days`, ModelFailure on negative or
     non-finite values.
     """
     ensure_enough_history(len(values), config)
     if not np.all(np.isfinite(values)) or np.any(values < 0):
-        raise ValueError("daily demand must be finite and non-negative")
+        raise ModelFailure("daily demand must be finite and non-negative")
     return detect_seasonality(values, first_day)

@@ -248,7 +248,9 @@ class ModelTrainer:
         self._waiting[product_id] = None
 
     def _failed(self, product_id: str, error: Exception) -> None:
-        if isinstance(error, ModelFailure | FitTimeout | BrokenProcessPool | ValueError):
+        # What a history or the pool may do to a fit; anything else is a fault of
+        # ours, logged with its traceback.
+        if isinstance(error, ModelFailure | FitTimeout | BrokenProcessPool):
             logger.warning(
                 "model fit failed; will try again",
                 extra={
