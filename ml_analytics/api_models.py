@@ -189,8 +189,16 @@ class NotReady(BaseModel):
 
 class DemandDayOut(BaseModel):
     date: date
-    quantity_units: float
+    quantity_units: float = Field(description="Units sold that day")
     transactions: int
+    censored: bool = Field(
+        default=False,
+        description="The day ended with the shelf empty: its sales are a lower bound of its demand",
+    )
+    estimated_demand_units: float = Field(
+        description="Demand that day: the sales where observed, the estimate where censored "
+        "(unmet demand is this less quantity_units)"
+    )
 
 
 class ProductDemand(BaseModel):
@@ -266,6 +274,11 @@ class ProductItem(BaseModel):
     )
     order_by_date: date | None = Field(
         default=None, description="The last day an order still arrives in time"
+    )
+    lost_sales_units_28d: float | None = Field(
+        default=None,
+        description="Estimated unmet demand over the last 28 complete days (days the shelf "
+        "was empty); null until assessed",
     )
 
 

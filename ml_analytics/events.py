@@ -208,6 +208,9 @@ class StockoutRisk(BaseModel):
     order_up_to_units: float | None = None
     recommended_order_units: float | None = None
     order_by_date: date | None = None
+    # Addition (demand, not sales): estimated unmet demand over the last 28 complete
+    # days, from the days the shelf was empty (models/censoring.py).
+    lost_sales_units_28d: float | None = None
 
 
 # A dead letter always fits the producer's request limit (1 MiB by default): the

@@ -245,6 +245,12 @@ class Settings(BaseSettings):
         le=3660,
         description="Latest days of a product's history a model is fitted on (bounds each fit).",
     )
+    demand_censoring: bool = Field(
+        default=True,
+        description="Learn demand, not sales: days that ended with the shelf empty (from "
+        "stock levels) are lower bounds, estimated as demand (models/censoring.py); false "
+        "learns from sales as they are (to compare).",
+    )
     forecast_horizon_days: int = Field(default=90, ge=1, le=365)
     forecast_sample_paths: int = Field(
         default=200, ge=20, le=2000, description="Predictive sample paths kept per model."

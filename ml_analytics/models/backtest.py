@@ -92,10 +92,17 @@ class GlobalTraining:
 def backtest(
     panel: Panel, h: int, model: GlobalModel | None, seed: int = PIT_SEED
 ) -> list[BacktestCase]:
-    """Every product old enough at origin `h`, forecast from its data before `h` (the
-    default combination; `model` must have seen nothing from `h` on) and scored on the
-    BACKTEST_DAYS from `h`, which the panel must hold."""
+    """Every product old enough at origin `h` whose demand was observed on each of the
+    BACKTEST_DAYS from `h`, forecast from its data before `h` (the default combination;
+    `model` must have seen nothing from `h` on) and scored on those days, which the
+    panel must hold."""
     rows = np.nonzero(panel.first <= h - 28)[0]
+    # Scored only where demand was observed: a product whose shelf was empty on a day of
+    # the window has no actual to score (its sales are a lower bound).
+    rows = np.array(
+        [row for row in rows if panel.observed_between(int(row), h, h + BACKTEST_DAYS)],
+        dtype=int,
+    )
     if len(rows) == 0:
         return []
     point = point_forecasts(panel, h, rows, DEFAULT, model, BACKTEST_DAYS)
@@ -118,7 +125,12 @@ def backtest(
                 forecast_total=float(forecast.sum()),
                 actual_total=float(actual.sum()),
                 actual_14=float(actual[:PIT_WINDOW_DAYS].sum()),
-                pit_14=pit_14(forecast, history, float(actual[:PIT_WINDOW_DAYS].sum()), rng),
+                pit_14=pit_14(
+                    forecast,
+                    panel.sold_history(int(row), h),
+                    float(actual[:PIT_WINDOW_DAYS].sum()),
+                    rng,
+                ),
                 rmse=float(np.sqrt(np.mean((forecast - actual) ** 2))),
                 mape=float(np.mean(np.abs(forecast[nonzero] - actual[nonzero]) / actual[nonzero]))
                 * 100
@@ -166,7 +178,7 @@ def posted_cases(
         actual = float(np.nan_to_num(panel.Y[row, h : h + PIT_WINDOW_DAYS]).sum())
         cases.append(
             (
-                pit_14(forecast, history, actual, rng),
+                pit_14(forecast, cut.sold_history(position, h), actual, rng),
                 tuple(float(x) for x in posted_features(history, forecast)),
             )
         )

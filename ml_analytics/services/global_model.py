@@ -288,7 +288,9 @@ class GlobalModelService:
         started = time.perf_counter()
         first_day = through - timedelta(days=self._settings.global_model_history_days - 1)
         async with self._engine.connect() as connection:
-            data = await panel_data(connection, first_day, through)
+            data = await panel_data(
+                connection, first_day, through, censoring=self._settings.demand_censoring
+            )
         read_seconds = time.perf_counter() - started
         training: GlobalTraining = await self._pool.run(
             self._settings.global_model_timeout_seconds,

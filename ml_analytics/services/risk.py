@@ -26,11 +26,12 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from ml_analytics import metrics
-from ml_analytics.configs import risk_thresholds
+from ml_analytics.configs import clock_through, risk_thresholds
 from ml_analytics.events import ModelInfo, StockoutRisk
 from ml_analytics.lifecycle import Poller, RetryPolicy, cancel_and_wait
 from ml_analytics.models.replenishment import Replenishment, ReplenishmentPolicy, recommend
 from ml_analytics.models.risk import NotAssessable, assess_stockout_risk, risk_window_days
+from ml_analytics.services.demand import DemandHistory, demand_history
 from ml_analytics.settings import Settings
 from ml_analytics.storage.assessments import (
     count_pending,
@@ -109,10 +110,27 @@ def replenishment_of(
     )
 
 
+RECENT_DEMAND_DAYS = 365  # the days an assessment re-marks (and estimates lost sales on)
+
+
+async def recent_demand(
+    connection: AsyncConnection, product_id: str, settings: Settings
+) -> DemandHistory | None:
+    """The product's last RECENT_DEMAND_DAYS to the clock, its censored days marked and
+    stored again: a stock level (a late one too) re-marks the days it brackets."""
+    through = await clock_through(connection, settings)
+    if through is None:
+        return None
+    return await demand_history(
+        connection, product_id, settings, through=through, max_days=RECENT_DEMAND_DAYS
+    )
+
+
 async def assess_product(
     connection: AsyncConnection, product_id: str, settings: Settings
 ) -> StockoutRisk | None:
     """The product's risk now, or None without a trained model or a known stock."""
+    history = await recent_demand(connection, product_id, settings)
     state = await product_state(connection, product_id, settings)
     if state is None:
         return None
@@ -163,6 +181,7 @@ async def assess_product(
         order_up_to_units=order.order_up_to_units,
         recommended_order_units=order.recommended_order_units,
         order_by_date=order.order_by_date,
+        lost_sales_units_28d=history.lost_sales() if history is not None else None,
     )
 
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, time, timedelta, tzinfo
 from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from ml_analytics.models.censoring import StockCount
 from ml_analytics.storage.rows import all_of, from_fields, one_or_none
 
 
@@ -174,3 +175,25 @@ async def products_with_new_data(
         {"since": since, "limit": limit},
         _summary,
     )
+
+
+async def stock_counts(
+    connection: AsyncConnection, product_id: str, first_day: date, last_day: date, zone: tzinfo
+) -> list[StockCount]:
+    """The product's stock levels as the closing units of their business days in `zone`,
+    oldest first: the last one before `first_day` (it opens the first bracket) and every
+    one up to `last_day` (several on one day: the newest as_of, then event_id, last)."""
+    start = datetime.combine(first_day, time.min, tzinfo=zone)
+    end = datetime.combine(last_day + timedelta(days=1), time.min, tzinfo=zone)
+    rows = await connection.execute(
+        text(
+            "(SELECT as_of, stock_units, event_id FROM stock_snapshots "
+            " WHERE product_id = :p AND as_of < :start ORDER BY as_of DESC, event_id DESC LIMIT 1) "
+            "UNION ALL "
+            "(SELECT as_of, stock_units, event_id FROM stock_snapshots "
+            " WHERE product_id = :p AND as_of >= :start AND as_of < :end) "
+            "ORDER BY as_of, event_id"
+        ),
+        {"p": product_id, "start": start, "end": end},
+    )
+    return [StockCount(row.as_of.astimezone(zone).date(), float(row.stock_units)) for row in rows]

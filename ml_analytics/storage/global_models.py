@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from ml_analytics.models.backtest import BacktestCase
 from ml_analytics.models.forecasters.base import skill_against
 from ml_analytics.models.forecasters.panel import Panel
+from ml_analytics.storage.censoring import CensoredPanel, censored_panel
 
 KEEP_GLOBAL_MODELS = 3
 
@@ -277,22 +278,40 @@ class PanelData:
     sale_days: list[np.ndarray]  # per product: day offsets from first_day
     sale_units: list[np.ndarray]
     shop: np.ndarray  # the whole shop's daily demand, every product counted
+    # Days the shelf was empty, with their estimated demand (storage/censoring.py).
+    censored: CensoredPanel | None = None
 
     def panel(self) -> Panel:
+        """The panel of demand: sales, and the estimates on censored days (`observed`
+        False there: the backtest scores only where demand was observed)."""
         days = (self.last_day - self.first_day).days + 1
         Y = np.full((len(self.items), days), np.nan)
+        observed = None
+        if self.censored is not None and self.censored.days:
+            observed = np.ones((len(self.items), days), dtype=bool)
         for row, product_first in enumerate(self.product_first_days):
             Y[row, max(0, (product_first - self.first_day).days) :] = 0.0
             Y[row, self.sale_days[row]] = self.sale_units[row]
-        return Panel(list(self.items), self.first_day, Y, self.shop)
+            if observed is not None and self.censored is not None:
+                item = self.items[row]
+                if item in self.censored.days:
+                    censored_days = self.censored.days[item]
+                    Y[row, censored_days] = self.censored.demand[item]
+                    observed[row, censored_days] = False
+        return Panel(list(self.items), self.first_day, Y, self.shop, observed)
 
 
 async def panel_data(
-    connection: AsyncConnection, first_day: date, last_day: date, min_first_day_age: int = 0
+    connection: AsyncConnection,
+    first_day: date,
+    last_day: date,
+    min_first_day_age: int = 0,
+    censoring: bool = True,
 ) -> PanelData:
     """Every product whose first sale is `min_first_day_age` days or more before
     `last_day`, with its sales over [first_day, last_day] (one row per product, arrays:
-    the driver decodes them fast), and the shop's daily totals over the same days."""
+    the driver decodes them fast), the shop's daily totals over the same days, and
+    (`censoring`) the days its shelf was empty with their estimated demand."""
     result = await connection.execute(
         text(
             "SELECT p.product_id, p.first_day, "
@@ -315,7 +334,8 @@ async def panel_data(
         days.append(np.asarray(row.days, dtype=np.int64))
         units.append(np.asarray(row.units, dtype=float))
     shop = await shop_demand(connection, first_day, last_day)
-    return PanelData(first_day, last_day, items, firsts, days, units, shop)
+    censored = await censored_panel(connection, first_day, last_day) if censoring else None
+    return PanelData(first_day, last_day, items, firsts, days, units, shop, censored)
 
 
 def shop_window_start(first_day: date, last_day: date, history_days: int) -> date:

@@ -235,9 +235,10 @@ made_current AS (
           > (products.stock_as_of, products.stock_event_id)
     RETURNING product_id
 ),
--- Committed with the new current stock: its risk is to be assessed (services/risk.py).
+-- Committed with the new stock level: its risk is to be assessed (services/risk.py),
+-- also for a late one, which re-marks the days it brackets as censored or not.
 assessments_requested AS (
-    {REQUEST_ASSESSMENTS.format(products="SELECT product_id FROM made_current")}
+    {REQUEST_ASSESSMENTS.format(products="SELECT DISTINCT product_id FROM new_snapshots")}
 )
 SELECT (SELECT count(*) FROM new_snapshots) AS new_snapshots,
        ARRAY(SELECT product_id FROM made_current ORDER BY product_id) AS products_made_current,

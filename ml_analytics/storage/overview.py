@@ -59,6 +59,7 @@ SELECT p.product_id, p.first_day, p.last_day, CAST(p.total_units AS float8) AS t
        CAST(r.assessment ->> 'order_up_to_units' AS float8) AS order_up_to_units,
        CAST(r.assessment ->> 'recommended_order_units' AS float8) AS recommended_order_units,
        CAST(r.assessment ->> 'order_by_date' AS date) AS order_by_date,
+       CAST(r.assessment ->> 'lost_sales_units_28d' AS float8) AS lost_sales_units_28d,
        m.model_name, m.trained_at, m.training_days,
        CAST(m.metrics ->> 'mape' AS float8) AS mape,
        CAST(m.metrics ->> 'rmse' AS float8) AS rmse,

@@ -67,6 +67,18 @@ daily_demand = Table(
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
 )
 
+# Days a product's shelf was empty at the day's end (models/censoring.py): its sales
+# that day are a lower bound of demand. Only censored days have a row.
+censored_days = Table(
+    "censored_days",
+    metadata,
+    Column("product_id", Text, primary_key=True),
+    Column("business_day", Date, primary_key=True),
+    Column("sales_units", Float(precision=53), nullable=False),
+    Column("estimated_demand_units", Float(precision=53), nullable=False),
+    Column("closing_units", Float(precision=53), nullable=True),
+)
+
 # Every stock snapshot received, late ones included (history).
 stock_snapshots = Table(
     "stock_snapshots",

@@ -79,6 +79,9 @@ class ForecastJob:
     first_day: date
     values: np.ndarray  # zero-filled daily demand from first_day
     config: ForecastConfig
+    # Days whose demand was observed (False: censored, `values` holds its estimate);
+    # None: every day.
+    observed: np.ndarray | None = None
     forecaster: str = "combination"  # or "prophet"
     combination: tuple[tuple[str, float], ...] = ()
     global_model: GlobalModelRef | None = None
@@ -112,7 +115,9 @@ def run_forecast(job: ForecastJob) -> tuple[Forecast, float]:
         shop_start, shop = job.shop_start, np.asarray(job.shop, dtype=float)
     else:  # no stored data: the product's own days are its calendar
         shop_start, shop = job.first_day, np.zeros(len(values))
-    panel = panel_from_series([(job.product_id, job.first_day, values)], shop_start, shop)
+    panel = panel_from_series(
+        [(job.product_id, job.first_day, values)], shop_start, shop, [job.observed]
+    )
     model = load_global_model(job.global_model) if job.global_model is not None else None
     combination = Combination.from_dict(dict(job.combination))
     (forecast,) = forecast_products(
@@ -169,6 +174,7 @@ def run_forecasts(jobs: list[ForecastJob]) -> list[tuple[Forecast | Exception, f
             [(jobs[i].product_id, jobs[i].first_day, jobs[i].values) for i in fit],
             first.shop_start,
             np.asarray(first.shop, dtype=float),
+            [jobs[i].observed for i in fit],
         )
         forecasts = forecast_products(
             panel,

@@ -47,7 +47,11 @@ PRODUCTS = {
     SCRIPT_ID: (3, 5_000, 7),
     IMAGE_ID: (4, 5_000, 7),
     LONG_ID: (6, 10_000, 14),
+    "SKU-EMPTIED": (8, 10_000, 14),
 }
+# SKU-EMPTIED's shelf was empty on these days of the 90 (counted every day): no sales.
+EMPTIED = "SKU-EMPTIED"
+EMPTY_DAYS = range(70, 77)
 
 
 async def _order_units(url: str) -> str:
@@ -65,6 +69,8 @@ def write_replay_files(directory: Path) -> tuple[Path, Path]:
             for back in range(90):
                 day = LAST_DAY - timedelta(days=89 - back)
                 units = per_day + (back % 3) - 1 if per_day > 1 else per_day
+                if product == EMPTIED and back in EMPTY_DAYS:
+                    continue
                 writer.writerow([f"p{index}-d{back}", product, f"{day}T12:00:00Z", units])
         for back in range(90, LONG_HISTORY_DAYS, 7):
             day = LAST_DAY - timedelta(days=back)
@@ -75,6 +81,11 @@ def write_replay_files(directory: Path) -> tuple[Path, Path]:
         writer.writerow(["event_id", "product_id", "as_of", "stock_units", "lead_time_days"])
         for index, (product, (_, units, lead)) in enumerate(PRODUCTS.items()):
             writer.writerow([f"s{index}", product, f"{LAST_DAY}T18:00:00Z", units, lead])
+        # SKU-EMPTIED counted at the end of every day: 0 on its empty days.
+        for back in range(89):
+            day = LAST_DAY - timedelta(days=89 - back)
+            units = 0 if back in EMPTY_DAYS else 500
+            writer.writerow([f"e{back}", EMPTIED, f"{day}T20:00:00Z", units, 14])
     return transactions, stock
 
 
@@ -148,7 +159,7 @@ async def test_dashboard_shows_the_at_risk_product_first_and_its_charts(
             await expect(page.locator("#products tbody tr:not([data-level='low'])")).to_have_count(
                 0
             )
-            await expect(rows).to_have_count(4)
+            await expect(rows).to_have_count(5)
             await page.select_option("#level", "")
             await page.fill("#search", "SKU-SA")
             await expect(rows).to_have_count(1)
@@ -199,6 +210,24 @@ async def test_dashboard_shows_the_at_risk_product_first_and_its_charts(
                 "from": [str(LAST_DAY - timedelta(days=364))],
                 "to": [str(LAST_DAY)],
             }
+
+            # Days the shelf was empty: counted as lost sales on the list, shaded on the
+            # demand chart with their estimated demand.
+            await page.goto(f"{service.url}/dashboard?search={EMPTIED}")
+            lost = page.locator(f"#products tbody tr[data-product='{EMPTIED}'] td.lost")
+            await expect(lost).not_to_have_text("–")
+            assert float(await lost.inner_text()) > 7 * 8 * 0.5  # a week of about 8 a day
+            await page.goto(f"{service.url}/dashboard/product?id={EMPTIED}")
+            unmet = page.locator("#demand-chart .barlayer .trace").nth(1).locator(".point")
+            await unmet.first.wait_for(state="attached")
+            assert await unmet.count() == len(EMPTY_DAYS)
+            await expect(
+                page.locator("#demand-chart").get_by_text("estimated unmet demand")
+            ).to_have_count(1)
+            assert await page.locator("#demand-chart .shapelayer path").count() >= len(EMPTY_DAYS)
+            lost_card = page.locator("#cards .card", has_text="lost sales (28 d)")
+            assert float(await lost_card.locator(".value").inner_text()) > 28
+            await page.screenshot(path=str(ARTIFACTS / "censored.png"), full_page=True)
 
             await page.goto(f"{service.url}/dashboard")
             await page.get_by_role("link", name=SCRIPT_ID, exact=True).click()

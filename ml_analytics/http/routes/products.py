@@ -20,6 +20,7 @@ from ml_analytics.api_models import (
 from ml_analytics.events import StockoutRisk
 from ml_analytics.http.dependencies import AppSettings, Engine, ProductId
 from ml_analytics.storage.assessments import latest_assessment
+from ml_analytics.storage.censoring import censored_days_between
 from ml_analytics.storage.demand import daily_demand_series, product_summary
 from ml_analytics.storage.models_store import load_model
 from ml_analytics.storage.overview import product_overview
@@ -80,7 +81,10 @@ async def product_demand(
 ) -> ProductDemand:
     """Stored daily demand, zero-filled between the first and last day with data.
 
-    `from` and `to` (dates, inclusive) narrow the range.
+    `from` and `to` (dates, inclusive) narrow the range. A day that ended with the
+    shelf empty is `censored`: its `quantity_units` (sales) are a lower bound, and
+    `estimated_demand_units` is the demand the service estimates and learns (as of the
+    product's last assessment or fit).
     """
     if from_day and to_day and from_day > to_day:
         raise HTTPException(422, f"'from' ({from_day}) must not be after 'to' ({to_day})")
@@ -100,10 +104,24 @@ async def product_demand(
                     "once: narrow it with 'from' and 'to'",
                 )
         series = await daily_demand_series(connection, product_id, from_day, to_day)
+        censored = (
+            await censored_days_between(connection, product_id, series[0].day, series[-1].day)
+            if series
+            else {}
+        )
     return ProductDemand(
         product_id=product_id,
         days=[
-            DemandDayOut(date=d.day, quantity_units=d.quantity_units, transactions=d.transactions)
+            DemandDayOut(
+                date=d.day,
+                quantity_units=d.quantity_units,
+                transactions=d.transactions,
+                censored=d.day in censored,
+                estimated_demand_units=max(
+                    d.quantity_units,
+                    censored[d.day].estimated_demand_units if d.day in censored else 0.0,
+                ),
+            )
             for d in series
         ],
     )

@@ -133,6 +133,7 @@ function overview() {
       cell(day(item.predicted_stockout_date)),
       cell(item.days_until_stockout ?? "–", "number"),
       cell(orderText(item.recommended_order_units, item.order_by_date), "order"),
+      cell(number(item.lost_sales_units_28d, 0), "number lost"),
       cell(number(item.current_stock_units, 0), "number"),
       cell(item.stock_as_of ? item.stock_as_of.slice(0, 16).replace("T", " ") : "–"),
       cell(item.lead_time_days ?? "–", "number"),
@@ -208,15 +209,36 @@ function quantile(values, q) {
 function demandChart(demand, forecast) {
   const days = demand.days.slice(-HISTORY_DAYS);
   const quantities = days.map((d) => d.quantity_units);
+  const empty = days.filter((d) => d.censored);
   const traces = [
     {
-      name: "demand",
+      name: "sales",
       type: "bar",
       x: days.map((d) => d.date),
       y: quantities,
       marker: { color: "#90a4ae" },
     },
   ];
+  const extraShapes = [];
+  if (empty.length) {
+    // Days the shelf was empty: shaded, with the demand the service estimates for them
+    // stacked on what was sold (the unmet part).
+    traces.push({
+      name: "estimated unmet demand (shelf empty)",
+      type: "bar",
+      x: empty.map((d) => d.date),
+      y: empty.map((d) => Math.max(d.estimated_demand_units - d.quantity_units, 0)),
+      base: empty.map((d) => d.quantity_units),
+      marker: { color: "rgba(229,57,53,0.55)" },
+    });
+    for (const d of empty) {
+      // A bar stands on its day's midnight: the shade spans the half-days around it.
+      const noon = Date.parse(d.date + "T12:00:00Z");
+      extraShapes.push({ type: "rect", xref: "x", yref: "paper",
+        x0: new Date(noon - 86400000).toISOString(), x1: new Date(noon).toISOString(),
+        y0: 0, y1: 1, fillcolor: "rgba(229,57,53,0.10)", line: { width: 0 }, layer: "below" });
+    }
+  }
   let top = quantile(quantities, 0.95) * 1.6;
   if (forecast) {
     const x = forecast.days.map((d) => d.date);
@@ -233,6 +255,10 @@ function demandChart(demand, forecast) {
   }
   const above = quantities.filter((q) => q > top).length;
   const extra = top > 0 ? { yaxis: { title: { text: "units" }, range: [0, top] } } : {};
+  if (extraShapes.length) {
+    extra.shapes = extraShapes;
+    extra.barmode = "overlay";
+  }
   if (above) {
     extra.annotations = [{ xref: "paper", yref: "paper", x: 1, y: 1, xanchor: "right",
       showarrow: false, text: `${above} day(s) above the axis (hover for their units)` }];
@@ -387,6 +413,7 @@ async function productPage() {
       card("stock", risk ? `${number(risk.current_stock_units, 0)} (${day(risk.as_of)})` : "–"),
       card("lead time", risk ? `${risk.risk_window_days} d` : "–"),
       card("confidence", risk ? number(risk.confidence) : "–"),
+      card("lost sales (28 d)", risk ? number(risk.lost_sales_units_28d, 0) : "–"),
       card(
         `to order (${risk && risk.target_service_level ? Math.round(risk.target_service_level * 100) + "% service" : "service level"})`,
         risk ? orderText(risk.recommended_order_units, risk.order_by_date) : "–",

@@ -163,10 +163,12 @@ def product_paths(
     yhat: np.ndarray,
     config: ForecastConfig,
     calibration: Sequence[float] | np.ndarray | ConditionalCalibration | None,
+    sold: np.ndarray | None = None,
 ) -> np.ndarray:
     """Product `item`'s sample paths around its forecast `yhat` from day `t` (its
-    `history` the days before), recalibrated with its own density from the conditional
-    model, the pooled one, or none (raw paths); seeded per product and day."""
+    `history` the days before; `sold`, the same with censored days as days without a
+    sale, for the sizes of a day's sale), recalibrated with its own density from the
+    conditional model, the pooled one, or none (raw paths); seeded per product and day."""
     density = (
         calibration.density(calibration.features(history, yhat))[0]
         if isinstance(calibration, ConditionalCalibration)
@@ -176,7 +178,7 @@ def product_paths(
     )
     return sample_paths(
         yhat,
-        history,
+        history if sold is None else sold,
         density,
         config.sample_paths,
         product_seed(item, t, config.random_seed),
@@ -207,7 +209,8 @@ def forecast_products(
     for position, row in enumerate(rows):
         history = panel.history(int(row), t)
         yhat = point.yhat[position]
-        paths = product_paths(panel.items[row], t, history, yhat, config, calibration)
+        sold = panel.sold_history(int(row), t) if panel.observed is not None else None
+        paths = product_paths(panel.items[row], t, history, yhat, config, calibration, sold)
         lower, upper = daily_interval(paths, yhat, config.interval_width)
         applied = point.combinations[position]
         metrics = accuracies[position] or AccuracyMetrics(0, None, None, None, None, None)

@@ -22,6 +22,9 @@ class Panel:
     start: date
     Y: np.ndarray  # (products, days), NaN before a product's first sale
     shop: np.ndarray  # (days,), the whole shop's daily demand
+    # (products, days): False where demand was censored (the shelf was empty; Y holds
+    # its estimate, models/censoring.py). None: every day observed.
+    observed: np.ndarray | None = None
     first: np.ndarray = field(init=False)  # index of each product's first day with data
     C: np.ndarray = field(init=False)  # C[:, d] = demand on days < d
     C2: np.ndarray = field(init=False)  # the same for squared demand
@@ -56,21 +59,42 @@ class Panel:
         """Product `row`'s demand from its first sale to the day before `t`."""
         return np.nan_to_num(self.Y[row, self.first[row] : t])
 
+    def sold_history(self, row: int, t: int) -> np.ndarray:
+        """`history`, with the censored days as days without a sale: what a day's sale
+        looks like (its size) is learned from days sold in full."""
+        history = self.history(row, t)
+        if self.observed is None:
+            return history
+        return np.where(self.observed[row, self.first[row] : t], history, 0.0)
+
+    def observed_between(self, row: int, lo: int, hi: int) -> bool:
+        """Whether product `row`'s demand was observed on every day of [lo, hi)."""
+        return self.observed is None or bool(self.observed[row, lo:hi].all())
+
 
 def panel_from_series(
-    series: Sequence[tuple[str, date, np.ndarray]], shop_start: date, shop: np.ndarray
+    series: Sequence[tuple[str, date, np.ndarray]],
+    shop_start: date,
+    shop: np.ndarray,
+    observed: Sequence[np.ndarray | None] | None = None,
 ) -> Panel:
     """A panel on the shop's calendar from (item, first day, zero-filled values) triples;
-    a series longer than the calendar keeps its latest days, one past it is cut."""
+    a series longer than the calendar keeps its latest days, one past it is cut.
+    `observed`: per series, its days whose demand was observed (None: all)."""
     days = len(shop)
     Y = np.full((len(series), days), np.nan)
+    seen = None
+    if observed is not None and any(mask is not None for mask in observed):
+        seen = np.ones((len(series), days), dtype=bool)
     for row, (_, first_day, values) in enumerate(series):
         offset = (first_day - shop_start).days
         values = np.asarray(values, dtype=float)
         lo, hi = max(offset, 0), min(offset + len(values), days)
         if hi > lo:
             Y[row, lo:hi] = values[lo - offset : hi - offset]
-    return Panel([item for item, _, _ in series], shop_start, Y, shop)
+            if seen is not None and observed is not None and observed[row] is not None:
+                seen[row, lo:hi] = np.asarray(observed[row], dtype=bool)[lo - offset : hi - offset]
+    return Panel([item for item, _, _ in series], shop_start, Y, shop, seen)
 
 
 def cut_histories(panel: Panel, t: int, rows: np.ndarray, lengths: np.ndarray) -> Panel:
@@ -81,7 +105,8 @@ def cut_histories(panel: Panel, t: int, rows: np.ndarray, lengths: np.ndarray) -
     Y = panel.Y[rows, :t].copy()
     before = np.arange(t)[None, :] < (t - np.asarray(lengths, dtype=int))[:, None]
     Y[before] = np.nan
-    return Panel([panel.items[row] for row in rows], panel.start, Y, panel.shop[:t])
+    observed = None if panel.observed is None else panel.observed[rows, :t]
+    return Panel([panel.items[row] for row in rows], panel.start, Y, panel.shop[:t], observed)
 
 
 def window_mean(

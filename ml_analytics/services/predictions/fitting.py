@@ -111,6 +111,7 @@ class RequestForecaster:
             product_id=product_id,
             first_day=history.first_day,
             values=history.values,
+            observed=history.observed,
             config=config,
             forecaster=forecaster,
         )

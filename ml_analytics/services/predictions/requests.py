@@ -53,10 +53,12 @@ class ModelFailed(PredictionError):
 
 @dataclass(frozen=True)
 class DemandHistory:
-    """A zero-filled daily demand series."""
+    """A zero-filled daily demand series (a stored one: with its censored days'
+    estimates, `observed` False on them)."""
 
     first_day: date
     values: np.ndarray
+    observed: np.ndarray | None = None
 
     @property
     def last_day(self) -> date:

@@ -23,7 +23,6 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-import numpy as np
 from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -34,6 +33,7 @@ from ml_analytics.models.forecasters.base import (
     ForecastConfig,
 )
 from ml_analytics.models.risk import NotAssessable, assess_stockout_risk, risk_window_days
+from ml_analytics.services.demand import demand_history
 from ml_analytics.services.predictions.fitting import RequestForecaster
 from ml_analytics.services.predictions.recent import RecentAnswers
 from ml_analytics.services.predictions.requests import (
@@ -48,7 +48,7 @@ from ml_analytics.services.predictions.requests import (
 )
 from ml_analytics.services.predictions.responses import model_metrics, shaped, units
 from ml_analytics.settings import Settings
-from ml_analytics.storage.demand import StockSnapshot, daily_demand_series, latest_stock_snapshot
+from ml_analytics.storage.demand import StockSnapshot, latest_stock_snapshot
 from ml_analytics.storage.prediction_cache import cached_response, prune_expired, store_response
 from ml_analytics.workers.jobs import (
     GlobalModelSource,
@@ -275,20 +275,23 @@ class PredictionService:
             return DemandHistory.from_points(points, self._settings.http_max_history_days)
         through = await self._forecasts.through()
         async with self._engine.connect() as connection:
-            # Zero-filled to the clock's last complete day, as the consumers' forecasts.
-            series = await daily_demand_series(connection, product_id, through=through)
-        if not series:
+            # Zero-filled to the clock's last complete day, as the consumers' forecasts,
+            # and demand where the shelf was empty, as they learn it.
+            stored = await demand_history(
+                connection,
+                product_id,
+                self._settings,
+                through=through,
+                max_days=self._settings.http_max_history_days,
+                store=False,
+            )
+        if stored is None:
             raise UnknownProduct(
                 f"No stored demand for product {product_id!r}: send transaction_data, or "
                 "publish its transactions first"
             )
-        first_day = series[0].day
-        values = np.array([day.quantity_units for day in series], dtype=float)
-        keep = self._settings.http_max_history_days
-        if len(values) > keep:  # stored history longer than a request may be: its latest part
-            first_day += timedelta(days=len(values) - keep)
-            values = values[-keep:]
-        return DemandHistory(first_day, values)
+        observed = stored.observed if stored.censored.any() else None
+        return DemandHistory(stored.first_day, stored.demand, observed)
 
     async def _stored_stock(self, product_id: str) -> StockSnapshot | None:
         async with self._engine.connect() as connection:

@@ -17,8 +17,9 @@ from ml_analytics import metrics
 from ml_analytics.configs import clock_through, forecast_config, retrain_policy
 from ml_analytics.models.forecasters.base import Forecast
 from ml_analytics.models.retrain import DataState, ModelState, retrain_decision
+from ml_analytics.services.demand import demand_history
 from ml_analytics.settings import Settings
-from ml_analytics.storage.demand import daily_demand_series, product_summary, units_between
+from ml_analytics.storage.demand import product_summary, units_between
 from ml_analytics.storage.global_models import (
     ProductSkill,
     product_skill,
@@ -51,6 +52,9 @@ class Due:
     skill: ProductSkill | None
     global_version: int | None
     trained_through: date
+    # The units sold on the days fitted on (not the estimated demand): what the retrain
+    # policy compares the stored sales with.
+    units_sold: float
 
 
 class ProductRefresher:
@@ -182,15 +186,22 @@ class ProductRefresher:
             return None
         if force:
             reason = "forced"
-        series = await daily_demand_series(
-            connection, product_id, max_days=self._config.history_days, through=through
+        # Demand, not sales: days that ended with the shelf empty carry their estimate
+        # (and are kept in censored_days for the API and the global model).
+        history = await demand_history(
+            connection,
+            product_id,
+            self._settings,
+            through=through,
+            max_days=self._config.history_days,
         )
-        if not series:
+        if history is None:
             return None
         job = ForecastJob(
             product_id=product_id,
-            first_day=series[0].day,
-            values=np.array([day.quantity_units for day in series], dtype=float),
+            first_day=history.first_day,
+            values=history.demand,
+            observed=history.observed if history.censored.any() else None,
             config=self._config,
             forecaster=self._settings.forecast_model,
             combination=tuple(current_global.combination.items()),
@@ -198,13 +209,20 @@ class ProductRefresher:
             calibration=current_global.calibration,
         )
         if job.forecaster == "combination":
-            shop_start, shop = await self._shop(connection, series[0].day, through)
+            shop_start, shop = await self._shop(connection, history.first_day, through)
             job = replace(job, shop_start=shop_start, shop=shop)
         skill = await product_skill(connection, product_id)
         # The global model's version the forecast was made under, also when that
         # version holds no model (too little data to learn from yet): a product is
         # refreshed once per version, not again and again for a model that is not there.
-        return Due(job, reason, skill, current_global.version, series[-1].day)
+        return Due(
+            job,
+            reason,
+            skill,
+            current_global.version,
+            history.last_day,
+            float(history.sales.sum()),
+        )
 
     async def _store(
         self, connection: AsyncConnection, due: Due, forecast: Forecast, seconds: float
@@ -224,7 +242,7 @@ class ProductRefresher:
             trained_at=datetime.now(UTC),
             trained_through=due.trained_through,
             training_days=forecast.training_days,
-            units_seen=forecast.units_seen,
+            units_seen=due.units_sold,
             forecast_start=forecast.start,
             yhat=forecast.yhat.tolist(),
             yhat_lower=forecast.yhat_lower.tolist(),
