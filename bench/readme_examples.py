@@ -22,11 +22,11 @@ import httpx
 from sqlalchemy import text
 
 from bench._stack import bench_stack
+from ml_analytics.cli.replay import replay_file
+from ml_analytics.cli.watch import describe
 from ml_analytics.devstack import ServiceProcess
-from ml_analytics.replay import replay_file
 from ml_analytics.settings import Settings
 from ml_analytics.storage.database import create_engine, migrate
-from ml_analytics.watch import describe
 
 SAMPLE = Path(__file__).resolve().parents[1] / "data/online-retail-ii"
 TIMEOUT_SECONDS = 900

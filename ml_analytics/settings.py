@@ -18,6 +18,9 @@ from pydantic import BaseModel, Field, SecretStr, field_validator, model_validat
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ml_analytics.events import MAX_SERVICE_LEVEL, MIN_SERVICE_LEVEL, EventTimeWindow
+from ml_analytics.models.forecasters.base import ForecastConfig
+from ml_analytics.models.retrain import RetrainPolicy
+from ml_analytics.models.risk import RiskThresholds
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -382,6 +385,28 @@ class Settings(BaseSettings):
     @property
     def group_id(self) -> str:
         return self.topics.group_id
+
+    def forecast_config(self, horizon_days: int | None = None) -> ForecastConfig:
+        """The forecasters' configuration (FORECAST_HORIZON_DAYS unless given)."""
+        return ForecastConfig(
+            horizon_days=horizon_days or self.forecast_horizon_days,
+            seasonality_mode=self.prophet_seasonality_mode,
+            interval_width=self.prophet_interval_width,
+            min_training_days=self.min_training_days,
+            sample_paths=self.forecast_sample_paths,
+            history_days=self.training_max_history_days,
+        )
+
+    def retrain_policy(self) -> RetrainPolicy:
+        return RetrainPolicy(
+            min_training_days=self.min_training_days,
+            min_new_days=self.retrain_min_new_days,
+            min_new_units_ratio=self.retrain_min_new_units_ratio,
+            cooldown_days=self.retrain_cooldown_days,
+        )
+
+    def risk_thresholds(self) -> RiskThresholds:
+        return RiskThresholds(high=self.risk_high_probability, medium=self.risk_medium_probability)
 
     def event_time_window(self, now: datetime) -> EventTimeWindow:
         """The business days an event may fall on, as of `now`."""

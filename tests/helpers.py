@@ -265,7 +265,7 @@ def serving_http(app: Any, settings: Settings) -> Iterator[str]:
 @asynccontextmanager
 async def running_service(settings: Settings, engine: AsyncEngine):  # type: ignore[no-untyped-def]
     """The whole service (consumers, trainer, risk relay, HTTP app) in this process."""
-    from ml_analytics.runner import build_app
+    from ml_analytics.composition import build_app
 
     broker = build_broker(settings)
     app = build_app(settings, engine, broker)

@@ -26,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ml_analytics import metrics
 from ml_analytics.consumers.broker import Publishers
-from ml_analytics.consumers.skipping import StallSkipper
+from ml_analytics.consumers.skip_requests import StallSkipper
 from ml_analytics.consumers.stalls import PartitionStalls, Stall
 from ml_analytics.events import DeadLetter
 from ml_analytics.lifecycle import RetryPolicy, cancel_and_wait

@@ -26,7 +26,6 @@ import numpy as np
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ml_analytics import metrics
-from ml_analytics.configs import clock_through
 from ml_analytics.lifecycle import Poller, RetryPolicy
 from ml_analytics.models.backtest import (
     BacktestCase,
@@ -46,6 +45,7 @@ from ml_analytics.models.calibration import (
 from ml_analytics.models.distribution import pit_density
 from ml_analytics.models.forecasters.combination import DEFAULT, LOCAL_ONLY, choose_combination
 from ml_analytics.scratch import make_directory
+from ml_analytics.services.clock import clock_through
 from ml_analytics.settings import Settings
 from ml_analytics.storage.global_models import (
     PanelData,

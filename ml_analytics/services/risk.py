@@ -26,11 +26,11 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from ml_analytics import metrics
-from ml_analytics.configs import clock_through, risk_thresholds
 from ml_analytics.events import ModelInfo, StockoutRisk
 from ml_analytics.lifecycle import Poller, RetryPolicy, cancel_and_wait
 from ml_analytics.models.replenishment import Replenishment, ReplenishmentPolicy, recommend
 from ml_analytics.models.risk import NotAssessable, assess_stockout_risk, risk_window_days
+from ml_analytics.services.clock import clock_through
 from ml_analytics.services.demand import DemandHistory, demand_history
 from ml_analytics.settings import Settings
 from ml_analytics.storage.assessments import (
@@ -143,7 +143,7 @@ async def assess_product(
             stock_units=stock.stock_units,
             snapshot_day=state.snapshot_day,
             window_days=window,
-            thresholds=risk_thresholds(settings),
+            thresholds=settings.risk_thresholds(),
             observed_since_snapshot_units=state.observed_since_snapshot_units,
         )
     except NotAssessable as reason:

@@ -14,8 +14,8 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 
+from ml_analytics.cli.replay import replay_file
 from ml_analytics.devstack import ServiceProcess
-from ml_analytics.replay import replay_file
 from ml_analytics.settings import Settings
 from tests.helpers import wait_until
 

@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from ml_analytics.replay import replay_file
+from ml_analytics.cli.replay import replay_file
 from ml_analytics.services.ledger import LedgerRetention
 from ml_analytics.settings import Settings
 from tests.helpers import (

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from ml_analytics.cli.replay import replay_file
 from ml_analytics.devstack import ServiceProcess
-from ml_analytics.replay import replay_file
 from ml_analytics.settings import Settings
 from tests.e2e.test_sample_replay import DATA, published_daily_demand, stored_daily_demand
 from tests.helpers import read_all, scalar, wait_until

@@ -259,9 +259,27 @@ def test_dev_command_runs_the_embedded_stack_and_replays_a_file(tmp_path: Path) 
         assert body == {
             "product_id": "85123A",
             "days": [
-                {"date": "2010-12-01", "quantity_units": 10.0, "transactions": 2},
-                {"date": "2010-12-02", "quantity_units": 0.0, "transactions": 0},
-                {"date": "2010-12-03", "quantity_units": 2.0, "transactions": 1},
+                {
+                    "date": "2010-12-01",
+                    "quantity_units": 10.0,
+                    "transactions": 2,
+                    "censored": False,
+                    "estimated_demand_units": 10.0,
+                },
+                {
+                    "date": "2010-12-02",
+                    "quantity_units": 0.0,
+                    "transactions": 0,
+                    "censored": False,
+                    "estimated_demand_units": 0.0,
+                },
+                {
+                    "date": "2010-12-03",
+                    "quantity_units": 2.0,
+                    "transactions": 1,
+                    "censored": False,
+                    "estimated_demand_units": 2.0,
+                },
             ],
         }
         assert httpx.get(f"http://127.0.0.1:{port}/ready", timeout=10).status_code == 200

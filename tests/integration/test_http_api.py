@@ -539,7 +539,7 @@ async def test_products_are_listed_most_urgent_first_and_paginated(
 async def test_asyncapi_document_names_the_topics(
     api_settings: Settings, services: StackServices, database_url: str
 ) -> None:
-    from ml_analytics.runner import build_app
+    from ml_analytics.composition import build_app
 
     engine = create_engine(api_settings)
     app = build_app(api_settings, engine, build_broker(api_settings))

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from ml_analytics.replay import count_rows, detect_kind, read_events
+from ml_analytics.cli.replay import count_rows, detect_kind, read_events
 
 
 def test_transactions_file_rows_become_transaction_events(tmp_path: Path) -> None:
@@ -52,7 +52,7 @@ def test_stock_levels_file_with_optional_lead_time(tmp_path: Path) -> None:
 
 def test_a_cell_that_is_not_a_number_is_published_as_it_is() -> None:
     # The service, not the replay, decides what is valid: it becomes a dead letter there.
-    from ml_analytics.replay import row_to_event
+    from ml_analytics.cli.replay import row_to_event
 
     event = row_to_event(
         "transactions",

@@ -18,7 +18,6 @@ import numpy as np
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ml_analytics import metrics
-from ml_analytics.configs import clock_through
 from ml_analytics.models.calibration import YEAR_DAYS
 from ml_analytics.models.forecasters.base import (
     AccuracyMetrics,
@@ -35,6 +34,7 @@ from ml_analytics.models.forecasters.combination import (
     for_posted_history,
 )
 from ml_analytics.models.forecasters.prophet import assemble_forecast
+from ml_analytics.services.clock import clock_through
 from ml_analytics.services.predictions.requests import (
     BadRequest,
     Busy,

@@ -28,7 +28,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ml_analytics import metrics
 from ml_analytics.api_models import ForecastResponse, StockoutResponse
-from ml_analytics.configs import forecast_config, risk_thresholds
 from ml_analytics.models.forecasters.base import (
     ForecastConfig,
 )
@@ -71,7 +70,7 @@ class PredictionService:
         self._engine = engine
         self._settings = settings
         self._forecasts = RequestForecaster(engine, settings, global_models, pool)
-        self._thresholds = risk_thresholds(settings)
+        self._thresholds = settings.risk_thresholds()
         self._pending: dict[str, asyncio.Future[str]] = {}
         self._recent = RecentAnswers()  # this process's copy of the newest cached answers
         self._last_prune = 0.0
@@ -242,7 +241,7 @@ class PredictionService:
     # -- parts -------------------------------------------------------------------
 
     def _config(self, horizon_days: int) -> ForecastConfig:
-        return dataclasses.replace(forecast_config(self._settings), horizon_days=horizon_days)
+        return dataclasses.replace(self._settings.forecast_config(), horizon_days=horizon_days)
 
     async def _cache_key(
         self,

@@ -14,9 +14,9 @@ import numpy as np
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ml_analytics import metrics
-from ml_analytics.configs import clock_through, forecast_config, retrain_policy
 from ml_analytics.models.forecasters.base import Forecast
 from ml_analytics.models.retrain import DataState, ModelState, retrain_decision
+from ml_analytics.services.clock import clock_through
 from ml_analytics.services.demand import demand_history
 from ml_analytics.settings import Settings
 from ml_analytics.storage.demand import product_summary, units_between
@@ -65,8 +65,8 @@ class ProductRefresher:
         global_models: GlobalModelSource | None,
     ) -> None:
         self._settings = settings
-        self._config = forecast_config(settings)
-        self._policy = retrain_policy(settings)
+        self._config = settings.forecast_config()
+        self._policy = settings.retrain_policy()
         self._pool = pool
         self._global_models = global_models
         self._shop_cache: tuple[date, date, np.ndarray] | None = None  # (first, last, demand)

@@ -22,9 +22,9 @@ from datetime import date
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ml_analytics import metrics
-from ml_analytics.configs import clock_through, forecast_config, retrain_policy
 from ml_analytics.lifecycle import Poller, cancel_and_wait
 from ml_analytics.models.forecasters.base import ModelFailure
+from ml_analytics.services.clock import clock_through
 from ml_analytics.services.training.refresh import ProductRefresher
 from ml_analytics.settings import Settings
 from ml_analytics.storage.locks import advisory_lock, advisory_locks, product_lock
@@ -66,8 +66,8 @@ class ModelTrainer:
     ) -> None:
         self._engine = engine
         self._settings = settings
-        self._config = forecast_config(settings)
-        self._policy = retrain_policy(settings)
+        self._config = settings.forecast_config()
+        self._policy = settings.retrain_policy()
         self._on_model = on_model
         self._pool = pool or FitPool(settings.worker_count, settings.worker_max_fits)
         self._global_models = global_models

@@ -31,7 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from ml_analytics.consumers.stalls import PartitionStalls, Stall
 from ml_analytics.events import DeadLetter
 from ml_analytics.lifecycle import cancel_and_wait
-from ml_analytics.storage.skips import SkipRequest, finish_skip, pending_skips
+from ml_analytics.storage.skip_requests import SkipRequest, finish_skip, pending_skips
 
 logger = logging.getLogger(__name__)
 

@@ -10,11 +10,13 @@ dead letter there, which is what a replay should show.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import csv
 import gzip
 import io
 import json
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -187,3 +189,36 @@ async def replay_file(
         bar.close()
         await broker.stop()
     return ReplayResult(kind, topic, published, time.monotonic() - started)
+
+
+def replay_command(args: argparse.Namespace) -> int:
+    """`ml-analytics replay PATH ...`: each file to its topic, one after the other."""
+    from ml_analytics.cli import run_async
+
+    missing = [str(path) for path in args.paths if not path.is_file()]
+    if missing:
+        print(f"replay: no such file: {', '.join(missing)}", file=sys.stderr)
+        return 2
+    settings = Settings()
+    for path in args.paths:
+        try:
+            result = run_async(
+                replay_file(
+                    path,
+                    settings,
+                    rate=args.rate,
+                    speed=args.speed,
+                    limit=args.limit,
+                    progress=not args.no_progress,
+                )
+            )
+        except ValueError as error:
+            print(f"replay: {path}: {error}", file=sys.stderr)
+            return 2
+        rate = result.published / result.seconds if result.seconds else 0.0
+        print(
+            f"replay: published {result.published} {result.kind.replace('_', '-')} events to "
+            f"{result.topic} in {result.seconds:.1f} s ({rate:,.0f}/s)",
+            file=sys.stderr,
+        )
+    return 0

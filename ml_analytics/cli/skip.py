@@ -1,5 +1,5 @@
 """`ml-analytics skip`: ask the replica stuck on a partition to move past its bad batch,
-and wait for the outcome (see consumers/skipping.py for what the replica does)."""
+and wait for the outcome (see consumers/skip_requests.py for what the replica does)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import time
 
 from ml_analytics.settings import Settings
 from ml_analytics.storage.database import create_engine
-from ml_analytics.storage.skips import request_skip, skip_request
+from ml_analytics.storage.skip_requests import request_skip, skip_request
 
 POLL_SECONDS = 0.5
 
