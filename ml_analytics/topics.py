@@ -4,7 +4,7 @@ Names and partition counts come from topics.yaml (overridable by settings); the
 subscriber, the publishers and /asyncapi are built from this table.
 
 Adding a topic: its entry in topics.yaml, an entry here, and its handler (and for an
-input topic, its storage write). See the README's recipe.
+input topic, its storage write). See the recipe in docs/development.md.
 """
 
 from __future__ import annotations

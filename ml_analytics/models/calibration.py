@@ -15,7 +15,7 @@ Poisson went from +0.154 / +0.088 / +0.071 (pooled density) to +0.196 / +0.094 /
 +0.074 at 7/14/21 days of cover in 2011 with the first seven features, +0.209 /
 +0.109 / +0.084 with all nine; in 2010 from +0.089 / +0.030 / +0.044 to +0.169 /
 +0.082 / +0.078, then +0.173 / +0.095 / +0.081. Sharper, but the middle deciles
-under-predict by up to 0.07 (README, "Forecast evaluation").
+under-predict by up to 0.07 (docs/evaluation.md, "Tried and not taken").
 
 Histories posted to the API shorter than a year get a second model of the same form,
 learned from backtests of cut histories (POSTED_FEATURES: the same features and the

@@ -18,14 +18,14 @@ enough backtests carry the products' features, each product's own density from t
 conditional model of `calibration.py`. A uniform PIT changes nothing; one that piles
 up at the top (demand higher than the paths said) moves weight to the upper paths.
 What each does to the Brier score and the deciles is measured by bench/evaluate
-(README, "Forecast evaluation"). Pure: numpy.
+(docs/evaluation.md). Pure: numpy.
 
 Level uncertainty (LEVEL_SD): each path's days are also scaled by one log-normal
 factor of mean one (σ 0.3 of its log), as real demand's level moves from week to
 week while independent days around the forecast average out over 14 days: without
 it a daily seller's 14-day totals are too narrow, which re-weighting the paths
 cannot widen enough. It narrowed the worst reliability decile at the same Brier
-skill (bench/calibration --level-sd 0 against 0.3; bench/evaluate in the README).
+skill (bench/calibration --level-sd 0 against 0.3; bench/evaluate in docs/evaluation.md).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Stockout risk from a forecast's predictive sample paths. Pure: arrays and dates in.
 
-Conventions (documented in the README):
+Conventions (documented in docs/design.md, "The risk figures"):
 - A stock snapshot counts as the stock at the end of its business day D; demand
   runs from day D+1. Demand already observed after D (days before the forecast
   starts) is taken off the stock first.

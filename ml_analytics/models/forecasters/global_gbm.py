@@ -6,9 +6,9 @@ divided by the product's own level, so that slow and fast movers learn from each
 other. Features come from the product's own history and the whole shop's recent
 trend, before the origin only. Measured on the sample's 600 products at six origins
 of 2011, alone it is about level with a 28-day moving average; averaged with the
-moving average and ADIDA it is 9% better on 28-day totals (see bench/evaluate and the
-README). Design and hyper-parameters come from a study on that data; they are left at
-robust defaults, not tuned per origin.
+moving average and ADIDA it is 9% better on 28-day totals (see bench/evaluate and
+docs/evaluation.md). Design and hyper-parameters come from a study on that data; they
+are left at robust defaults, not tuned per origin.
 
 Pure: numpy, pandas and lightgbm; the service trains it in a worker process.
 """
