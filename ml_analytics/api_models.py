@@ -7,10 +7,11 @@ from __future__ import annotations
 from datetime import date, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, BaseModel, Field
 from typing_extensions import TypedDict
 
 from ml_analytics.events import MAX_QUANTITY_UNITS, MAX_STOCK_UNITS, Identifier
+from ml_analytics.models.forecasters import registry
 
 
 class ErrorBody(BaseModel):
@@ -54,12 +55,27 @@ CacheBypass = Annotated[
 ]
 
 
+def _known_forecaster(name: str) -> str:
+    if name not in registry.names():
+        raise ValueError(f"unknown forecaster {name!r}: one of {', '.join(registry.names())}")
+    return name
+
+
+def _forecaster_choices(schema: dict[str, Any]) -> None:
+    schema["enum"] = list(registry.names())
+
+
 ModelChoice = Annotated[
-    Literal["combination", "prophet"] | None,
+    Annotated[
+        str,
+        AfterValidator(_known_forecaster),
+        Field(json_schema_extra=_forecaster_choices),
+    ]
+    | None,
     Field(
-        description="The forecaster (an addition to the contract): the combination of the "
-        "global model and local members the service chose by backtest, or Prophet. Default: "
-        "the service's FORECAST_MODEL."
+        description="The forecaster (an addition to the contract), by its name in the "
+        "registry: the combination of the global model and local members the service chose "
+        "by backtest, or Prophet. Default: the service's FORECAST_MODEL."
     ),
 ]
 

@@ -31,7 +31,7 @@ def build_app(settings: Settings, engine: AsyncEngine, broker: KafkaBroker) -> F
     global_models = GlobalModelService(
         engine,
         settings,
-        train=settings.training_enabled and settings.forecast_model == "combination",
+        train=settings.training_enabled and settings.forecaster().uses_global_model,
     )
     trainer = ModelTrainer(engine, settings, on_model=model_trained, global_models=global_models)
 

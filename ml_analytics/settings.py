@@ -18,6 +18,7 @@ from pydantic import BaseModel, Field, SecretStr, field_validator, model_validat
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ml_analytics.events import MAX_SERVICE_LEVEL, MIN_SERVICE_LEVEL, EventTimeWindow
+from ml_analytics.models.forecasters import registry
 from ml_analytics.models.forecasters.base import ForecastConfig
 from ml_analytics.models.retrain import RetrainPolicy
 from ml_analytics.models.risk import RiskThresholds
@@ -218,10 +219,11 @@ class Settings(BaseSettings):
         default=True,
         description="false: this replica ingests and assesses risk but fits no models.",
     )
-    forecast_model: Literal["combination", "prophet"] = Field(
-        default="combination",
-        description="The consumers' forecaster: the combination of the global model and local "
-        "members chosen by backtest, or Prophet per product.",
+    forecast_model: str = Field(
+        default=registry.DEFAULT,
+        description="The consumers' forecaster, by its name in the registry "
+        "(models/forecasters/registry.py): the combination of the global model and local "
+        "members chosen by backtest (the default), or Prophet per product.",
     )
     global_model_retrain_days: int = Field(
         default=7, ge=1, description="Clock days between trainings of the global model."
@@ -321,6 +323,14 @@ class Settings(BaseSettings):
         # The original service's .env and compose file write `info`.
         return value.strip().upper() if isinstance(value, str) else value
 
+    @field_validator("forecast_model")
+    @classmethod
+    def _known_forecaster(cls, value: str) -> str:
+        if value not in registry.names():
+            known = ", ".join(registry.names())
+            raise ValueError(f"FORECAST_MODEL={value!r} is not a forecaster: one of {known}")
+        return value
+
     @field_validator("business_timezone")
     @classmethod
     def _known_timezone(cls, value: str) -> str:
@@ -396,6 +406,10 @@ class Settings(BaseSettings):
             sample_paths=self.forecast_sample_paths,
             history_days=self.training_max_history_days,
         )
+
+    def forecaster(self) -> registry.Forecaster:
+        """The consumers' forecaster (FORECAST_MODEL) from the registry."""
+        return registry.forecaster(self.forecast_model)
 
     def retrain_policy(self) -> RetrainPolicy:
         return RetrainPolicy(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Protocol
@@ -18,20 +18,11 @@ from typing import Protocol
 import numpy as np
 
 from ml_analytics.models.calibration import Calibration, ConditionalCalibration
-from ml_analytics.models.forecasters import prophet
-from ml_analytics.models.forecasters.base import (
-    Forecast,
-    ForecastConfig,
-    ModelFailure,
-    check_history,
-)
-from ml_analytics.models.forecasters.combination import (
-    LOCAL_ONLY,
-    Combination,
-    forecast_products,
-)
+from ml_analytics.models.forecasters import registry
+from ml_analytics.models.forecasters.base import Forecast, ForecastConfig
+from ml_analytics.models.forecasters.combination import LOCAL_ONLY
 from ml_analytics.models.forecasters.global_gbm import GlobalModel
-from ml_analytics.models.forecasters.panel import panel_from_series
+from ml_analytics.models.forecasters.registry import Forecaster
 
 _loaded: dict[Path, GlobalModel] = {}
 
@@ -82,7 +73,8 @@ class ForecastJob:
     # Days whose demand was observed (False: censored, `values` holds its estimate);
     # None: every day.
     observed: np.ndarray | None = None
-    forecaster: str = "combination"  # or "prophet"
+    # The registry's entry (models/forecasters/registry.py); it travels to the worker.
+    forecaster: Forecaster = field(default_factory=lambda: registry.forecaster(registry.DEFAULT))
     combination: tuple[tuple[str, float], ...] = ()
     global_model: GlobalModelRef | None = None
     calibration: Calibration | None = None
@@ -104,104 +96,57 @@ def load_global_model(ref: GlobalModelRef) -> GlobalModel:
 
 
 def run_forecast(job: ForecastJob) -> tuple[Forecast, float]:
-    """The product's forecast and the seconds it took (runs in a worker process)."""
-    started = time.perf_counter()
-    values = np.asarray(job.values, dtype=float)
-    if job.forecaster == "prophet":
-        forecast = prophet.fit_forecast(values, job.first_day, job.config)
-        return forecast, time.perf_counter() - started
-    check_history(values, job.first_day, job.config)
-    if job.shop is not None and job.shop_start is not None:
-        shop_start, shop = job.shop_start, np.asarray(job.shop, dtype=float)
-    else:  # no stored data: the product's own days are its calendar
-        shop_start, shop = job.first_day, np.zeros(len(values))
-    panel = panel_from_series(
-        [(job.product_id, job.first_day, values)], shop_start, shop, [job.observed]
-    )
-    model = load_global_model(job.global_model) if job.global_model is not None else None
-    combination = Combination.from_dict(dict(job.combination))
-    (forecast,) = forecast_products(
-        panel, panel.days, [0], combination, model, job.config, job.calibration, job.holdout
-    )
-    return forecast, time.perf_counter() - started
+    """The product's forecast and the seconds it took (runs in a worker process);
+    raises the ModelFailure that stopped it."""
+    (outcome, seconds) = run_forecasts([job])[0]
+    if isinstance(outcome, Exception):
+        raise outcome
+    return outcome, seconds
 
 
 def run_forecasts(jobs: list[ForecastJob]) -> list[tuple[Forecast | Exception, float]]:
     """Several products' forecasts in one call (runs in a worker process): each product's
-    forecast and its share of the seconds, or the error that stopped it.
+    forecast and its share of the seconds, or the ModelFailure that stopped it.
 
-    A new global model or the clock makes every product due at once. The combination's
-    products that share a calendar, a global model, weights and calibration are
-    forecast together, on one panel: the same forecasts as one at a time, about twenty
-    times cheaper. Anything else (Prophet, a job without the shop's days) goes one by
-    one. A product whose history cannot be fitted gets its error (a ModelFailure), the
-    others their forecasts; any other error is a fault and stops the call."""
+    A new global model or the clock makes every product due at once. Jobs that share a
+    forecaster, a calendar, a global model, weights, calibration and configuration go
+    to their forecaster together (the combination forecasts them on one panel: the
+    same forecasts as one at a time, about twenty times cheaper). Any error but a
+    ModelFailure is a fault and stops the call."""
     outcomes: list[tuple[Forecast | Exception, float] | None] = [None] * len(jobs)
     groups: dict[tuple[object, ...], list[int]] = {}
     for index, job in enumerate(jobs):
-        if job.forecaster == "combination" and job.shop is not None and job.shop_start is not None:
-            key = (
-                job.last_day,
-                job.shop_start,
-                len(job.shop),
-                job.global_model,
-                job.combination,
-                job.calibration,
-                job.config,
-                job.holdout,
-            )
-            groups.setdefault(key, []).append(index)
-            continue
-        try:
-            outcomes[index] = run_forecast(job)
-        except ModelFailure as error:
-            outcomes[index] = (error, 0.0)
+        key = (
+            job.forecaster,
+            job.last_day,
+            job.shop_start,
+            None if job.shop is None else len(job.shop),
+            job.global_model,
+            job.combination,
+            job.calibration,
+            job.config,
+            job.holdout,
+        )
+        groups.setdefault(key, []).append(index)
     for indices in groups.values():
         started = time.perf_counter()
-        fit: list[int] = []
-        for index in indices:
-            job = jobs[index]
-            try:
-                check_history(np.asarray(job.values, dtype=float), job.first_day, job.config)
-                fit.append(index)
-            except ModelFailure as error:
-                outcomes[index] = (error, 0.0)
-        if not fit:
-            continue
-        first = jobs[fit[0]]
-        assert first.shop is not None and first.shop_start is not None
-        panel = panel_from_series(
-            [(jobs[i].product_id, jobs[i].first_day, jobs[i].values) for i in fit],
-            first.shop_start,
-            np.asarray(first.shop, dtype=float),
-            [jobs[i].observed for i in fit],
+        first = jobs[indices[0]]
+        model = (
+            load_global_model(first.global_model)
+            if first.global_model is not None and first.forecaster.uses_global_model
+            else None
         )
-        forecasts = forecast_products(
-            panel,
-            panel.days,
-            np.arange(len(fit)),
-            Combination.from_dict(dict(first.combination)),
-            load_global_model(first.global_model) if first.global_model is not None else None,
-            first.config,
-            first.calibration,
-            first.holdout,
-        )
-        each = (time.perf_counter() - started) / len(fit)
-        for index, forecast in zip(fit, forecasts, strict=True):
-            outcomes[index] = (forecast, each)
+        results = first.forecaster.forecast([jobs[i] for i in indices], model)
+        each = (time.perf_counter() - started) / len(indices)
+        for index, result in zip(indices, results, strict=True):
+            outcomes[index] = (result, 0.0 if isinstance(result, Exception) else each)
     done = [outcome for outcome in outcomes if outcome is not None]
     assert len(done) == len(jobs)
     return done
 
 
-def prophet_holdout(job: ForecastJob) -> object:
-    """Prophet's holdout fit alone (the HTTP API runs it beside the final fit)."""
-    values = np.asarray(job.values, dtype=float)
-    seasonality = check_history(values, job.first_day, job.config)
-    return prophet.holdout_accuracy(values, job.first_day, job.config, seasonality)
-
-
-def prophet_final(job: ForecastJob) -> object:
-    values = np.asarray(job.values, dtype=float)
-    seasonality = check_history(values, job.first_day, job.config)
-    return prophet.future_forecast(values, job.first_day, job.config, seasonality)
+def split_part(part: str, job: ForecastJob) -> object:
+    """One of a split fit's parts (`holdout` or `final`: registry.SplitFit), in a worker."""
+    split = job.forecaster.split
+    assert split is not None
+    return split.holdout(job) if part == "holdout" else split.final(job)

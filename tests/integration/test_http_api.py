@@ -595,7 +595,7 @@ async def test_asyncapi_document_names_the_topics(
         (
             "/forecast/demand",
             {"model": "arima"},
-            "model: Input should be 'combination' or 'prophet' (got 'arima')",
+            "model: unknown forecaster 'arima': one of combination, prophet (got 'arima')",
         ),
     ],
 )

@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ml_analytics.models.forecasters import combination
 from ml_analytics.models.forecasters.base import ForecastConfig, InsufficientData, ModelFailure
 from ml_analytics.models.forecasters.combination import DEFAULT
 from ml_analytics.models.forecasters.global_gbm import train_global
-from ml_analytics.workers import jobs as jobs_module
 from ml_analytics.workers.jobs import ForecastJob, GlobalModelRef, run_forecast, run_forecasts
 from tests.unit.test_combination import START, synthetic_panel
 
@@ -78,7 +78,7 @@ def test_a_fault_inside_the_forecasters_is_raised_not_taken_for_a_failed_fit(
     def faulty(*args: object) -> None:
         raise ValueError("a fault of ours")
 
-    monkeypatch.setattr(jobs_module, "forecast_products", faulty)
+    monkeypatch.setattr(combination, "forecast_products", faulty)
     job = jobs_of_panel(None)[0]
     if one_by_one:  # without the shop's days a job goes one by one
         job = replace(job, shop=None, shop_start=None)

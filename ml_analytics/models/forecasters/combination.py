@@ -7,9 +7,9 @@ flat one); the combination is their weighted mean, and each day gets its week's
 level times its weekday's multiplier (the product's own weekday shares, shrunk
 towards the shop's). Equal weights of the global model, the 28-day moving average
 and ADIDA are the default: on the sample's 600 products at six origins in spring and
-autumn 2011 they were 9% better than the moving average on 28-day totals, and better
-than weights learned per segment (README). Every global training backtests the
-members at an origin four weeks back, with a model that saw nothing after it
+autumn 2011 they were 9% better than the moving average on 28-day totals
+(docs/evaluation.md). Every global training backtests the members at an origin four
+weeks back, with a model that saw nothing after it
 (services/global_model.py); `choose_combination` picks another candidate over those
 stored backtests only when it is clearly better.
 
@@ -32,7 +32,9 @@ from ml_analytics.models.forecasters.base import (
     AccuracyMetrics,
     Forecast,
     ForecastConfig,
+    ModelFailure,
     accuracy,
+    check_history,
     detect_seasonality,
 )
 from ml_analytics.models.forecasters.global_gbm import (
@@ -42,7 +44,7 @@ from ml_analytics.models.forecasters.global_gbm import (
     predict_weekly,
 )
 from ml_analytics.models.forecasters.local import local_levels
-from ml_analytics.models.forecasters.panel import Panel, weekday_profile
+from ml_analytics.models.forecasters.panel import Panel, panel_from_series, weekday_profile
 
 GLOBAL = "gbm"
 
@@ -301,3 +303,54 @@ def choose_combination(
         return best, report
     report["chosen"], report["why"] = default.name, "no candidate clearly better"
     return default, report
+
+
+# -- as the registry runs it (models/forecasters/registry.py) ---------------------------
+
+NAME = "combination"
+
+
+def forecast_jobs(
+    jobs: Sequence[Any], global_model: GlobalModel | None
+) -> list[Forecast | ModelFailure]:
+    """The jobs' forecasts on one panel (the same as one at a time, about twenty times
+    cheaper). The jobs share a calendar (the shop's days), a combination, a calibration,
+    a configuration and whether to score a holdout; jobs without the shop's days are
+    forecast one by one, each on its own days. A history that cannot be fitted gets
+    its ModelFailure."""
+    if len(jobs) > 1 and (jobs[0].shop is None or jobs[0].shop_start is None):
+        return [outcome for job in jobs for outcome in forecast_jobs([job], global_model)]
+    outcomes: list[Forecast | ModelFailure | None] = [None] * len(jobs)
+    fit: list[int] = []
+    for index, job in enumerate(jobs):
+        try:
+            check_history(np.asarray(job.values, dtype=float), job.first_day, job.config)
+            fit.append(index)
+        except ModelFailure as failure:
+            outcomes[index] = failure
+    if fit:
+        first = jobs[fit[0]]
+        if first.shop is not None and first.shop_start is not None:
+            shop_start, shop = first.shop_start, np.asarray(first.shop, dtype=float)
+        else:  # no stored data: the product's own days are its calendar
+            shop_start, shop = first.first_day, np.zeros(len(first.values))
+        panel = panel_from_series(
+            [(jobs[i].product_id, jobs[i].first_day, np.asarray(jobs[i].values, dtype=float))
+             for i in fit],
+            shop_start,
+            shop,
+            [jobs[i].observed for i in fit],
+        )  # fmt: skip
+        forecasts = forecast_products(
+            panel,
+            panel.days,
+            np.arange(len(fit)),
+            Combination.from_dict(dict(first.combination)),
+            global_model,
+            first.config,
+            first.calibration,
+            first.holdout,
+        )
+        for index, forecast in zip(fit, forecasts, strict=True):
+            outcomes[index] = forecast
+    return [outcome for outcome in outcomes if outcome is not None]

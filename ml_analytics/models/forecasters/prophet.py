@@ -6,16 +6,17 @@ all of it. Forecast values are clipped at zero.
 Its sample paths (what stockout risk is computed from) are sale-day paths around
 Prophet's own daily forecast (models/distribution.py), so the probability and the
 date come from the same forecast as `yhat`. On the sample Prophet is not better than
-a 28-day moving average (README); the default forecaster is the combination.
+a 28-day moving average (docs/evaluation.md); the default forecaster is the combination.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Sequence
 from datetime import date, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -164,3 +165,42 @@ def remove_fit_files(model: Any) -> None:
     for directory in {f.parent for f in files}:
         with contextlib.suppress(OSError):  # not empty: something else is in it
             directory.rmdir()
+
+
+# -- as the registry runs it (models/forecasters/registry.py) ---------------------------
+
+
+def forecast_jobs(
+    jobs: Sequence[Any], global_model: object = None
+) -> list[Forecast | ModelFailure]:
+    """Each job's forecast, one product at a time (Prophet has no panel)."""
+    outcomes: list[Forecast | ModelFailure] = []
+    for job in jobs:
+        try:
+            outcomes.append(
+                fit_forecast(np.asarray(job.values, dtype=float), job.first_day, job.config)
+            )
+        except ModelFailure as failure:
+            outcomes.append(failure)
+    return outcomes
+
+
+def holdout_job(job: Any) -> AccuracyMetrics | None:
+    """The holdout fit alone (the HTTP API runs it beside the final fit)."""
+    values = np.asarray(job.values, dtype=float)
+    seasonality = check_history(values, job.first_day, job.config)
+    return holdout_accuracy(values, job.first_day, job.config, seasonality)
+
+
+def final_job(job: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    values = np.asarray(job.values, dtype=float)
+    seasonality = check_history(values, job.first_day, job.config)
+    return future_forecast(values, job.first_day, job.config, seasonality)
+
+
+def assemble_job(job: Any, holdout: object, final: object) -> Forecast:
+    values = np.asarray(job.values, dtype=float)
+    seasonality = check_history(values, job.first_day, job.config)
+    metrics = holdout if isinstance(holdout, AccuracyMetrics) else None
+    predicted = cast(tuple[np.ndarray, np.ndarray, np.ndarray], final)
+    return assemble_forecast(values, job.first_day, job.config, seasonality, metrics, predicted)

@@ -26,14 +26,13 @@ from ml_analytics.models.forecasters.base import (
     InsufficientData,
     ModelFailure,
     Seasonality,
-    check_history,
 )
 from ml_analytics.models.forecasters.combination import (
     LOCAL_ONLY,
     Combination,
     for_posted_history,
 )
-from ml_analytics.models.forecasters.prophet import assemble_forecast
+from ml_analytics.models.forecasters.registry import Forecaster
 from ml_analytics.services.clock import clock_through
 from ml_analytics.services.predictions.requests import (
     BadRequest,
@@ -48,9 +47,8 @@ from ml_analytics.storage.models_store import StoredModel, load_model
 from ml_analytics.workers.jobs import (
     ForecastJob,
     GlobalModelSource,
-    prophet_final,
-    prophet_holdout,
     run_forecast,
+    split_part,
 )
 from ml_analytics.workers.pool import FitPool, FitTimeout
 
@@ -96,7 +94,7 @@ class RequestForecaster:
         product_id: str,
         history: DemandHistory,
         config: ForecastConfig,
-        forecaster: str,
+        forecaster: Forecaster,
         stored_history: bool,
     ) -> Forecast:
         """The forecast of `history`: for a stored product's own history, its stored
@@ -115,7 +113,7 @@ class RequestForecaster:
             config=config,
             forecaster=forecaster,
         )
-        if forecaster == "combination":
+        if forecaster.uses_global_model:
             job = await self._with_global_model(job, posted=not stored_history)
         return await self._fit(product_id, job)
 
@@ -163,15 +161,13 @@ class RequestForecaster:
         timeout = self._settings.worker_timeout
         started = time.perf_counter()
         try:
-            if job.forecaster == "prophet":
+            split = job.forecaster.split
+            if split is not None:
                 # The holdout fit and the final fit side by side: best latency.
                 holdout, predicted = await self._pool.run_all(
-                    timeout, [(prophet_holdout, (job,)), (prophet_final, (job,))]
+                    timeout, [(split_part, ("holdout", job)), (split_part, ("final", job))]
                 )
-                seasonality = check_history(job.values, job.first_day, job.config)
-                forecast = assemble_forecast(
-                    job.values, job.first_day, job.config, seasonality, holdout, predicted
-                )
+                forecast = split.assemble(job, holdout, predicted)
             else:
                 forecast, _ = await self._pool.run(timeout, run_forecast, job)
         except InsufficientData as error:
@@ -210,7 +206,10 @@ class RequestForecaster:
 
 
 def _stored_forecast(
-    stored: StoredModel | None, history: DemandHistory, config: ForecastConfig, forecaster: str
+    stored: StoredModel | None,
+    history: DemandHistory,
+    config: ForecastConfig,
+    forecaster: Forecaster,
 ) -> Forecast | None:
     """The consumers' stored forecast of this history, when it is one: made by the same
     forecaster from the same last day, covering the horizon."""
@@ -218,7 +217,7 @@ def _stored_forecast(
         stored is None
         or stored.trained_through != history.last_day
         or len(stored.yhat) < config.horizon_days
-        or (stored.model_name == "prophet") != (forecaster == "prophet")
+        or not forecaster.made(stored.model_name)
     ):
         return None
     h = config.horizon_days

@@ -28,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ml_analytics import metrics
 from ml_analytics.api_models import ForecastResponse, StockoutResponse
+from ml_analytics.models.forecasters import registry
 from ml_analytics.models.forecasters.base import (
     ForecastConfig,
 )
@@ -109,7 +110,7 @@ class PredictionService:
 
         async def compute() -> BaseModel:
             forecast = await self._forecasts.forecast(
-                product_id, history, config, forecaster, points is None
+                product_id, history, config, registry.forecaster(forecaster), points is None
             )
             return shaped(
                 ForecastResponse,
@@ -196,7 +197,7 @@ class PredictionService:
 
         async def compute() -> BaseModel:
             forecast = await self._forecasts.forecast(
-                product_id, history, config, forecaster, points is None
+                product_id, history, config, registry.forecaster(forecaster), points is None
             )
             try:
                 risk = assess_stockout_risk(

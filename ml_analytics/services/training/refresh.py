@@ -86,7 +86,7 @@ class ProductRefresher:
 
     @property
     def current_global(self) -> CurrentModel:
-        if self._settings.forecast_model != "combination" or self._global_models is None:
+        if not self._settings.forecaster().uses_global_model or self._global_models is None:
             return NO_MODEL
         return self._global_models.current
 
@@ -203,12 +203,12 @@ class ProductRefresher:
             values=history.demand,
             observed=history.observed if history.censored.any() else None,
             config=self._config,
-            forecaster=self._settings.forecast_model,
+            forecaster=self._settings.forecaster(),
             combination=tuple(current_global.combination.items()),
             global_model=current_global.reference,
             calibration=current_global.calibration,
         )
-        if job.forecaster == "combination":
+        if job.forecaster.uses_global_model:
             shop_start, shop = await self._shop(connection, history.first_day, through)
             job = replace(job, shop_start=shop_start, shop=shop)
         skill = await product_skill(connection, product_id)

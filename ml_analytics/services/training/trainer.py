@@ -43,7 +43,6 @@ logger = logging.getLogger(__name__)
 
 ModelListener = Callable[[str], Awaitable[None]]
 BUSY_RETRY_SECONDS = 2.0
-BATCH_PRODUCTS = 64  # products one worker job forecasts together when many are due
 CLOCK_POLL_SECONDS = 2.0
 MAX_FAILURE_BACKOFF_SECONDS = 3600.0
 
@@ -89,7 +88,7 @@ class ModelTrainer:
         self._through: date | None = None  # the clock's last complete day, as last seen
         self._refresher = ProductRefresher(settings, self._pool, global_models)
         # Prophet fits one product at a time; the combination forecasts many together.
-        self._batch_size = BATCH_PRODUCTS if settings.forecast_model == "combination" else 1
+        self._batch_size = settings.forecaster().batch_products
 
     @property
     def current_global(self) -> CurrentModel:
@@ -188,7 +187,7 @@ class ModelTrainer:
             self._through = through
             self.notify(due)
             self.notify(self._refresher.cooled_down(through))
-        if self._global_models is not None and self._settings.forecast_model == "combination":
+        if self._global_models is not None and self._settings.forecaster().uses_global_model:
             self._global_models.clock_moved()
 
     def _take_ready(self, most: int) -> list[str]:
