@@ -1,77 +1,15 @@
-"""The service's background tasks: stopping them, and pausing between retries."""
+"""Processes that end with their parent: the fit workers, the embedded broker and the
+replay child of `dev` (Linux's parent-death signal, and a watch where it is missing)."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import ctypes
 import os
 import signal
 import sys
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass
-from typing import Any
-
-
-@dataclass(frozen=True, slots=True)
-class RetryPolicy:
-    """How long to pause between attempts at something that failed (a database
-    write, a publish): doubling from the first pause, up to the longest."""
-
-    first_delay_seconds: float = 0.5
-    max_delay_seconds: float = 30.0
-
-    def delays(self) -> Iterator[float]:
-        """The pauses, one per failed attempt, without end."""
-        delay = self.first_delay_seconds
-        while True:
-            yield delay
-            delay = min(delay * 2, self.max_delay_seconds)
-
-
-async def cancel_and_wait(task: asyncio.Task[Any] | None) -> None:
-    """Cancel a background task and wait until it has finished unwinding."""
-    if task is None:
-        return
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
-
-
-class Poller:
-    """A background task that runs `step` when woken and at least every `poll_seconds`.
-
-    `step` handles its own errors: one that escapes ends the task.
-    """
-
-    def __init__(self, step: Callable[[], Awaitable[None]], poll_seconds: float, name: str):
-        self._step = step
-        self._poll_seconds = poll_seconds
-        self._name = name
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._forever(), name=self._name)
-
-    def wake(self) -> None:
-        """Run the step now (or as soon as the one running ends)."""
-        self._wake.set()
-
-    async def stop(self) -> None:
-        await cancel_and_wait(self._task)
-        self._task = None
-
-    async def _forever(self) -> None:
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._poll_seconds)
-            self._wake.clear()
-            await self._step()
-
+from collections.abc import Callable
 
 PARENT_WATCH_SECONDS = 1.0
 _PR_SET_PDEATHSIG = 1

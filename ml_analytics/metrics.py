@@ -86,3 +86,15 @@ HTTP_REQUEST_SECONDS = Histogram(
     ["method", "route", "status"],
     buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
 )
+BACKGROUND_STEPS = Counter(
+    "ml_analytics_background_steps",
+    "Steps of the background loops (outbox relay, risk sweep, clock watch, ledger "
+    "retention, ...), by loop and outcome (succeeded, failed).",
+    ["loop", "outcome"],
+)
+BACKGROUND_STEP_SECONDS = Histogram(
+    "ml_analytics_background_step_seconds",
+    "Time one successful step of a background loop took, by loop.",
+    ["loop"],
+    buckets=(0.005, 0.025, 0.1, 0.5, 1, 5, 30, 120, 600),
+)

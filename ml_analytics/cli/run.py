@@ -17,11 +17,11 @@ import uvicorn
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ml_analytics import __version__, metrics
+from ml_analytics.background import cancel_and_wait
 from ml_analytics.composition import build_app
 from ml_analytics.consumers.admin import ensure_topics
 from ml_analytics.consumers.broker import build_broker
 from ml_analytics.http.server import uvicorn_config
-from ml_analytics.lifecycle import cancel_and_wait
 from ml_analytics.logs import configure_logging
 from ml_analytics.settings import Settings, redact_url
 from ml_analytics.storage.database import create_engine, migrate

@@ -25,11 +25,11 @@ from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ml_analytics import metrics
+from ml_analytics.background import RetryPolicy, cancel_and_wait
 from ml_analytics.consumers.broker import Publishers
 from ml_analytics.consumers.skip_requests import StallSkipper
 from ml_analytics.consumers.stalls import PartitionStalls, Stall
 from ml_analytics.events import DeadLetter
-from ml_analytics.lifecycle import RetryPolicy, cancel_and_wait
 from ml_analytics.services.ingestion.sort import KafkaRecord
 from ml_analytics.services.ingestion.write import (
     BatchOutcome,

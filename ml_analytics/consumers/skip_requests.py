@@ -18,7 +18,6 @@ record is skipped without one.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import logging
 from collections.abc import Awaitable, Callable
@@ -28,9 +27,9 @@ from typing import Any
 from aiokafka import TopicPartition
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from ml_analytics.background import BackgroundLoop
 from ml_analytics.consumers.stalls import PartitionStalls, Stall
 from ml_analytics.events import DeadLetter
-from ml_analytics.lifecycle import cancel_and_wait
 from ml_analytics.storage.skip_requests import SkipRequest, finish_skip, pending_skips
 
 logger = logging.getLogger(__name__)
@@ -57,24 +56,20 @@ class StallSkipper:
         self._engine = engine
         self._run_in_order = run_in_order
         self._publish = publish_dead_letters
-        self._task: asyncio.Task[None] | None = None
+        self._loop = BackgroundLoop("skip-requests", self._look, POLL_SECONDS)
 
     def wake(self) -> None:
-        """A partition stalled: look for requests until none is stalled any more."""
-        if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self._watch(), name="skip-requests")
+        """A partition stalled: look for requests (every POLL_SECONDS while one is)."""
+        if not self._loop.running:
+            self._loop.start()
+        self._loop.wake()
 
     async def stop(self) -> None:
-        await cancel_and_wait(self._task)
-        self._task = None
+        await self._loop.stop()
 
-    async def _watch(self) -> None:
-        while self._stalls.current():
-            try:
-                await self.handle_requests()
-            except Exception as error:
-                logger.warning("reading skip requests failed", extra={"error": repr(error)[:300]})
-            await asyncio.sleep(POLL_SECONDS)
+    async def _look(self) -> None:
+        if self._stalls.current():
+            await self.handle_requests()
 
     async def handle_requests(self) -> None:
         async with self._engine.connect() as connection:

@@ -26,7 +26,7 @@ import numpy as np
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ml_analytics import metrics
-from ml_analytics.lifecycle import Poller, RetryPolicy
+from ml_analytics.background import BackgroundLoop, RetryPolicy
 from ml_analytics.models.backtest import (
     BacktestCase,
     GlobalTraining,
@@ -79,8 +79,11 @@ KEEP_MODEL_FILES = 3  # loaded versions whose files stay (jobs in hand may read 
 
 
 def _training_pauses() -> Iterator[float]:
+    # No jitter: one replica trains at a time (an advisory lock), none in lockstep.
     return RetryPolicy(
-        first_delay_seconds=2 * POLL_SECONDS, max_delay_seconds=MAX_TRAINING_BACKOFF_SECONDS
+        first_delay_seconds=2 * POLL_SECONDS,
+        max_delay_seconds=MAX_TRAINING_BACKOFF_SECONDS,
+        jitter=0.0,
     ).delays()
 
 
@@ -122,7 +125,7 @@ class GlobalModelService:
         self._directory: Path | None = None
         self._remove_files: weakref.finalize | None = None
         self.current = NO_MODEL
-        self._follower = Poller(self._follow_step, POLL_SECONDS, "global-model")
+        self._follower = BackgroundLoop("global-model", self._follow_step, POLL_SECONDS)
         self._listeners: list[asyncio.Event] = []
         self._training_pauses = _training_pauses()
         self._train_not_before = 0.0  # monotonic time: a failed training's back-off
@@ -172,11 +175,7 @@ class GlobalModelService:
                     "global model: training failed; trying again later",
                     extra={"retry_in_seconds": pause},
                 )
-        try:
-            await self.refresh()
-        except Exception:
-            logger.exception("global model: loading failed; trying again later")
-            await asyncio.sleep(POLL_SECONDS)
+        await self.refresh()  # a failure: the loop tries again after a pause
 
     async def refresh(self) -> CurrentModel:
         """Load the newest stored global model if it is newer than the one in hand."""

@@ -21,7 +21,7 @@ import logging
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from ml_analytics.lifecycle import cancel_and_wait
+from ml_analytics.background import BackgroundLoop
 from ml_analytics.settings import Settings
 from ml_analytics.storage.locks import LEDGER_RETENTION_LOCK, advisory_lock
 
@@ -42,23 +42,16 @@ class LedgerRetention:
     def __init__(self, engine: AsyncEngine, settings: Settings) -> None:
         self._engine = engine
         self._settings = settings
-        self._task: asyncio.Task[None] | None = None
+        self._loop = BackgroundLoop(
+            "ledger-retention", self.run_once, settings.ledger_retention_interval_seconds
+        )
 
     def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._forever(), name="ledger-retention")
+        self._loop.start()
+        self._loop.wake()  # a pass at start, then every interval
 
     async def stop(self) -> None:
-        await cancel_and_wait(self._task)
-        self._task = None
-
-    async def _forever(self) -> None:
-        while True:
-            try:
-                await self.run_once()
-            except Exception as error:
-                logger.warning("ledger retention failed", extra={"error": repr(error)[:300]})
-            await asyncio.sleep(self._settings.ledger_retention_interval_seconds)
+        await self._loop.stop()
 
     async def run_once(self) -> int | None:
         """One pass: the ledger rows deleted (None: another replica holds the pass)."""

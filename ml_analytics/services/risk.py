@@ -26,8 +26,8 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from ml_analytics import metrics
+from ml_analytics.background import BackgroundLoop
 from ml_analytics.events import ModelInfo, StockoutRisk
-from ml_analytics.lifecycle import Poller, RetryPolicy, cancel_and_wait
 from ml_analytics.models.replenishment import Replenishment, ReplenishmentPolicy, recommend
 from ml_analytics.models.risk import NotAssessable, assess_stockout_risk, risk_window_days
 from ml_analytics.services.clock import clock_through
@@ -49,6 +49,7 @@ from ml_analytics.storage.outbox import mark_published, prune_published_outbox, 
 logger = logging.getLogger(__name__)
 
 OUTBOX_PRUNE_INTERVAL_SECONDS = 3600.0
+RELAY_POLL_SECONDS = 1.0  # the relay also looks for another replica's queued events
 
 
 @dataclass(frozen=True)
@@ -198,9 +199,11 @@ class RiskService:
         self._engine = engine
         self._publisher = publisher
         self._settings = settings
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._sweeper = Poller(self._sweep, settings.risk_sweep_interval_seconds, "risk-sweeper")
+        self._relay = BackgroundLoop("risk-relay", self._relay_step, RELAY_POLL_SECONDS)
+        self._sweeper = BackgroundLoop(
+            "risk-sweeper", self._sweep, settings.risk_sweep_interval_seconds
+        )
+        self._next_prune = 0.0
 
     def assess_soon(self) -> None:
         """Products were marked pending (a stock level, a model): assess them now."""
@@ -223,7 +226,7 @@ class RiskService:
             if taken < SWEEP_BATCH_PRODUCTS:
                 break
         if queued:
-            self._wake.set()
+            self._relay.wake()
         return queued
 
     async def _assess_some(self) -> tuple[int, int]:
@@ -256,56 +259,35 @@ class RiskService:
         return len(pending), queued
 
     async def _sweep(self) -> None:
-        try:
-            await self.assess_pending()
-            async with self._engine.connect() as connection:
-                pending, next_due_seconds = await count_pending(connection)
-            metrics.PENDING_ASSESSMENTS.set(pending)
-            if next_due_seconds is not None:
-                # A product backing off: look again when its pause ends, not a poll later.
-                delay = max(0.05, next_due_seconds)
-                asyncio.get_running_loop().call_later(delay, self._sweeper.wake)
-        except Exception as error:
-            logger.warning("the risk sweep failed", extra={"error": repr(error)[:300]})
+        await self.assess_pending()
+        async with self._engine.connect() as connection:
+            pending, next_due_seconds = await count_pending(connection)
+        metrics.PENDING_ASSESSMENTS.set(pending)
+        if next_due_seconds is not None:
+            # A product backing off: look again when its pause ends, not a period later.
+            self._sweeper.wake_in(max(0.05, next_due_seconds))
 
     def start(self) -> None:
         """Relay the outbox and sweep the pending assessments (what an earlier run left
         of both first)."""
-        if self._task is None:
-            self._wake.set()
-            self._task = asyncio.create_task(self._relay_forever(), name="risk-relay")
-            self._sweeper.start()
-            self._sweeper.wake()
+        for loop in (self._relay, self._sweeper):
+            if not loop.running:
+                loop.start()
+                loop.wake()
 
     async def stop(self) -> None:
         await self._sweeper.stop()
-        await cancel_and_wait(self._task)
-        self._task = None
+        await self._relay.stop()
         with contextlib.suppress(Exception):
             await self.relay_once()  # a last pass: leave as little as possible behind
 
-    async def _relay_forever(self) -> None:
-        pauses = RetryPolicy().delays()
-        next_prune = 0.0
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), 1.0)
-            self._wake.clear()
-            try:
-                while await self.relay_once():
-                    pass
-                if time.monotonic() >= next_prune:
-                    next_prune = time.monotonic() + OUTBOX_PRUNE_INTERVAL_SECONDS
-                    await self.prune_outbox()
-                pauses = RetryPolicy().delays()  # a success starts the pauses over
-            except Exception as error:
-                delay = next(pauses)
-                logger.warning(
-                    "publishing stockout-risk events failed; retrying",
-                    extra={"error": repr(error)[:300], "retry_in_seconds": delay},
-                )
-                await asyncio.sleep(delay)
-                self._wake.set()
+    async def _relay_step(self) -> None:
+        """Publish what is queued; once an hour, forget what was published long ago."""
+        while await self.relay_once():
+            pass
+        if time.monotonic() >= self._next_prune:
+            self._next_prune = time.monotonic() + OUTBOX_PRUNE_INTERVAL_SECONDS
+            await self.prune_outbox()
 
     async def prune_outbox(self) -> int:
         """Forget events published more than RISK_OUTBOX_RETENTION_DAYS ago (the topic

@@ -259,6 +259,19 @@ async def test_late_events_wait_out_the_cooldown_then_refit_as_the_clock_moves(
         seen = sum(float(e["quantity_units"]) for e in history)
         first = await wait_until(model, bool, timeout=90, what="the first model")
         assert first == (str(FIRST_DAY + timedelta(days=29)), seen)
+        # The shop's first global version (without a model: too small) refreshes every
+        # product once; that refresh must be over before the late sale is sent.
+        await wait_until(
+            lambda: scalar(
+                engine,
+                "SELECT count(*) FROM product_models m WHERE product_id = :p AND "
+                "global_version = (SELECT max(version) FROM global_models)",
+                p=product,
+            ),
+            lambda count: count == 1,
+            timeout=60,
+            what="the product refreshed with the first global version",
+        )
 
         # A late sale on a day the model saw, the clock where it was: within the
         # cool-down (RETRAIN_COOLDOWN_DAYS 1), so no refit yet.

@@ -19,8 +19,8 @@ import asyncpg
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from ml_analytics import metrics
+from ml_analytics.background import RetryPolicy, cancel_and_wait
 from ml_analytics.events import DeadLetter, EventTimeWindow
-from ml_analytics.lifecycle import RetryPolicy, cancel_and_wait
 from ml_analytics.services.ingestion.sort import KafkaRecord, SortedBatch, sort_records
 from ml_analytics.storage.clock import advance_clock
 from ml_analytics.storage.database import is_transient

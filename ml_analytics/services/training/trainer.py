@@ -22,7 +22,7 @@ from datetime import date
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ml_analytics import metrics
-from ml_analytics.lifecycle import Poller, cancel_and_wait
+from ml_analytics.background import BackgroundLoop, cancel_and_wait
 from ml_analytics.models.forecasters.base import ModelFailure
 from ml_analytics.services.clock import clock_through
 from ml_analytics.services.training.refresh import ProductRefresher
@@ -80,11 +80,10 @@ class ModelTrainer:
         # More batches in hand than workers: while one batch's data is read or its
         # models written, the pool already has the next fit queued.
         self._slots = asyncio.Semaphore(settings.worker_count + max(2, settings.worker_count))
-        self._wake = asyncio.Event()
-        self._timer: asyncio.TimerHandle | None = None  # the wake at the next back-off's end
-        self._task: asyncio.Task[None] | None = None
+        # Hands ready products to fits; woken by new data, a fit's end, a back-off's end.
+        self._dispatcher = BackgroundLoop("model-trainer", self._dispatch, None)
         self._fits: set[asyncio.Task[None]] = set()
-        self._clock_watch = Poller(self._follow_clock, CLOCK_POLL_SECONDS, "clock-watch")
+        self._clock_watch = BackgroundLoop("clock-watch", self._follow_clock, CLOCK_POLL_SECONDS)
         self._through: date | None = None  # the clock's last complete day, as last seen
         self._refresher = ProductRefresher(settings, self._pool, global_models)
         # Prophet fits one product at a time; the combination forecasts many together.
@@ -99,15 +98,16 @@ class ModelTrainer:
         for product_id in product_ids:
             self._waiting[product_id] = None
         if product_ids:
-            self._wake.set()
+            self._dispatcher.wake()
 
     async def start(self) -> None:
         """Start training; first consider every product that is due on the clock or
         whose data changed after its model (data that arrived while the service was
         down, or a fit a crash cut short)."""
-        if self._task is None:
+        if not self._dispatcher.running:
             await self._look_at_clock(changed_since_model=True)
-            self._task = asyncio.create_task(self._run(), name="model-trainer")
+            self._dispatcher.start()
+            self._dispatcher.wake()
             self._clock_watch.start()
 
     def clock_moved(self) -> None:
@@ -116,53 +116,38 @@ class ModelTrainer:
 
     async def stop(self) -> None:
         await self._clock_watch.stop()
-        await cancel_and_wait(self._task)
-        self._task = None
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        await self._dispatcher.stop()
         for fit in list(self._fits):
             await cancel_and_wait(fit)
         self._pool.shutdown()
 
-    async def _run(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            while self._next_ready() is not None:
-                await self._slots.acquire()
-                batch = self._take_ready(self._batch_size)
-                if not batch:
-                    self._slots.release()
-                    break
-                task = asyncio.create_task(self._train(batch), name=f"fit-{batch[0]}")
-                self._fits.add(task)
-                task.add_done_callback(self._fits.discard)
-            # Failed or busy products wait their back-off; look again when the first
-            # ends (one timer). One still in flight is looked at when its batch ends.
-            backoffs = [t for p, t in self._not_before.items() if p not in self._in_flight]
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
-            if backoffs and not self._wake.is_set():
-                delay = max(0.0, min(backoffs) - time.monotonic())
-                loop = asyncio.get_running_loop()
-                self._timer = loop.call_later(delay + 0.01, self._wake.set)
+    async def _dispatch(self) -> None:
+        while self._next_ready() is not None:
+            await self._slots.acquire()
+            batch = self._take_ready(self._batch_size)
+            if not batch:
+                self._slots.release()
+                break
+            task = asyncio.create_task(self._train(batch), name=f"fit-{batch[0]}")
+            self._fits.add(task)
+            task.add_done_callback(self._fits.discard)
+        # Failed or busy products wait their back-off; look again when the first ends.
+        # One still in flight is looked at when its batch ends.
+        backoffs = [t for p, t in self._not_before.items() if p not in self._in_flight]
+        if backoffs:
+            self._dispatcher.wake_in(min(backoffs) - time.monotonic() + 0.01)
 
     async def _follow_clock(self) -> None:
         """Products come due as the clock moves, whichever replica's events move it, and
         when a new global model arrives: look when told, and every CLOCK_POLL_SECONDS."""
-        try:
-            await self._look_at_clock()
-            if self._new_global_model.is_set():
-                self._new_global_model.clear()
-                try:
-                    await self._refresh_for_global_model()
-                except Exception:
-                    self._new_global_model.set()  # the next poll lists them again
-                    raise
-        except Exception as error:
-            logger.warning("reading the stream clock failed", extra={"error": repr(error)})
+        await self._look_at_clock()
+        if self._new_global_model.is_set():
+            self._new_global_model.clear()
+            try:
+                await self._refresh_for_global_model()
+            except Exception:
+                self._new_global_model.set()  # the next step lists them again
+                raise
 
     async def _refresh_for_global_model(self) -> None:
         version = self.current_global.version
@@ -268,7 +253,7 @@ class ModelTrainer:
     def _done_with(self, product_ids: list[str]) -> None:
         self._in_flight.difference_update(product_ids)
         self._slots.release()
-        self._wake.set()
+        self._dispatcher.wake()
 
     async def _trained(
         self, stored: StoredModel, reason: str, locked_at: float, unlocked_at: float
