@@ -29,23 +29,25 @@ from ml_analytics.storage.database import create_engine, migrate
 logger = logging.getLogger(__name__)
 
 
-class _GracefulServer(uvicorn.Server):
-    """uvicorn's server, except that after a graceful stop on SIGTERM/SIGINT it
-    returns instead of re-raising the signal: the caller still has clean-up to do
-    (dispose the database pool) and the exit code of a clean stop is 0."""
+@contextlib.contextmanager
+def _signals_taken_as_handled() -> Iterator[None]:
+    """uvicorn stops gracefully on SIGTERM/SIGINT and then raises the signal again for
+    the handler it found installed. The service still has clean-up to do (dispose the
+    database pool) and a clean stop exits 0, so the handler it finds takes the signal
+    as handled (installed from the main thread only, where signals can be)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, _handled) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-        handled = (signal.SIGINT, signal.SIGTERM)
-        previous = {sig: signal.signal(sig, self.handle_exit) for sig in handled}
-        try:
-            yield
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+
+def _handled(signum: int, frame: object) -> None:
+    logger.debug("stop signal handled", extra={"signal": signum})
 
 
 async def run_service(
@@ -71,7 +73,7 @@ async def run_service(
     engine = create_engine(settings)
     broker = build_broker(settings)
     app = build_app(settings, engine, broker)
-    server = _GracefulServer(
+    server = uvicorn.Server(
         uvicorn_config(
             app,
             settings,
@@ -85,7 +87,8 @@ async def run_service(
         else None
     )
     try:
-        await server.serve()  # returns after SIGTERM/SIGINT, once the lifespan has shut down
+        with _signals_taken_as_handled():
+            await server.serve()  # returns after SIGTERM/SIGINT, once the lifespan has shut down
     finally:
         await cancel_and_wait(progress)
         await engine.dispose()

@@ -8,8 +8,8 @@ other partitions in that call are dropped with the exception, and FastStream's
 consume loop logs and tries again. So one bad batch stalled its partition
 silently and could lose the other partitions' records.
 
-Here aiokafka's per-partition record iterator is replaced (`install_guard`) by one
-that, on such an error, reports a `Stall` with the batch's offsets (its header is
+Here aiokafka's per-partition record iterator is replaced (adapters/aiokafka_fetcher.py)
+by one that, on such an error, reports the batch with its offsets (its header is
 readable even when its records are not) and ends that partition's records instead
 of raising: `getmany()` returns the other partitions' records and this one's
 records before the bad batch, and the consumer's position stays on it. The
@@ -21,23 +21,22 @@ skip` moves past it (see `skip_stalled_batch` in consumers/pipeline.py). A
 consumer that does not claim a stall (a test's reader, `watch`) gets aiokafka's
 error as before.
 
-This replaces a class inside aiokafka's fetcher, so aiokafka is pinned to 0.14.x
-and tests/unit/test_stalls.py checks the replacement against real batches.
+The replacement lives in adapters/aiokafka_fetcher.py (aiokafka is pinned to 0.14.x;
+tests/unit/test_stalls.py checks it against real batches).
 """
 
 from __future__ import annotations
 
 import logging
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import aiokafka.consumer.fetcher as aiokafka_fetcher
 from aiokafka import TopicPartition
 
 from ml_analytics import metrics
+from ml_analytics.adapters import aiokafka_fetcher
 
 logger = logging.getLogger(__name__)
 
@@ -77,72 +76,22 @@ class Stall:
         return f"{self.label} stuck at offset {self.offset}{end}: {self.error}"
 
 
-StallHandler = Callable[[Stall], bool]
-_handlers: list[StallHandler] = []
-_install_lock = threading.Lock()
-
-
-class _BatchTracker:
-    """Stands in for aiokafka's MemoryRecords, remembering the last batch handed out."""
-
-    __slots__ = ("_inner", "last")
-
-    def __init__(self, inner: Any) -> None:
-        self._inner = inner
-        self.last: Any = None
-
-    def has_next(self) -> bool:
-        return bool(self._inner.has_next())
-
-    def next_batch(self) -> Any:
-        self.last = None  # if reading the header itself fails, no batch is known
-        self.last = self._inner.next_batch()
-        return self.last
-
-    def size_in_bytes(self) -> int:
-        return int(self._inner.size_in_bytes())
-
-
-class _GuardedPartitionRecords(aiokafka_fetcher.PartitionRecords):  # type: ignore[misc]
-    def _unpack_records(self) -> Iterator[Any]:
-        tracker = _BatchTracker(self._records)  # type: ignore[has-type]
-        self._records = tracker
-        try:
-            yield from super()._unpack_records()
-        except Exception as error:  # CorruptRecordException, UnsupportedCodecError, cramjam's
-            batch = tracker.last
-            stall = Stall(
-                partition=self._tp,
-                offset=self.next_fetch_offset,
-                batch_next_offset=batch.next_offset if batch is not None else None,
-                error=_describe(error),
-                reason=type(error).__name__,
-                detected_at=datetime.now(UTC),
-            )
-            if not any(_claimed_by(handler, stall) for handler in list(_handlers)):
-                raise  # no consumer of ours: aiokafka's own behaviour
-            # Claimed: this partition's records end here; getmany() returns normally.
-
-
 def _describe(error: Exception) -> str:
     """The error as one line that names its class (aiokafka's own messages often do)."""
     name, message = type(error).__name__, str(error)
     return (message if name in message else f"{name}: {message}")[:500]
 
 
-def _claimed_by(handler: StallHandler, stall: Stall) -> bool:
-    try:
-        return handler(stall)
-    except Exception:
-        logger.exception("a stall handler failed", extra={"partition": stall.label})
-        return False
-
-
-def install_guard() -> None:
-    """Make every aiokafka consumer of this process report undecodable batches (once)."""
-    with _install_lock:
-        if aiokafka_fetcher.PartitionRecords is not _GuardedPartitionRecords:
-            aiokafka_fetcher.PartitionRecords = _GuardedPartitionRecords
+def stall_of(batch: aiokafka_fetcher.UndecodableBatch) -> Stall:
+    """The stall an undecodable batch makes of its partition."""
+    return Stall(
+        partition=batch.partition,
+        offset=batch.offset,
+        batch_next_offset=batch.batch_next_offset,
+        error=_describe(batch.error),
+        reason=type(batch.error).__name__,
+        detected_at=datetime.now(UTC),
+    )
 
 
 class PartitionStalls:
@@ -160,12 +109,13 @@ class PartitionStalls:
         self._stalls: dict[TopicPartition, Stall] = {}
 
     def start(self) -> None:
-        install_guard()
-        _handlers.append(self._claim)
+        aiokafka_fetcher.claim_undecodable_batches(self._claim_batch)
 
     def stop(self) -> None:
-        if self._claim in _handlers:
-            _handlers.remove(self._claim)
+        aiokafka_fetcher.release_undecodable_batches(self._claim_batch)
+
+    def _claim_batch(self, batch: aiokafka_fetcher.UndecodableBatch) -> bool:
+        return self._claim(stall_of(batch))
 
     def _claim(self, stall: Stall) -> bool:
         consumer = self._consumer()

@@ -24,7 +24,6 @@ on the host (ml_analytics.scratch).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import multiprocessing
 import multiprocessing.util
 import os
@@ -36,6 +35,7 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, TypeVar
 
+from ml_analytics.adapters.process_pool import StoppableExecutor, kill_executor
 from ml_analytics.lifecycle import die_with_parent
 from ml_analytics.scratch import make_directory
 
@@ -61,7 +61,7 @@ class FitPool:
     def _current(self) -> ProcessPoolExecutor:
         if self._executor is None:
             self._scratch = str(make_directory("workers"))
-            self._executor = _Workers(
+            self._executor = StoppableExecutor(
                 max_workers=self._workers,
                 mp_context=multiprocessing.get_context("spawn"),
                 max_tasks_per_child=self._max_jobs,
@@ -165,7 +165,7 @@ class FitPool:
 
     def shutdown(self) -> None:
         if self._executor is not None:
-            _kill(self._executor)
+            kill_executor(self._executor)
             self._executor = None
         if self._scratch is not None:
             shutil.rmtree(self._scratch, ignore_errors=True)
@@ -197,29 +197,3 @@ def start_worker(parent_pid: int, scratch: str) -> None:
         kwargs={"ignore_errors": True},
         exitpriority=0,
     )
-
-
-class _Workers(ProcessPoolExecutor):
-    def _adjust_process_count(self) -> None:
-        """The executor's manager thread replaces a worker that ended after its last
-        job; a pool being stopped has none to replace. Python 3.11's own check reads
-        `_processes`, which a shutdown(wait=False) from another thread sets to None
-        meanwhile: the manager thread then died of a TypeError (seen in the tests)."""
-        if self._shutdown_thread or self._processes is None:  # type: ignore[attr-defined]
-            return
-        try:
-            super()._adjust_process_count()  # type: ignore[misc]
-        except TypeError:
-            if self._processes is not None:  # type: ignore[attr-defined]
-                raise  # not the shutdown between the check and the count
-
-
-def _kill(executor: ProcessPoolExecutor) -> None:
-    """Stop a pool now, jobs in progress included: shut it down (no worker is started
-    after this), then kill its workers. Python 3.11 has no public way to stop a busy
-    worker, hence the private `_processes`."""
-    workers = list((getattr(executor, "_processes", None) or {}).values())
-    executor.shutdown(wait=False, cancel_futures=True)
-    for process in workers:
-        with contextlib.suppress(Exception):
-            process.kill()

@@ -15,8 +15,8 @@ from aiokafka.errors import CorruptRecordException, UnsupportedCodecError
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from aiokafka.record.memory_records import MemoryRecords
 
-from ml_analytics.consumers import stalls
-from ml_analytics.consumers.stalls import Stall, install_guard
+from ml_analytics.adapters import aiokafka_fetcher
+from ml_analytics.consumers.stalls import Stall, stall_of
 
 PARTITION = TopicPartition("in.tx", 3)
 
@@ -46,16 +46,15 @@ def corrupted(raw: bytes) -> bytes:
 
 @pytest.fixture
 def claimed() -> Iterator[list[Stall]]:
-    install_guard()
     found: list[Stall] = []
 
-    def claim(stall: Stall) -> bool:
-        found.append(stall)
+    def claim(batch: aiokafka_fetcher.UndecodableBatch) -> bool:
+        found.append(stall_of(batch))
         return True
 
-    stalls._handlers.append(claim)
+    aiokafka_fetcher.claim_undecodable_batches(claim)
     yield found
-    stalls._handlers.remove(claim)
+    aiokafka_fetcher.release_undecodable_batches(claim)
 
 
 def consume(data: bytes, fetch_offset: int = 0) -> tuple[list[int], int]:
@@ -92,8 +91,8 @@ def test_a_batch_without_its_codec_is_reported_from_the_middle_of_it(
 def test_a_stall_no_consumer_claims_raises_as_aiokafka_does(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    install_guard()
-    monkeypatch.setattr(stalls, "_handlers", [lambda stall: False])
+    aiokafka_fetcher.claim_undecodable_batches(lambda batch: False)
+    monkeypatch.setattr(aiokafka_fetcher, "_claimants", [lambda batch: False])
     with pytest.raises(CorruptRecordException):
         consume(batch(0, 2) + corrupted(batch(2, 2)))
     monkeypatch.setattr(aiokafka.codec, "has_zstd", lambda: False)
