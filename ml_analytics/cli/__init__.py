@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -34,6 +34,9 @@ def _positive(text: str) -> float:
     return value
 
 
+AddCommand = Callable[..., argparse.ArgumentParser]  # a subparsers action's add_parser
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ml-analytics",
@@ -41,14 +44,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"ml-analytics {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
+    for add_command in (
+        _add_run,
+        _add_dev,
+        _add_replay,
+        _add_watch,
+        _add_skip,
+        _add_migrate,
+    ):
+        add_command(commands.add_parser)
+    return parser
 
-    commands.add_parser(
+
+def _add_run(add_parser: AddCommand) -> None:
+    add_parser(
         "run",
         help="the service against KAFKA_BOOTSTRAP_SERVERS and DATABASE_URL",
         description="Apply migrations, create missing topics, then consume and serve HTTP.",
     )
 
-    dev = commands.add_parser(
+
+def _add_dev(add_parser: AddCommand) -> None:
+    """`dev`: where PostgreSQL keeps its data, the broker's port, files to replay."""
+    dev = add_parser(
         "dev",
         help="the service on an embedded broker and PostgreSQL (no Docker needed)",
         description=(
@@ -89,7 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="pace the replay by event time (86400 = a day of history per second)",
     )
 
-    replay = commands.add_parser(
+
+def _add_replay(add_parser: AddCommand) -> None:
+    """`replay`: the files, and how fast and how many of their events to publish."""
+    replay = add_parser(
         "replay",
         help="publish a transactions or stock-levels CSV/CSV.gz to its topic",
         description=(
@@ -118,14 +139,19 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--limit", type=int, help="publish at most this many events")
     replay.add_argument("--no-progress", action="store_true", help="no progress bar")
 
-    watch = commands.add_parser(
+
+def _add_watch(add_parser: AddCommand) -> None:
+    watch = add_parser(
         "watch",
         help="print stockout-risk events as they are published",
         description="Follow the stockout-risk topic from its start; one line per event.",
     )
     watch.add_argument("--json", action="store_true", help="print the events as JSON lines")
 
-    skip = commands.add_parser(
+
+def _add_skip(add_parser: AddCommand) -> None:
+    """`skip`: the stalled partition and offset, a note, how long to wait."""
+    skip = add_parser(
         "skip",
         help="move a stalled partition past a record batch that cannot be decoded",
         description=(
@@ -151,13 +177,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="how long to wait for the outcome (default 60); the request stays queued after",
     )
 
-    migrate = commands.add_parser("migrate", help="apply database migrations and exit")
+
+def _add_migrate(add_parser: AddCommand) -> None:
+    migrate = add_parser("migrate", help="apply database migrations and exit")
     migrate.add_argument(
         "--topics",
         action="store_true",
         help="also create the missing topics of topics.yaml (a one-shot init for deployments)",
     )
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:

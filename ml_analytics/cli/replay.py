@@ -124,6 +124,34 @@ def _event_time(event: dict[str, Any]) -> float | None:
         return None
 
 
+@dataclass
+class _Pace:
+    """Holds publishing back to `rate` events a second and to `speed` times event time."""
+
+    rate: float | None
+    speed: float | None
+    started: float  # time.monotonic() when publishing began
+    first_event_time: float | None = None
+
+    async def wait_before(self, event: dict[str, Any], published: int) -> None:
+        """Sleep until `event`, the one after `published` others, is due."""
+        if self.speed:
+            moment = _event_time(event)
+            if moment is not None:
+                if self.first_event_time is None:
+                    self.first_event_time = moment
+                wait = (moment - self.first_event_time) / self.speed - self._elapsed()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+        if self.rate:
+            wait = published / self.rate - self._elapsed()
+            if wait > 0:
+                await asyncio.sleep(wait)
+
+    def _elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+
 async def replay_file(
     path: Path,
     settings: Settings,
@@ -152,24 +180,14 @@ async def replay_file(
     await broker.connect()
     published = 0
     started = time.monotonic()
-    first_event_time: float | None = None
+    pace = _Pace(rate, speed, started)
     pending: list[asyncio.Future[Any]] = []
     bar = tqdm(total=total, unit="ev", desc=f"replay {path.name} -> {topic}", disable=not progress)
     try:
         for event in events:
             if limit is not None and published >= limit:
                 break
-            if speed:
-                moment = _event_time(event)
-                if moment is not None:
-                    first_event_time = first_event_time if first_event_time is not None else moment
-                    wait = (moment - first_event_time) / speed - (time.monotonic() - started)
-                    if wait > 0:
-                        await asyncio.sleep(wait)
-            if rate:
-                wait = published / rate - (time.monotonic() - started)
-                if wait > 0:
-                    await asyncio.sleep(wait)
+            await pace.wait_before(event, published)
             future = await broker.publish(
                 json.dumps(event, separators=(",", ":")).encode(),
                 topic=topic,
