@@ -30,6 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from ml_analytics.background import BackgroundLoop
 from ml_analytics.consumers.stalls import PartitionStalls, Stall
 from ml_analytics.events import DeadLetter
+from ml_analytics.services.ingestion.sort import dead_letter_for
 from ml_analytics.storage.skip_requests import SkipRequest, finish_skip, pending_skips
 
 logger = logging.getLogger(__name__)
@@ -99,41 +100,7 @@ class StallSkipper:
         ):
             return  # it moved to another replica meanwhile: the request stays pending
         past = stall.batch_next_offset if stall.batch_next_offset is not None else stall.offset + 1
-        note = f" ({request.reason})" if request.reason else ""
-        skipped_by = (
-            f"skipped by an operator (ml-analytics skip, request {request.request_id}{note})"
-        )
-        if stall.unwritable:
-            # Decoded records: each goes to the dead letters whole, nothing is lost.
-            letters = [
-                DeadLetter.for_record(
-                    topic=record.topic,
-                    partition=record.partition,
-                    offset=record.offset,
-                    key=record.key,
-                    value=record.value,
-                    error=f"{skipped_by}: it could not be written ({stall.error})",
-                    failed_at=datetime.now(UTC),
-                )
-                for record in stall.records
-            ]
-        else:
-            letters = [
-                DeadLetter(
-                    source_topic=partition.topic,
-                    partition=partition.partition,
-                    offset=stall.offset,
-                    last_offset=past - 1,
-                    key=None,
-                    value=None,
-                    error=(
-                        f"{skipped_by}: the records at offsets {stall.offset}..{past - 1} could "
-                        f"not be decoded ({stall.error}); they stay in the topic until its "
-                        "retention ends"
-                    ),
-                    failed_at=datetime.now(UTC),
-                )
-            ]
+        letters = _skip_dead_letters(request, stall, past)
         await self._publish(letters)
         consumer.seek(partition, past)
         await consumer.commit({partition: past})
@@ -165,6 +132,39 @@ class StallSkipper:
     ) -> None:
         async with self._engine.begin() as connection:
             await finish_skip(connection, request.request_id, status, outcome, skipped)
+
+
+def _skip_dead_letters(request: SkipRequest, stall: Stall, past: int) -> list[DeadLetter]:
+    """What a skip records in the dead-letter topic: each of a write stall's decoded
+    records whole, else one letter for the offsets that could not be decoded."""
+    note = f" ({request.reason})" if request.reason else ""
+    skipped_by = f"skipped by an operator (ml-analytics skip, request {request.request_id}{note})"
+    if stall.unwritable:
+        # Decoded records: each goes to the dead letters whole, nothing is lost.
+        return [
+            dead_letter_for(
+                record,
+                f"{skipped_by}: it could not be written ({stall.error})",
+                datetime.now(UTC),
+            )
+            for record in stall.records
+        ]
+    return [
+        DeadLetter(
+            source_topic=stall.partition.topic,
+            partition=stall.partition.partition,
+            offset=stall.offset,
+            last_offset=past - 1,
+            key=None,
+            value=None,
+            error=(
+                f"{skipped_by}: the records at offsets {stall.offset}..{past - 1} could "
+                f"not be decoded ({stall.error}); they stay in the topic until its "
+                "retention ends"
+            ),
+            failed_at=datetime.now(UTC),
+        )
+    ]
 
 
 def _covers(stall: Stall, offset: int) -> bool:

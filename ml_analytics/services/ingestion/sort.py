@@ -139,22 +139,31 @@ def sort_records(
             reason = (
                 str(error) if isinstance(error, InvalidEvent) else f"cannot be processed: {error!r}"
             )
-            batch.dead_letters.append(
-                DeadLetter.for_record(
-                    topic=record.topic,
-                    partition=record.partition,
-                    offset=record.offset,
-                    key=record.key,
-                    value=record.value,
-                    error=reason,
-                    failed_at=failed_at,
-                )
-            )
+            batch.dead_letters.append(dead_letter_for(record, reason, failed_at))
+    batch.newest_event_at = _newest_event_at(context)
+    return batch
+
+
+def _newest_event_at(context: SortContext) -> datetime | None:
+    """The newest event time the batch's valid events showed, a plain date taken as the
+    start of its day in the business zone."""
     candidates = [context.newest_moment] if context.newest_moment is not None else []
     if context.newest_day is not None:
-        candidates.append(event_instant(context.newest_day, zone))
-    batch.newest_event_at = max(candidates, default=None)
-    return batch
+        candidates.append(event_instant(context.newest_day, context.zone))
+    return max(candidates, default=None)
+
+
+def dead_letter_for(record: KafkaRecord, reason: str, failed_at: datetime) -> DeadLetter:
+    """The dead letter of a record that is not counted: where it was, what it held, why."""
+    return DeadLetter.for_record(
+        topic=record.topic,
+        partition=record.partition,
+        offset=record.offset,
+        key=record.key,
+        value=record.value,
+        error=reason,
+        failed_at=failed_at,
+    )
 
 
 def _described(identity: tuple[Any, ...]) -> str:

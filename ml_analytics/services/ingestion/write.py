@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence, Sized
 from dataclasses import dataclass, field
@@ -21,7 +22,12 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from ml_analytics import metrics
 from ml_analytics.background import RetryPolicy, cancel_and_wait
 from ml_analytics.events import DeadLetter, EventTimeWindow
-from ml_analytics.services.ingestion.sort import KafkaRecord, SortedBatch, sort_records
+from ml_analytics.services.ingestion.sort import (
+    KafkaRecord,
+    SortedBatch,
+    dead_letter_for,
+    sort_records,
+)
 from ml_analytics.storage.clock import advance_clock
 from ml_analytics.storage.database import is_transient
 from ml_analytics.storage.demand import StockSnapshot
@@ -246,70 +252,85 @@ async def ingest_records(
         )
         for _ in range(max(1, parallel_writes))
     ]  # fmt: skip
-    total = BatchOutcome()
-    dead_letters: list[DeadLetter] = []
-    repeated = 0
-    key_mismatches: dict[str, int] = {}
-    newest: datetime | None = None
-    in_flight: list[tuple[SortedBatch, asyncio.Task[BatchOutcome]]] = []
+    tally = _BatchTally(failed_at)
+    sort = functools.partial(
+        sort_records, routes=routes, zone=zone, failed_at=failed_at, window=window
+    )
+    try:
+        await _write_chunks(records, chunk_size, sort, writers, tally)
+        if tally.newest is not None:
+            moved, clock = await writers[0].advance_clock(corroborating_products)
+            if moved:
+                tally.total = dataclasses.replace(tally.total, clock_moved_to=clock)
+            _observe_clock(clock, tally.newest if tally.total.transactions_counted else None)
+    finally:
+        for writer in writers:
+            await writer.close()
+    return IngestResult(
+        tally.total,
+        tally.dead_letters,
+        tally.repeated,
+        sum(w.retries for w in writers),
+        tally.key_mismatches,
+    )
 
-    def landed(batch: SortedBatch, outcome: BatchOutcome) -> BatchOutcome:
+
+@dataclass(slots=True)
+class _BatchTally:
+    """What a batch's chunks add up to, as each is sorted and as its write lands."""
+
+    failed_at: datetime
+    total: BatchOutcome = field(default_factory=BatchOutcome)
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+    repeated: int = 0
+    key_mismatches: dict[str, int] = field(default_factory=dict)
+    newest: datetime | None = None
+
+    def sorted(self, batch: SortedBatch) -> None:
+        """A chunk sorted: its dead letters, repeats, key mismatches, newest event time."""
+        self.dead_letters.extend(batch.dead_letters)
+        self.repeated += batch.repeated_in_batch
+        if batch.newest_event_at is not None and (
+            self.newest is None or batch.newest_event_at > self.newest
+        ):
+            self.newest = batch.newest_event_at
+        for topic, count in batch.key_mismatches.items():
+            self.key_mismatches[topic] = self.key_mismatches.get(topic, 0) + count
+
+    def landed(self, batch: SortedBatch, outcome: BatchOutcome) -> None:
+        """A chunk written: its outcome, and a dead letter for each event_id conflict."""
         for role, conflict in outcome.conflicts:
             record = batch.sources[role][conflict.index]
-            dead_letters.append(_dead_letter(record, conflict.reason, failed_at))
-        return dataclasses.replace(outcome, conflicts=())
+            self.dead_letters.append(dead_letter_for(record, conflict.reason, self.failed_at))
+        self.total += dataclasses.replace(outcome, conflicts=())
 
+
+async def _write_chunks(
+    records: Sequence[KafkaRecord],
+    chunk_size: int,
+    sort: Callable[[Sequence[KafkaRecord]], SortedBatch],
+    writers: Sequence[_ChunkWriter],
+    tally: _BatchTally,
+) -> None:
+    """Sort the records chunk by chunk while the writers store the chunks before, one
+    chunk in flight per writer; cancel the writes in flight when giving up."""
+    in_flight: list[tuple[SortedBatch, asyncio.Task[BatchOutcome]]] = []
     try:
         for number, start in enumerate(range(0, len(records), chunk_size)):
-            batch = sort_records(
-                records[start : start + chunk_size],
-                routes=routes,
-                zone=zone,
-                failed_at=failed_at,
-                window=window,
-            )
-            dead_letters.extend(batch.dead_letters)
-            repeated += batch.repeated_in_batch
-            if batch.newest_event_at is not None and (
-                newest is None or batch.newest_event_at > newest
-            ):
-                newest = batch.newest_event_at
-            for topic, count in batch.key_mismatches.items():
-                key_mismatches[topic] = key_mismatches.get(topic, 0) + count
+            batch = sort(records[start : start + chunk_size])
+            tally.sorted(batch)
             if len(in_flight) == len(writers):
                 done, task = in_flight.pop(0)
-                total += landed(done, await task)
+                tally.landed(done, await task)
             writer = writers[number % len(writers)]
             in_flight.append((batch, asyncio.create_task(writer.write(batch))))
             await asyncio.sleep(0)  # let the write send its statement before the next sort
         while in_flight:
             done, task = in_flight.pop(0)
-            total += landed(done, await task)
-        if newest is not None:
-            moved, clock = await writers[0].advance_clock(corroborating_products)
-            if moved:
-                total = dataclasses.replace(total, clock_moved_to=clock)
-            _observe_clock(clock, newest if total.transactions_counted else None)
+            tally.landed(done, await task)
     finally:
         for _, task in in_flight:  # left only when cancelled or failed: the caller gave up
             await cancel_and_wait(task)
-        for writer in writers:
-            await writer.close()
-    return IngestResult(
-        total, dead_letters, repeated, sum(w.retries for w in writers), key_mismatches
-    )
-
-
-def _dead_letter(record: KafkaRecord, reason: str, failed_at: datetime) -> DeadLetter:
-    return DeadLetter.for_record(
-        topic=record.topic,
-        partition=record.partition,
-        offset=record.offset,
-        key=record.key,
-        value=record.value,
-        error=reason,
-        failed_at=failed_at,
-    )
 
 
 def _observe_clock(clock: datetime | None, newest: datetime | None) -> None:
