@@ -5,47 +5,14 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from sqlalchemy import text
+from sqlalchemy import Row, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ml_analytics.storage.ingest_writes import REQUEST_ASSESSMENTS
 from ml_analytics.storage.rows import one_or_none
 
-
-async def record_assessment(
-    connection: AsyncConnection, product_id: str, assessment: dict[str, Any]
-) -> bool:
-    """Store the latest assessment; queue it in the outbox when its level differs from
-    the last published one (or none was published yet), or when whether it asks for
-    an order (`recommended_order_units` > 0) does. Returns whether it was queued.
-
-    Call inside a transaction: the stored level and the outbox row commit together.
-    Two assessments of one product (a stock level arriving as a fit finishes) take
-    turns, so both cannot see "nothing published yet" and queue the same change twice.
-    """
-    await connection.execute(
-        text("SELECT pg_advisory_xact_lock(hashtextextended(:p, 7411562021))"), {"p": product_id}
-    )
-    current = (
-        await connection.execute(
-            text(
-                "SELECT published_level, published_order_needed FROM product_risk "
-                "WHERE product_id = :p FOR UPDATE"
-            ),
-            {"p": product_id},
-        )
-    ).one_or_none()
-    level = assessment["risk_level"]
-    recommended = assessment.get("recommended_order_units")
-    order_needed = None if recommended is None else recommended > 0
-    publish = (
-        current is None
-        or current.published_level != level
-        or (order_needed is not None and current.published_order_needed != order_needed)
-    )
-    await connection.execute(
-        text(
-            """
+# The latest assessment, and the published level, event and order need when `publish`.
+_STORE_ASSESSMENT = """
 INSERT INTO product_risk (product_id, assessment, risk_level, stockout_probability, assessed_at,
                           published_level, published_event_id, published_order_needed)
 VALUES (:p, CAST(:assessment AS jsonb), :level, :probability, now(),
@@ -61,7 +28,30 @@ ON CONFLICT (product_id) DO UPDATE SET
     published_order_needed = CASE WHEN :publish THEN EXCLUDED.published_order_needed
                                   ELSE product_risk.published_order_needed END
 """
-        ),
+
+
+async def record_assessment(
+    connection: AsyncConnection, product_id: str, assessment: dict[str, Any]
+) -> bool:
+    """Store the latest assessment; queue it in the outbox when its level differs from
+    the last published one (or none was published yet), or when whether it asks for
+    an order (`recommended_order_units` > 0) does. Returns whether it was queued.
+
+    Call inside a transaction: the stored level and the outbox row commit together.
+    Two assessments of one product (a stock level arriving as a fit finishes) take
+    turns, so both cannot see "nothing published yet" and queue the same change twice.
+    """
+    current = await _last_published(connection, product_id)
+    level = assessment["risk_level"]
+    recommended = assessment.get("recommended_order_units")
+    order_needed = None if recommended is None else recommended > 0
+    publish = (
+        current is None
+        or current.published_level != level
+        or (order_needed is not None and current.published_order_needed != order_needed)
+    )
+    await connection.execute(
+        text(_STORE_ASSESSMENT),
         {
             "p": product_id,
             "assessment": json.dumps(assessment),
@@ -73,18 +63,42 @@ ON CONFLICT (product_id) DO UPDATE SET
         },
     )
     if publish:
+        await _queue_risk_event(connection, product_id, assessment)
+    return publish
+
+
+async def _last_published(connection: AsyncConnection, product_id: str) -> Row[Any] | None:
+    """The level and order need last published for the product (None: nothing yet),
+    with the product's assessments taking turns until the caller's transaction ends."""
+    await connection.execute(
+        text("SELECT pg_advisory_xact_lock(hashtextextended(:p, 7411562021))"), {"p": product_id}
+    )
+    return (
         await connection.execute(
             text(
-                "INSERT INTO risk_outbox (event_id, product_id, payload) "
-                "VALUES (:event_id, :p, CAST(:payload AS jsonb))"
+                "SELECT published_level, published_order_needed FROM product_risk "
+                "WHERE product_id = :p FOR UPDATE"
             ),
-            {
-                "event_id": assessment["event_id"],
-                "p": product_id,
-                "payload": json.dumps(assessment),
-            },
+            {"p": product_id},
         )
-    return publish
+    ).one_or_none()
+
+
+async def _queue_risk_event(
+    connection: AsyncConnection, product_id: str, assessment: dict[str, Any]
+) -> None:
+    """Put the assessment in the outbox, for the relay to publish on the risk topic."""
+    await connection.execute(
+        text(
+            "INSERT INTO risk_outbox (event_id, product_id, payload) "
+            "VALUES (:event_id, :p, CAST(:payload AS jsonb))"
+        ),
+        {
+            "event_id": assessment["event_id"],
+            "p": product_id,
+            "payload": json.dumps(assessment),
+        },
+    )
 
 
 async def latest_assessment(connection: AsyncConnection, product_id: str) -> dict[str, Any] | None:

@@ -21,32 +21,8 @@ _OVERVIEW_ORDER = {
     "order_by_date": ORDER_FIRST,
 }
 
-
-async def product_overview(
-    connection: AsyncConnection,
-    *,
-    sort: str = "risk",
-    risk_levels: list[str] | None = None,
-    search: str | None = None,
-    limit: int = 50,
-    offset: int = 0,
-) -> tuple[int, list[dict[str, Any]]]:
-    """One page of tracked products (each with the fields of the API's ProductItem, which
-    validates them: one shape) and the number matching. `risk_levels` may hold "none"
-    for products without an assessment; `search` matches within product ids."""
-    conditions = ["TRUE"]
-    params: dict[str, Any] = {"limit": limit, "offset": offset}
-    if risk_levels:
-        params["levels"] = [level for level in risk_levels if level != "none"]
-        unassessed = " OR r.risk_level IS NULL" if "none" in risk_levels else ""
-        conditions.append(f"(r.risk_level = ANY(:levels){unassessed})")
-    if search:
-        escaped = search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-        params["pattern"] = f"%{escaped}%"
-        conditions.append("p.product_id ILIKE :pattern")
-    rows = await connection.execute(
-        text(
-            f"""
+# The page of products: {where} and {order} are filled in by product_overview.
+_OVERVIEW_QUERY = """
 SELECT p.product_id, p.first_day, p.last_day, CAST(p.total_units AS float8) AS total_units,
        p.transaction_count AS transactions,
        CAST(p.stock_units AS float8) AS current_stock_units, p.stock_as_of, p.lead_time_days,
@@ -71,12 +47,28 @@ SELECT p.product_id, p.first_day, p.last_day, CAST(p.total_units AS float8) AS t
 FROM products AS p
 LEFT JOIN product_risk AS r ON r.product_id = p.product_id
 LEFT JOIN product_models AS m ON m.product_id = p.product_id
-WHERE {" AND ".join(conditions)}
-ORDER BY {_OVERVIEW_ORDER[sort]}
+WHERE {where}
+ORDER BY {order}
 LIMIT :limit OFFSET :offset
 """
-        ),
-        params,
+
+
+async def product_overview(
+    connection: AsyncConnection,
+    *,
+    sort: str = "risk",
+    risk_levels: list[str] | None = None,
+    search: str | None = None,
+    limit: int = 50,
+    offset: int = 0,
+) -> tuple[int, list[dict[str, Any]]]:
+    """One page of tracked products (each with the fields of the API's ProductItem, which
+    validates them: one shape) and the number matching. `risk_levels` may hold "none"
+    for products without an assessment; `search` matches within product ids."""
+    where, filter_params = _overview_filter(risk_levels, search)
+    params: dict[str, Any] = {"limit": limit, "offset": offset, **filter_params}
+    rows = await connection.execute(
+        text(_OVERVIEW_QUERY.format(where=where, order=_OVERVIEW_ORDER[sort])), params
     )
     items = []
     total = 0
@@ -90,10 +82,27 @@ LIMIT :limit OFFSET :offset
                 await connection.execute(
                     text(
                         "SELECT COUNT(*) FROM products AS p LEFT JOIN product_risk AS r "
-                        f"ON r.product_id = p.product_id WHERE {' AND '.join(conditions)}"
+                        f"ON r.product_id = p.product_id WHERE {where}"
                     ),
                     params,
                 )
             ).scalar_one()
         )
     return total, items
+
+
+def _overview_filter(
+    risk_levels: list[str] | None, search: str | None
+) -> tuple[str, dict[str, Any]]:
+    """The WHERE clause of the listing's filters, and the values it binds."""
+    conditions = ["TRUE"]
+    params: dict[str, Any] = {}
+    if risk_levels:
+        params["levels"] = [level for level in risk_levels if level != "none"]
+        unassessed = " OR r.risk_level IS NULL" if "none" in risk_levels else ""
+        conditions.append(f"(r.risk_level = ANY(:levels){unassessed})")
+    if search:
+        escaped = search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        params["pattern"] = f"%{escaped}%"
+        conditions.append("p.product_id ILIKE :pattern")
+    return " AND ".join(conditions), params

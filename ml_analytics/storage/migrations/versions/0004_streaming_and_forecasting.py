@@ -123,6 +123,20 @@ def _partitioned_ledger() -> None:
     op.execute(
         "ALTER INDEX transaction_events_pkey RENAME TO transaction_events_unpartitioned_pkey"
     )
+    _create_partitioned_tables()
+    _create_ensure_partitions()
+    _create_drop_partitions()
+    op.execute(
+        "SELECT ensure_ledger_partitions(ARRAY(SELECT DISTINCT business_day "
+        "FROM transaction_events_unpartitioned))"
+    )
+    op.execute("INSERT INTO transaction_events SELECT * FROM transaction_events_unpartitioned")
+    op.execute("DROP TABLE transaction_events_unpartitioned")
+
+
+def _create_partitioned_tables() -> None:
+    """The ledger, partitioned by business day, and the floor below which its weeks
+    are dropped."""
     op.execute(
         """
 CREATE TABLE transaction_events (
@@ -145,6 +159,11 @@ CREATE TABLE ledger_retention (
 """
     )
     op.execute("INSERT INTO ledger_retention (retention_id) VALUES (1)")
+
+
+def _create_ensure_partitions() -> None:
+    """ensure_ledger_partitions(weeks): create the missing weeks' partitions, except
+    those below the floor; run with the migrating role's rights."""
     # Weeks start on Monday; one partition per week, named after its Monday.
     op.execute(
         """
@@ -177,6 +196,11 @@ BEGIN
 END $$
 """
     )
+
+
+def _create_drop_partitions() -> None:
+    """drop_ledger_partitions(below): drop the weeks that end on or before `below`;
+    run with the migrating role's rights."""
     op.execute(
         """
 CREATE FUNCTION drop_ledger_partitions(below date) RETURNS integer
@@ -200,12 +224,6 @@ BEGIN
 END $$
 """
     )
-    op.execute(
-        "SELECT ensure_ledger_partitions(ARRAY(SELECT DISTINCT business_day "
-        "FROM transaction_events_unpartitioned))"
-    )
-    op.execute("INSERT INTO transaction_events SELECT * FROM transaction_events_unpartitioned")
-    op.execute("DROP TABLE transaction_events_unpartitioned")
 
 
 def _drop_global_models() -> None:

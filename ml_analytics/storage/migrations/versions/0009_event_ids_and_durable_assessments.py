@@ -32,6 +32,14 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
+    _ledger_by_event_id()
+    _product_event_times()
+    _pending_assessments()
+
+
+def _ledger_by_event_id() -> None:
+    """The ledger keyed by event_id alone, unpartitioned; the partition functions and
+    the floor go."""
     op.execute("ALTER TABLE transaction_events RENAME TO transaction_events_by_week")
     op.execute(
         """
@@ -59,6 +67,9 @@ CREATE TABLE transaction_events (
     op.execute("DROP FUNCTION ensure_ledger_partitions(date[])")
     op.execute("DROP TABLE ledger_retention")
 
+
+def _product_event_times() -> None:
+    """Each product's newest event time and when it arrived, for the clock."""
     op.add_column("products", sa.Column("event_time_at", sa.DateTime(timezone=True)))
     op.add_column("products", sa.Column("event_time_arrived_at", sa.DateTime(timezone=True)))
     # What is known of stored products: their last day's start (UTC), capped by the clock.
@@ -74,6 +85,9 @@ CREATE TABLE transaction_events (
         postgresql_where=sa.text("event_time_at IS NOT NULL"),
     )
 
+
+def _pending_assessments() -> None:
+    """Products whose assessment is due, with what was stored before this revision."""
     op.create_table(
         "pending_assessments",
         sa.Column("product_id", sa.Text, primary_key=True),
