@@ -266,13 +266,7 @@ async def ingest_records(
     finally:
         for writer in writers:
             await writer.close()
-    return IngestResult(
-        tally.total,
-        tally.dead_letters,
-        tally.repeated,
-        sum(w.retries for w in writers),
-        tally.key_mismatches,
-    )
+    return tally.result(database_retries=sum(w.retries for w in writers))
 
 
 @dataclass(slots=True)
@@ -303,6 +297,11 @@ class _BatchTally:
             record = batch.sources[role][conflict.index]
             self.dead_letters.append(dead_letter_for(record, conflict.reason, self.failed_at))
         self.total += dataclasses.replace(outcome, conflicts=())
+
+    def result(self, database_retries: int) -> IngestResult:
+        return IngestResult(
+            self.total, self.dead_letters, self.repeated, database_retries, self.key_mismatches
+        )
 
 
 async def _write_chunks(
