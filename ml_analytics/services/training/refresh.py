@@ -17,7 +17,7 @@ from ml_analytics import metrics
 from ml_analytics.models.forecasters.base import Forecast
 from ml_analytics.models.retrain import DataState, ModelState, retrain_decision
 from ml_analytics.services.clock import clock_through
-from ml_analytics.services.demand import demand_history
+from ml_analytics.services.demand import DemandHistory, demand_history
 from ml_analytics.settings import Settings
 from ml_analytics.storage.demand import product_summary, units_between
 from ml_analytics.storage.global_models import (
@@ -27,6 +27,7 @@ from ml_analytics.storage.global_models import (
     shop_window_start,
 )
 from ml_analytics.storage.models_store import (
+    ModelSeen,
     StoredModel,
     model_state,
     save_model,
@@ -143,28 +144,56 @@ class ProductRefresher:
     async def _decide(
         self, connection: AsyncConnection, product_id: str, force: bool
     ) -> Due | None:
+        """Whether the product is due on the clock (or `force`); if so, its forecast job."""
         current_global = self.current_global
         through = await clock_through(connection, self._settings)
         summary = await product_summary(connection, product_id)
         if summary is None or through is None:
             return None
         seen = await model_state(connection, product_id)
-        current, data = None, DataState(summary.first_day, through)
-        if seen is not None:
-            current = ModelState(seen.trained_through, seen.units_seen)
-            data = DataState(
-                summary.first_day,
-                through,
-                units_after_model=await units_between(
-                    connection, product_id, seen.trained_through + timedelta(days=1), through
-                ),
-                units_in_model_window=await units_between(
-                    connection,
-                    product_id,
-                    seen.trained_through - timedelta(days=seen.training_days - 1),
-                    seen.trained_through,
-                ),
-            )
+        current, data = await _model_and_data(
+            connection, product_id, summary.first_day, through, seen
+        )
+        reason = self._due_reason(product_id, data, current, seen, through, current_global, force)
+        if reason is None:
+            return None
+        # Demand, not sales: days that ended with the shelf empty carry their estimate
+        # (and are kept in censored_days for the API and the global model).
+        history = await demand_history(
+            connection,
+            product_id,
+            self._settings,
+            through=through,
+            max_days=self._config.history_days,
+        )
+        if history is None:
+            return None
+        job = await self._forecast_job(connection, product_id, history, through, current_global)
+        skill = await product_skill(connection, product_id)
+        # The global model's version the forecast was made under, also when that
+        # version holds no model (too little data to learn from yet): a product is
+        # refreshed once per version, not again and again for a model that is not there.
+        return Due(
+            job,
+            reason,
+            skill,
+            current_global.version,
+            history.last_day,
+            float(history.sales.sum()),
+        )
+
+    def _due_reason(
+        self,
+        product_id: str,
+        data: DataState,
+        current: ModelState | None,
+        seen: ModelSeen | None,
+        through: date,
+        current_global: CurrentModel,
+        force: bool,
+    ) -> str | None:
+        """Why the product is due (None: it is not): the retrain policy's reason, a new
+        global model, or `force`. Notes when it may be refitted after a cool-down."""
         decision = retrain_decision(data, current, self._policy)
         if decision.after_cooldown is not None:
             self._cooling[product_id] = decision.after_cooldown
@@ -186,17 +215,18 @@ class ProductRefresher:
             return None
         if force:
             reason = "forced"
-        # Demand, not sales: days that ended with the shelf empty carry their estimate
-        # (and are kept in censored_days for the API and the global model).
-        history = await demand_history(
-            connection,
-            product_id,
-            self._settings,
-            through=through,
-            max_days=self._config.history_days,
-        )
-        if history is None:
-            return None
+        return reason
+
+    async def _forecast_job(
+        self,
+        connection: AsyncConnection,
+        product_id: str,
+        history: DemandHistory,
+        through: date,
+        current_global: CurrentModel,
+    ) -> ForecastJob:
+        """The product's forecast job: its demand, the forecaster, the global model's
+        parts, and the shop's demand when the forecaster uses the global model."""
         job = ForecastJob(
             product_id=product_id,
             first_day=history.first_day,
@@ -211,18 +241,7 @@ class ProductRefresher:
         if job.forecaster.uses_global_model:
             shop_start, shop = await self._shop(connection, history.first_day, through)
             job = replace(job, shop_start=shop_start, shop=shop)
-        skill = await product_skill(connection, product_id)
-        # The global model's version the forecast was made under, also when that
-        # version holds no model (too little data to learn from yet): a product is
-        # refreshed once per version, not again and again for a model that is not there.
-        return Due(
-            job,
-            reason,
-            skill,
-            current_global.version,
-            history.last_day,
-            float(history.sales.sum()),
-        )
+        return job
 
     async def _store(
         self, connection: AsyncConnection, due: Due, forecast: Forecast, seconds: float
@@ -282,3 +301,31 @@ class ProductRefresher:
             cached = self._shop_cache = (start, through, demand)
         start, _, demand = cached
         return start, demand
+
+
+async def _model_and_data(
+    connection: AsyncConnection,
+    product_id: str,
+    first_day: date | None,
+    through: date,
+    seen: ModelSeen | None,
+) -> tuple[ModelState | None, DataState]:
+    """The product's model and data as the retrain policy weighs them: without a model,
+    the days stored; with one, also the units after its last day and those now stored
+    on the days it was fitted on."""
+    if seen is None:
+        return None, DataState(first_day, through)
+    data = DataState(
+        first_day,
+        through,
+        units_after_model=await units_between(
+            connection, product_id, seen.trained_through + timedelta(days=1), through
+        ),
+        units_in_model_window=await units_between(
+            connection,
+            product_id,
+            seen.trained_through - timedelta(days=seen.training_days - 1),
+            seen.trained_through,
+        ),
+    )
+    return ModelState(seen.trained_through, seen.units_seen), data
