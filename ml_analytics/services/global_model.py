@@ -43,7 +43,12 @@ from ml_analytics.models.calibration import (
     posted_calibration_from_stored,
 )
 from ml_analytics.models.distribution import pit_density
-from ml_analytics.models.forecasters.combination import DEFAULT, LOCAL_ONLY, choose_combination
+from ml_analytics.models.forecasters.combination import (
+    DEFAULT,
+    LOCAL_ONLY,
+    Combination,
+    choose_combination,
+)
 from ml_analytics.scratch import make_directory
 from ml_analytics.services.clock import clock_through
 from ml_analytics.settings import Settings
@@ -111,6 +116,41 @@ def described_cases(cases: list[BacktestCase], posted: bool = False) -> list[Bac
     if len(described) < MIN_CALIBRATION_CASES or len(origins) < MIN_CALIBRATION_ORIGINS:
         return []
     return described
+
+
+def _chosen_combination(
+    cases: list[BacktestCase], origins: int, default: Combination
+) -> tuple[Combination, dict[str, Any]]:
+    """The combination the latest backtests choose, and why; `default` until there are
+    MIN_SELECTION_ORIGINS origins of them."""
+    if origins >= MIN_SELECTION_ORIGINS:
+        totals, actual = member_totals_table(cases)
+        combination, selection = choose_combination(
+            totals, actual, default, margin=SELECTION_MARGIN
+        )
+    else:
+        combination = default
+        selection = {
+            "chosen": default.name,
+            "why": f"{origins} backtest origins, fewer than {MIN_SELECTION_ORIGINS}",
+        }
+    selection["origins"] = origins
+    return combination, selection
+
+
+def _log_trained(version: int, stored: StoredGlobalModel) -> None:
+    logger.info(
+        "global model trained",
+        extra={
+            "version": version,
+            "trained_through": str(stored.trained_through),
+            "products": stored.products,
+            "combination": stored.combination,
+            "calibrated": stored.calibration is not None,
+            "seconds": stored.seconds,
+            "note": stored.note,
+        },
+    )
 
 
 class GlobalModelService:
@@ -309,18 +349,7 @@ class GlobalModelService:
             cases = await recent_backtests(connection, SELECTION_ORIGINS)
             origins = await backtest_origins(connection, SELECTION_ORIGINS)
             default = DEFAULT if training.model is not None else LOCAL_ONLY
-            if origins >= MIN_SELECTION_ORIGINS:
-                totals, actual = member_totals_table(cases)
-                combination, selection = choose_combination(
-                    totals, actual, default, margin=SELECTION_MARGIN
-                )
-            else:
-                combination = default
-                selection = {
-                    "chosen": default.name,
-                    "why": f"{origins} backtest origins, fewer than {MIN_SELECTION_ORIGINS}",
-                }
-            selection["origins"] = origins
+            combination, selection = _chosen_combination(cases, origins, default)
             selection["backtest"] = summary(training.cases)
             calibration = await self._calibration(cases)
             stored = StoredGlobalModel(
@@ -342,17 +371,6 @@ class GlobalModelService:
             )
             version = await save_global_model(connection, stored)
         metrics.GLOBAL_TRAININGS.inc()
-        logger.info(
-            "global model trained",
-            extra={
-                "version": version,
-                "trained_through": str(through),
-                "products": len(data.items),
-                "combination": stored.combination,
-                "calibrated": calibration is not None,
-                "seconds": stored.seconds,
-                "note": training.note,
-            },
-        )
+        _log_trained(version, stored)
         self._follower.wake()  # load it
         return stored

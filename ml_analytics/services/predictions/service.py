@@ -30,6 +30,7 @@ from ml_analytics import metrics
 from ml_analytics.api_models import ForecastResponse, StockoutResponse
 from ml_analytics.models.forecasters import registry
 from ml_analytics.models.forecasters.base import (
+    Forecast,
     ForecastConfig,
 )
 from ml_analytics.models.risk import NotAssessable, assess_stockout_risk, risk_window_days
@@ -58,6 +59,17 @@ from ml_analytics.workers.pool import FitPool
 logger = logging.getLogger(__name__)
 
 PRUNE_INTERVAL_SECONDS = 600.0
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _StockPosition:
+    """The stock a stockout prediction starts from: its units at the end of
+    `snapshot_day`, the stored level's as_of (None: the request's), the risk window."""
+
+    stock_units: float
+    snapshot_day: date
+    as_of: str | None
+    window_days: int
 
 
 class PredictionService:
@@ -152,6 +164,53 @@ class PredictionService:
         check_horizon(horizon_days)
         forecaster = self.forecaster(model)
         history = await self._history(product_id, points)
+        stock = await self._stock_position(product_id, history, current_stock_units, lead_time_days)
+        forecast_start = history.last_day + timedelta(days=1)
+        skip = max(0, (stock.snapshot_day - history.last_day).days)  # stock newer than the history
+        if skip > MAX_HORIZON_DAYS:
+            raise BadRequest(
+                f"the stock level's day {stock.snapshot_day} is {skip} days after the last day "
+                f"of demand data ({history.last_day}); send transaction_data up to it"
+            )
+        config = self._config(max(horizon_days, skip + stock.window_days, 1))
+        check_enough(history, config)
+        observed = history.units_after(stock.snapshot_day)
+        key = await self._cache_key(
+            "predict/stockout",
+            product_id,
+            horizon_days,
+            history,
+            config,
+            forecaster,
+            stock.stock_units,
+            stock.snapshot_day.isoformat(),
+            stock.window_days,
+            observed,
+            self._thresholds,
+        )
+
+        async def compute() -> BaseModel:
+            forecast = await self._forecasts.forecast(
+                product_id, history, config, registry.forecaster(forecaster), points is None
+            )
+            return self._stockout_response(
+                product_id, horizon_days, forecast, stock, observed, forecast_start
+            )
+
+        return await self._cached("predict/stockout", product_id, key, cache_bypass, compute)
+
+    # -- parts -------------------------------------------------------------------
+
+    async def _stock_position(
+        self,
+        product_id: str,
+        history: DemandHistory,
+        current_stock_units: float | None,
+        lead_time_days: int | None,
+    ) -> _StockPosition:
+        """The stock a prediction starts from: the request's, at the end of the history's
+        last day, else the latest stored stock level; the risk window from the request's
+        lead time, else the stored level's."""
         stored_stock = await self._stored_stock(product_id)
         if current_stock_units is not None:
             stock_units, snapshot_day = current_stock_units, history.last_day
@@ -171,75 +230,55 @@ class PredictionService:
             else (stored_stock.lead_time_days if stored_stock else None),
             self._settings.default_risk_window_days,
         )
-        forecast_start = history.last_day + timedelta(days=1)
-        skip = max(0, (snapshot_day - history.last_day).days)  # stock newer than the history
-        if skip > MAX_HORIZON_DAYS:
-            raise BadRequest(
-                f"the stock level's day {snapshot_day} is {skip} days after the last day of "
-                f"demand data ({history.last_day}); send transaction_data up to it"
+        return _StockPosition(stock_units, snapshot_day, as_of, window)
+
+    def _stockout_response(
+        self,
+        product_id: str,
+        horizon_days: int,
+        forecast: Forecast,
+        stock: _StockPosition,
+        observed: float,
+        forecast_start: date,
+    ) -> BaseModel:
+        """The stockout risk of the forecast's sample paths, as the endpoint's response."""
+        try:
+            risk = assess_stockout_risk(
+                forecast_start=forecast.start,
+                sample_paths=forecast.sample_paths,
+                stock_units=stock.stock_units,
+                snapshot_day=stock.snapshot_day,
+                window_days=stock.window_days,
+                thresholds=self._thresholds,
+                observed_since_snapshot_units=observed,
             )
-        config = self._config(max(horizon_days, skip + window, 1))
-        check_enough(history, config)
-        observed = history.units_after(snapshot_day)
-        key = await self._cache_key(
-            "predict/stockout",
-            product_id,
-            horizon_days,
-            history,
-            config,
-            forecaster,
-            stock_units,
-            snapshot_day.isoformat(),
-            window,
-            observed,
-            self._thresholds,
+        except NotAssessable as error:  # guarded above; kept for a clear answer
+            raise BadRequest(str(error)) from error
+        stockout_date = risk.predicted_stockout_date
+        return shaped(
+            StockoutResponse,
+            {
+                "productId": product_id,
+                "predicted_stockout_date": stockout_date.isoformat() if stockout_date else None,
+                "days_until_stockout": risk.days_until_stockout,
+                "confidence": risk.confidence,
+                # The expectation the date comes from (the mean of the sample paths),
+                # so the usage adds up to the stock on the predicted day.
+                "daily_usage_forecast": [
+                    units(v) for v in forecast.sample_paths[:, :horizon_days].mean(axis=0)
+                ],
+                "generated_at": datetime.now(UTC).isoformat(),
+                "stockout_probability": risk.stockout_probability,
+                "risk_level": risk.risk_level,
+                "risk_window_days": risk.risk_window_days,
+                "current_stock_units": stock.stock_units,
+                "stock_day": stock.snapshot_day.isoformat(),
+                "as_of": stock.as_of,
+                "forecast_start": forecast_start.isoformat(),
+                "horizon_days": horizon_days,
+                "model_metrics": model_metrics(forecast),
+            },
         )
-
-        async def compute() -> BaseModel:
-            forecast = await self._forecasts.forecast(
-                product_id, history, config, registry.forecaster(forecaster), points is None
-            )
-            try:
-                risk = assess_stockout_risk(
-                    forecast_start=forecast.start,
-                    sample_paths=forecast.sample_paths,
-                    stock_units=stock_units,
-                    snapshot_day=snapshot_day,
-                    window_days=window,
-                    thresholds=self._thresholds,
-                    observed_since_snapshot_units=observed,
-                )
-            except NotAssessable as error:  # guarded above; kept for a clear answer
-                raise BadRequest(str(error)) from error
-            stockout_date = risk.predicted_stockout_date
-            return shaped(
-                StockoutResponse,
-                {
-                    "productId": product_id,
-                    "predicted_stockout_date": stockout_date.isoformat() if stockout_date else None,
-                    "days_until_stockout": risk.days_until_stockout,
-                    "confidence": risk.confidence,
-                    # The expectation the date comes from (the mean of the sample paths),
-                    # so the usage adds up to the stock on the predicted day.
-                    "daily_usage_forecast": [
-                        units(v) for v in forecast.sample_paths[:, :horizon_days].mean(axis=0)
-                    ],
-                    "generated_at": datetime.now(UTC).isoformat(),
-                    "stockout_probability": risk.stockout_probability,
-                    "risk_level": risk.risk_level,
-                    "risk_window_days": risk.risk_window_days,
-                    "current_stock_units": stock_units,
-                    "stock_day": snapshot_day.isoformat(),
-                    "as_of": as_of,
-                    "forecast_start": forecast_start.isoformat(),
-                    "horizon_days": horizon_days,
-                    "model_metrics": model_metrics(forecast),
-                },
-            )
-
-        return await self._cached("predict/stockout", product_id, key, cache_bypass, compute)
-
-    # -- parts -------------------------------------------------------------------
 
     def _config(self, horizon_days: int) -> ForecastConfig:
         return dataclasses.replace(self._settings.forecast_config(), horizon_days=horizon_days)
