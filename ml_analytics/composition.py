@@ -8,6 +8,7 @@ from faststream.kafka import KafkaBroker
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ml_analytics.consumers.broker import declare_publishers
+from ml_analytics.consumers.pipeline import BatchListener
 from ml_analytics.consumers.subscriber import add_ingestion
 from ml_analytics.http.app import create_app
 from ml_analytics.services.global_model import GlobalModelService
@@ -34,19 +35,12 @@ def build_app(settings: Settings, engine: AsyncEngine, broker: KafkaBroker) -> F
         train=settings.training_enabled and settings.forecaster().uses_global_model,
     )
     trainer = ModelTrainer(engine, settings, on_model=model_trained, global_models=global_models)
-
-    async def batch_recorded(outcome: BatchOutcome) -> None:
-        if settings.training_enabled:
-            trainer.notify(outcome.products_with_new_demand)
-            if outcome.clock_moved_to is not None:
-                trainer.clock_moved()
-        if outcome.products_with_new_stock:
-            # A stock level re-evaluates risk with the current model, no refit: its
-            # write marked the product for assessment, which the risk service does.
-            risk.assess_soon()
-
     ingestion = add_ingestion(
-        broker, settings, engine, publishers=publishers, on_batch=batch_recorded
+        broker,
+        settings,
+        engine,
+        publishers=publishers,
+        on_batch=_batch_listener(settings, trainer, risk),
     )
 
     predictions = PredictionService(engine, settings, global_models=global_models)
@@ -81,3 +75,20 @@ def build_app(settings: Settings, engine: AsyncEngine, broker: KafkaBroker) -> F
     app.state.risk = risk
     app.state.ingestion = ingestion
     return app
+
+
+def _batch_listener(settings: Settings, trainer: ModelTrainer, risk: RiskService) -> BatchListener:
+    """What a recorded batch sets going: refits of the products with new demand, the
+    trainer's look at a moved clock, assessments of the products with new stock."""
+
+    async def batch_recorded(outcome: BatchOutcome) -> None:
+        if settings.training_enabled:
+            trainer.notify(outcome.products_with_new_demand)
+            if outcome.clock_moved_to is not None:
+                trainer.clock_moved()
+        if outcome.products_with_new_stock:
+            # A stock level re-evaluates risk with the current model, no refit: its
+            # write marked the product for assessment, which the risk service does.
+            risk.assess_soon()
+
+    return batch_recorded

@@ -6,7 +6,7 @@ Errors are JSON `{"detail": "..."}` with a message naming the problem (http/erro
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 from fastapi import FastAPI
 from faststream.kafka import KafkaBroker
@@ -37,27 +37,11 @@ def create_app(
     """The HTTP app. With `manage_broker`, its lifespan starts the Kafka broker (then
     calls `after_broker_start`) and stops it (calling `before_broker_stop` first, to
     finish the batch in hand and stop training)."""
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if manage_broker:
-            await broker.start()
-            if after_broker_start is not None:
-                await after_broker_start()
-        try:
-            yield
-        finally:
-            if manage_broker:
-                if before_broker_stop is not None:
-                    await before_broker_stop()
-                await broker.stop()
-            app.state.predictions.stop()
-
     app = FastAPI(
         title="ml-analytics",
         version=__version__,
         description="Inventory demand aggregates, forecasts and stockout risk.",
-        lifespan=lifespan,
+        lifespan=_lifespan(broker, manage_broker, after_broker_start, before_broker_stop),
         # Every validation error is {"detail": "<field>: <problem>"}, not FastAPI's list.
         responses={422: ERROR_RESPONSES[422]},
     )
@@ -89,3 +73,30 @@ def create_app(
     ):
         app.include_router(router)
     return app
+
+
+def _lifespan(
+    broker: KafkaBroker,
+    manage_broker: bool,
+    after_broker_start: Callable[[], Awaitable[None]] | None,
+    before_broker_stop: Callable[[], Awaitable[None]] | None,
+) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+    """The app's lifespan: the broker started (with `manage_broker`) before it serves,
+    and stopped, then the prediction service, when it ends."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if manage_broker:
+            await broker.start()
+            if after_broker_start is not None:
+                await after_broker_start()
+        try:
+            yield
+        finally:
+            if manage_broker:
+                if before_broker_stop is not None:
+                    await before_broker_stop()
+                await broker.stop()
+            app.state.predictions.stop()
+
+    return lifespan
