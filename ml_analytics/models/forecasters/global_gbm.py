@@ -125,17 +125,10 @@ def build_features(
     f["max91"] = recent[:, -91:].max(1, initial=0.0) / scale
     f["ly_prev28"] = span_mean(C, t - 364 - 28, t - 364, first) / scale
     f["ly_next28"] = span_mean(C, t - 364, t - 364 + 28, first) / scale
-    shop91 = shop_mean(panel.SC, t - 91, t)
     shop_last_year_before = shop_mean(panel.SC, t - 364 - 28, t - 364)
     n = len(rows)
-    f["sh_m7_91"] = np.full(n, _ratio(shop_mean(panel.SC, t - 7, t), shop91))
-    f["sh_m28_365"] = np.full(
-        n, _ratio(shop_mean(panel.SC, t - 28, t), shop_mean(panel.SC, t - 365, t))
-    )
-    f["sh_yoy"] = np.full(n, _ratio(shop91, shop_mean(panel.SC, t - 364 - 91, t - 364)))
-    f["sh_ly_next28"] = np.full(
-        n, _ratio(shop_mean(panel.SC, t - 364, t - 364 + 28), shop_last_year_before)
-    )
+    for name, value in _shop_features(panel, t, shop_last_year_before).items():
+        f[name] = np.full(n, value)
     base = pd.DataFrame(f)
     parts = []
     for k in range(weeks):
@@ -155,6 +148,20 @@ def build_features(
         np.repeat(np.arange(weeks), n),
         scale,
     )
+
+
+def _shop_features(panel: Panel, t: int, shop_last_year_before: float) -> dict[str, float]:
+    """The shop's demand trends before `t`, the same for every product: the last week
+    against the last quarter, the last four weeks against the last year, the last
+    quarter against a year before, and last year's next four weeks against the four
+    before them (`shop_last_year_before`)."""
+    shop91 = shop_mean(panel.SC, t - 91, t)
+    return {
+        "sh_m7_91": _ratio(shop_mean(panel.SC, t - 7, t), shop91),
+        "sh_m28_365": _ratio(shop_mean(panel.SC, t - 28, t), shop_mean(panel.SC, t - 365, t)),
+        "sh_yoy": _ratio(shop91, shop_mean(panel.SC, t - 364 - 91, t - 364)),
+        "sh_ly_next28": _ratio(shop_mean(panel.SC, t - 364, t - 364 + 28), shop_last_year_before),
+    }
 
 
 def _ratio(numerator: float, denominator: float) -> float:
